@@ -1,0 +1,53 @@
+"""The attention backend interface and the per-step batch description it receives."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from turboctx.kv_cache import KVCache, SeqSlots
+
+
+@dataclass
+class SeqChunk:
+    """One sequence's new tokens in this step."""
+    row_start: int       # first row of its tokens in the flattened batch
+    row_end: int         # one past the last row
+    start_pos: int       # tokens already in the cache before these (position of the first new token)
+    slots: SeqSlots      # where the sequence lives in the cache
+
+    @property
+    def num_new(self) -> int:
+        return self.row_end - self.row_start
+
+    @property
+    def rows(self) -> slice:
+        return slice(self.row_start, self.row_end)
+
+
+@dataclass
+class AttentionBatch:
+    seqs: list[SeqChunk]
+    positions: torch.Tensor          # [N] int64 absolute positions of the new tokens
+    kv_cache: KVCache
+    extras: dict[str, Any] = field(default_factory=dict)  # per-step state a backend precomputes
+
+
+class AttentionBackend:
+    """Computes attention for one layer of a batch.
+
+    `prepare` runs once per step (positions -> rotary tables, masks, ...); `forward` runs for
+    every layer: it receives un-rotated q/k/v, applies positions its own way, writes the cache and
+    returns the attention output.
+    """
+
+    name = "base"
+
+    def prepare(self, batch: AttentionBatch, dtype: torch.dtype) -> None:
+        raise NotImplementedError
+
+    def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                batch: AttentionBatch) -> torch.Tensor:
+        """q: [N, H, D]; k, v: [N, Hkv, D] -> [N, H, D]."""
+        raise NotImplementedError

@@ -1,0 +1,116 @@
+"""The Python API: `LLM(...).generate(prompts, SamplingParams(...))`, vLLM-style."""
+from __future__ import annotations
+
+import sys
+
+from tqdm.auto import tqdm
+
+from turboctx.engine.llm_engine import LLMEngine
+from turboctx.engine.outputs import RequestOutput
+from turboctx.engine.sampling_params import SamplingParams
+from turboctx.errors import InvalidRequestError
+
+PROGRESS_MIN_TOKENS = 16384   # show a prefill progress bar on a terminal above this many tokens
+
+Prompt = str | list[int]
+
+
+class LLM:
+    """A model ready to generate.
+
+    model: a local HF folder, a .gguf file, None (the default model) or "random:<preset>".
+    Engine options: dca, dca_chunk_size, dca_local_size, original_max_position_embeddings,
+    attention ("dense" | "sparse" | "auto"), sparse_threshold, kv_cache_tokens, max_num_seqs, ...
+    """
+
+    def __init__(self, model: str | None = None, *, device=None, dtype=None,
+                 max_model_len: int | None = None, prefill_chunk_size: int | None = None,
+                 **engine_options):
+        self.engine = LLMEngine(model, device=device, dtype=dtype, max_model_len=max_model_len,
+                                prefill_chunk_size=prefill_chunk_size, **engine_options)
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
+    def model_config(self):
+        return self.engine.model_config
+
+    def generate(self, prompts: Prompt | list[Prompt],
+                 sampling_params: SamplingParams | list[SamplingParams] | None = None,
+                 *, use_tqdm: bool | None = None, chat: bool = False) -> list[RequestOutput]:
+        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts
+                                        and all(isinstance(t, int) for t in prompts)):
+            prompts = [prompts]
+        if not isinstance(prompts, (list, tuple)) or not prompts:
+            raise InvalidRequestError("prompts must be a non-empty list of strings or token-id lists")
+        params = sampling_params if sampling_params is not None else SamplingParams()
+        if isinstance(params, SamplingParams):
+            params = [params] * len(prompts)
+        if len(params) != len(prompts):
+            raise InvalidRequestError(f"{len(params)} sampling params for {len(prompts)} prompts")
+        eng = self.engine
+        reqs = [eng.make_request(p, sp, chat=chat) for p, sp in zip(prompts, params)]  # validate all first
+        for r in reqs:
+            eng.add_request(r)
+        total = sum(r.num_prompt_tokens for r in reqs)
+        show = use_tqdm if use_tqdm is not None else (sys.stderr.isatty() and total >= PROGRESS_MIN_TOKENS)
+        bar = tqdm(total=total, unit="tok", desc="prefill", disable=not show, smoothing=0.1)
+        done: dict[str, RequestOutput] = {}
+        try:
+            while eng.has_unfinished():
+                before = sum(min(r.num_computed_tokens, r.num_prompt_tokens) for r in reqs)
+                for out in eng.step():
+                    if out.finished:
+                        done[out.request_id] = out
+                bar.update(sum(min(r.num_computed_tokens, r.num_prompt_tokens) for r in reqs) - before)
+        except BaseException:
+            for r in reqs:
+                eng.abort_request(r.request_id)
+            raise
+        finally:
+            bar.close()
+        return [done[r.request_id] for r in reqs]
+
+    def stream(self, prompt: Prompt, sampling_params: SamplingParams | None = None, *,
+               chat: bool = False, use_tqdm: bool | None = None):
+        """Yields the growing RequestOutput of one prompt after every step that advances it."""
+        eng = self.engine
+        req = eng.make_request(prompt, sampling_params or SamplingParams(), chat=chat)
+        eng.add_request(req)
+        total = req.num_prompt_tokens
+        show = use_tqdm if use_tqdm is not None else (sys.stderr.isatty() and total >= PROGRESS_MIN_TOKENS)
+        bar = tqdm(total=total, unit="tok", desc="prefill", disable=not show, smoothing=0.1, leave=False)
+        try:
+            while not req.finished:
+                before = min(req.num_computed_tokens, total)
+                outs = [o for o in eng.step() if o.request_id == req.request_id]
+                bar.update(min(req.num_computed_tokens, total) - before)
+                if outs:
+                    bar.close()   # prefill is done once a token arrives
+                    yield outs[-1]
+        finally:
+            bar.close()
+            if not req.finished:
+                eng.abort_request(req.request_id)
+
+    def chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        if self.tokenizer is None:
+            raise InvalidRequestError("this model has no tokenizer, so no chat template")
+        if not messages:
+            raise InvalidRequestError("messages is empty; give at least one message")
+        for msg in messages:
+            if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
+                raise InvalidRequestError(f"each message needs 'role' and 'content', got {msg!r}")
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+
+    def chat(self, messages: list[dict] | list[list[dict]],
+             sampling_params: SamplingParams | None = None, *, use_tqdm: bool | None = None,
+             add_generation_prompt: bool = True) -> list[RequestOutput]:
+        """One conversation (a list of {"role", "content"}) or several; the model's chat template applies."""
+        convs = [messages] if messages and isinstance(messages[0], dict) else messages
+        if not convs:
+            raise InvalidRequestError("messages is empty; give at least one message")
+        prompts = [self.chat_prompt(conv, add_generation_prompt) for conv in convs]
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm, chat=True)

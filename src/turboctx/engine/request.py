@@ -1,0 +1,91 @@
+"""A request's state as it moves through the engine (vLLM v1: two counters drive everything)."""
+from __future__ import annotations
+
+import enum
+import time
+
+import torch
+
+from turboctx.engine.outputs import RequestMetrics, RequestOutput
+from turboctx.engine.sampling_params import SamplingParams
+from turboctx.kv_cache import SeqSlots
+
+
+class RequestStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class Request:
+    def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
+                 params: SamplingParams, eos_token_ids: list[int]):
+        self.request_id = request_id
+        self.prompt = prompt
+        self.prompt_token_ids = prompt_token_ids
+        self.params = params
+        self.eos_token_ids = set() if params.ignore_eos else set(eos_token_ids)
+        self.output_token_ids: list[int] = []
+        self.logprobs: list[dict[int, float]] | None = [] if params.logprobs is not None else None
+        self.prompt_logprobs: list | None = [None] if params.prompt_logprobs is not None else None
+        self.num_computed_tokens = 0          # tokens whose KV is in the cache
+        self.num_cached_tokens = 0            # of those, reused from an earlier request
+        self.status = RequestStatus.WAITING
+        self.finish_reason: str | None = None
+        self.stop_reason: str | int | None = None
+        self.slots: SeqSlots | None = None
+        self.generator: torch.Generator | None = None
+        self.text = ""
+        self.arrival_time = time.perf_counter()
+        self.first_scheduled_time: float | None = None
+        self.first_token_time: float | None = None
+        self.finish_time: float | None = None
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def is_prefill(self) -> bool:
+        return self.num_computed_tokens < self.num_prompt_tokens
+
+    @property
+    def finished(self) -> bool:
+        return self.status == RequestStatus.FINISHED
+
+    def token_ids_slice(self, start: int, end: int) -> list[int]:
+        p = self.num_prompt_tokens
+        if end <= p:
+            return self.prompt_token_ids[start:end]
+        return (self.prompt_token_ids + self.output_token_ids)[start:end]
+
+    def max_total_tokens(self) -> int:
+        return self.num_prompt_tokens + self.params.max_tokens
+
+    def to_output(self, peak_memory: int | None = None) -> RequestOutput:
+        m = RequestMetrics(num_prompt_tokens=self.num_prompt_tokens,
+                           num_generated_tokens=len(self.output_token_ids),
+                           num_cached_tokens=self.num_cached_tokens,
+                           peak_memory_bytes=peak_memory)
+        if self.first_token_time is not None:
+            m.ttft_s = self.first_token_time - self.arrival_time
+            if self.first_scheduled_time is not None:
+                m.prefill_s = self.first_token_time - self.first_scheduled_time
+                computed = self.num_prompt_tokens - self.num_cached_tokens
+                m.prefill_tokens_per_s = computed / max(m.prefill_s, 1e-9)
+        if self.finish_time is not None:
+            m.e2e_s = self.finish_time - self.arrival_time
+            n = len(self.output_token_ids) - 1
+            if n > 0 and self.first_token_time is not None:
+                m.decode_tokens_per_s = n / max(self.finish_time - self.first_token_time, 1e-9)
+        return RequestOutput(
+            request_id=self.request_id, prompt=self.prompt,
+            prompt_token_ids=self.prompt_token_ids, text=self.text,
+            token_ids=list(self.output_token_ids),
+            logprobs=list(self.logprobs) if self.logprobs is not None else None,
+            prompt_logprobs=self.prompt_logprobs, finished=self.finished,
+            finish_reason=self.finish_reason, stop_reason=self.stop_reason, metrics=m)

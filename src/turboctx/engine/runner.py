@@ -1,0 +1,53 @@
+"""Model runner: turns a step's scheduled chunks into tensors, runs the model, returns logits."""
+from __future__ import annotations
+
+import torch
+
+from turboctx.attention.backend import AttentionBackend, AttentionBatch, SeqChunk
+from turboctx.engine.sampler import top_logprobs
+from turboctx.engine.scheduler import ScheduledChunk
+from turboctx.kv_cache import KVCache
+
+LOGITS_ROWS = 1024   # prompt logprobs are computed this many positions at a time
+
+
+class ModelRunner:
+    def __init__(self, model, backend: AttentionBackend, kv_cache: KVCache, device, dtype):
+        self.model, self.backend, self.kv_cache = model, backend, kv_cache
+        self.device, self.dtype = torch.device(device), dtype
+        model.set_attention_backend(backend)
+
+    @torch.inference_mode()
+    def execute(self, chunks: list[ScheduledChunk]) -> torch.Tensor | None:
+        """Runs one step. Returns logits [num sampled chunks, V] (float32) in chunk order."""
+        ids: list[int] = []
+        pos: list[torch.Tensor] = []
+        seqs: list[SeqChunk] = []
+        for c in chunks:
+            r, start = c.request, c.request.num_computed_tokens
+            seqs.append(SeqChunk(len(ids), len(ids) + c.num_tokens, start, r.slots))
+            ids.extend(r.token_ids_slice(start, start + c.num_tokens))
+            pos.append(torch.arange(start, start + c.num_tokens))
+        input_ids = torch.tensor(ids, dtype=torch.long).to(self.device, non_blocking=True)
+        positions = torch.cat(pos).to(self.device, non_blocking=True)
+        batch = AttentionBatch(seqs, positions, self.kv_cache)
+        self.backend.prepare(batch, self.dtype)
+        hidden = self.model(input_ids, batch)                       # [N, hidden]
+        for c, s in zip(chunks, seqs):
+            if c.request.prompt_logprobs is not None and c.request.is_prefill:
+                self._prompt_logprobs(c, hidden[s.rows])
+        rows = [s.row_end - 1 for c, s in zip(chunks, seqs) if c.sample]
+        if not rows:
+            return None
+        return self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)])
+
+    def _prompt_logprobs(self, c: ScheduledChunk, hidden: torch.Tensor) -> None:
+        """Appends, for prompt positions j in (start, start+n], the logprob of token j + top-k."""
+        r, start = c.request, c.request.num_computed_tokens
+        end = min(start + c.num_tokens, r.num_prompt_tokens - 1)   # last predicted position
+        k = r.params.prompt_logprobs
+        for a in range(start, end, LOGITS_ROWS):
+            b = min(a + LOGITS_ROWS, end)
+            lp = torch.log_softmax(self.model.compute_logits(hidden[a - start:b - start]), dim=-1)
+            actual = torch.tensor(r.prompt_token_ids[a + 1:b + 1], device=lp.device)
+            r.prompt_logprobs.extend(top_logprobs(lp, k, actual))

@@ -1,0 +1,53 @@
+"""SamplingParams: what to generate for one request (vLLM's names and meanings)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from turboctx.errors import InvalidRequestError
+
+MAX_LOGPROBS = 20
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 1.0        # 0 = greedy
+    top_p: float = 1.0              # nucleus mass, in (0, 1]
+    top_k: int = -1                 # -1 (or 0) = off
+    seed: int | None = None         # per-request RNG seed
+    stop: list[str] | str | None = None
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    logprobs: int | None = None     # top-k logprobs of the full distribution per generated token
+    prompt_logprobs: int | None = None  # per prompt position: the actual token + top-k
+    skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.stop = list(self.stop or [])
+        self.stop_token_ids = list(self.stop_token_ids or [])
+        _check(isinstance(self.max_tokens, int) and self.max_tokens >= 1,
+               f"max_tokens={self.max_tokens!r} must be an integer >= 1")
+        _check(self.temperature >= 0, f"temperature={self.temperature} must be >= 0")
+        _check(0 < self.top_p <= 1, f"top_p={self.top_p} must be in (0, 1]")
+        _check(isinstance(self.top_k, int) and (self.top_k == -1 or self.top_k >= 0),
+               f"top_k={self.top_k!r} must be -1 (off), 0 (off) or a positive integer")
+        for name in ("logprobs", "prompt_logprobs"):
+            v = getattr(self, name)
+            _check(v is None or (isinstance(v, int) and 0 <= v <= MAX_LOGPROBS),
+                   f"{name}={v!r} must be None or an integer in [0, {MAX_LOGPROBS}]")
+        _check(all(isinstance(s, str) and s for s in self.stop),
+               f"stop={self.stop!r} must be non-empty strings")
+        _check(all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),
+               f"stop_token_ids={self.stop_token_ids!r} must be non-negative integers")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < 1e-5
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise InvalidRequestError(msg)

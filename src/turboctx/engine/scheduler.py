@@ -1,0 +1,88 @@
+"""Which request gets how many tokens this step.
+
+vLLM v1's rule: a request has tokens computed and tokens total; each step gives it
+`min(remaining, budget)`. Running decodes take one token each first, so a long prefill, cut into
+chunks of the budget, never stalls them. Admission reserves the KV blocks a request can ever need
+(prompt + max_tokens), so a running request can never run out of cache.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from turboctx.engine.request import Request, RequestStatus
+from turboctx.kv_cache import BlockAllocator, SeqSlots
+
+
+@dataclass
+class ScheduledChunk:
+    request: Request
+    num_tokens: int          # new tokens computed this step
+    sample: bool             # this chunk ends at the last known token: sample the next one
+
+
+class Scheduler:
+    def __init__(self, allocator: BlockAllocator, block_size: int, token_budget: int, max_num_seqs: int):
+        self.allocator, self.block_size = allocator, block_size
+        self.token_budget, self.max_num_seqs = token_budget, max_num_seqs
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+
+    def add(self, req: Request) -> None:
+        self.waiting.append(req)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def num_blocks_for(self, req: Request) -> int:
+        return math.ceil(req.max_total_tokens() / self.block_size)
+
+    def schedule(self) -> list[ScheduledChunk]:
+        budget = self.token_budget
+        out: list[ScheduledChunk] = []
+        # 1. decodes of running requests (one token each)
+        for req in self.running:
+            if budget == 0:
+                break
+            if not req.is_prefill:
+                out.append(ScheduledChunk(req, 1, True))
+                budget -= 1
+        # 2. prefill chunks of running requests, then newly admitted ones
+        for req in self.running:
+            if budget == 0:
+                break
+            if req.is_prefill:
+                out.append(self._prefill_chunk(req, budget))
+                budget -= out[-1].num_tokens
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            req = self.waiting[0]
+            need = self.num_blocks_for(req)
+            if not self.allocator.can_allocate(need):
+                break          # first come, first served: wait for memory
+            self.waiting.popleft()
+            req.slots = SeqSlots(self.allocator.allocate(need), self.block_size)
+            req.status = RequestStatus.RUNNING
+            req.first_scheduled_time = time.perf_counter()
+            self.running.append(req)
+            out.append(self._prefill_chunk(req, budget))
+            budget -= out[-1].num_tokens
+        return out
+
+    @staticmethod
+    def _prefill_chunk(req: Request, budget: int) -> ScheduledChunk:
+        n = min(req.num_prompt_tokens - req.num_computed_tokens, budget)
+        return ScheduledChunk(req, n, req.num_computed_tokens + n == req.num_prompt_tokens)
+
+    def finish(self, req: Request, reason: str) -> None:
+        req.status = RequestStatus.FINISHED
+        req.finish_reason = reason
+        req.finish_time = time.perf_counter()
+        if req in self.running:
+            self.running.remove(req)
+        elif req in self.waiting:
+            self.waiting.remove(req)
+        if req.slots is not None:
+            self.allocator.free(req.slots.block_table)
+            req.slots = None

@@ -1,0 +1,129 @@
+"""The KV cache: allocated once, carved into fixed-size blocks of token slots.
+
+Layout per layer: k, v: [num_kv_heads, num_slots, head_dim], num_slots = num_blocks * block_size.
+A sequence owns a list of blocks (its block table). When those blocks are consecutive — the
+usual case, the allocator prefers it — the sequence's keys are a zero-copy strided view
+`k[:, start:end]`; otherwise they are gathered by slot index.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from turboctx.errors import OutOfCacheError
+
+
+class KVCache:
+    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, num_blocks: int,
+                 block_size: int, dtype: torch.dtype, device: torch.device | str):
+        self.num_layers, self.num_kv_heads, self.head_dim = num_layers, num_kv_heads, head_dim
+        self.num_blocks, self.block_size = num_blocks, block_size
+        self.dtype, self.device = dtype, torch.device(device)
+        shape = (num_layers, num_kv_heads, num_blocks * block_size, head_dim)
+        # k, v: [L, Hkv, slots, D]
+        self.k = torch.empty(shape, dtype=dtype, device=device)
+        self.v = torch.empty(shape, dtype=dtype, device=device)
+
+    @property
+    def num_slots(self) -> int:
+        return self.num_blocks * self.block_size
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
+
+    @staticmethod
+    def bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
+        return 2 * num_layers * num_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+
+@dataclass
+class SeqSlots:
+    """Where one sequence's tokens live in the cache."""
+    block_table: list[int] = field(default_factory=list)
+    block_size: int = 1
+    _slot_ids: torch.Tensor | None = None
+
+    @property
+    def capacity(self) -> int:
+        return len(self.block_table) * self.block_size
+
+    @property
+    def contiguous_start(self) -> int | None:
+        """First slot if the blocks are consecutive, else None."""
+        bt = self.block_table
+        if bt and bt[-1] - bt[0] == len(bt) - 1 and all(b - a == 1 for a, b in zip(bt, bt[1:])):
+            return bt[0] * self.block_size
+        return None
+
+    def slot_ids(self, device) -> torch.Tensor:
+        """[capacity] int64 slot of each token position."""
+        if self._slot_ids is None or self._slot_ids.numel() != self.capacity:
+            blocks = torch.tensor(self.block_table, dtype=torch.int64)
+            offs = torch.arange(self.block_size, dtype=torch.int64)
+            self._slot_ids = (blocks[:, None] * self.block_size + offs[None, :]).flatten().to(device)
+        return self._slot_ids
+
+
+def read_kv(cache: torch.Tensor, slots: SeqSlots, start: int, end: int) -> torch.Tensor:
+    """cache: [Hkv, num_slots, D] -> the sequence's tokens [start, end) as [Hkv, end-start, D]."""
+    base = slots.contiguous_start
+    if base is not None:
+        return cache[:, base + start: base + end]
+    return cache.index_select(1, slots.slot_ids(cache.device)[start:end])
+
+
+def write_kv(cache: torch.Tensor, slots: SeqSlots, start: int, x: torch.Tensor) -> None:
+    """Store x: [n, Hkv, D] as the sequence's tokens [start, start+n)."""
+    n = x.shape[0]
+    base = slots.contiguous_start
+    if base is not None:
+        cache[:, base + start: base + start + n] = x.transpose(0, 1)
+    else:
+        cache.index_copy_(1, slots.slot_ids(cache.device)[start:start + n], x.transpose(0, 1))
+
+
+class BlockAllocator:
+    """Hands out cache blocks; prefers one consecutive run so reads stay zero-copy."""
+
+    def __init__(self, num_blocks: int):
+        self.num_blocks = num_blocks
+        self._free = [True] * num_blocks
+        self.num_free = num_blocks
+
+    def can_allocate(self, n: int) -> bool:
+        return n <= self.num_free
+
+    def allocate(self, n: int) -> list[int]:
+        if n > self.num_blocks:
+            raise OutOfCacheError(f"a request needs {n} KV blocks but the cache has {self.num_blocks}")
+        if n > self.num_free:
+            raise OutOfCacheError(f"{n} KV blocks asked for, {self.num_free} free")
+        run = self._find_run(n)
+        blocks = list(range(run, run + n)) if run is not None else \
+            [i for i, f in enumerate(self._free) if f][:n]
+        for b in blocks:
+            self._free[b] = False
+        self.num_free -= n
+        return blocks
+
+    def free(self, blocks: list[int]) -> None:
+        for b in blocks:
+            if self._free[b]:
+                raise RuntimeError(f"KV block {b} freed twice")
+            self._free[b] = True
+        self.num_free += len(blocks)
+
+    def _find_run(self, n: int) -> int | None:
+        run_start, run_len = 0, 0
+        for i, f in enumerate(self._free):
+            if f:
+                if run_len == 0:
+                    run_start = i
+                run_len += 1
+                if run_len == n:
+                    return run_start
+            else:
+                run_len = 0
+        return None

@@ -1,0 +1,144 @@
+"""Llama-family decoder (Llama 2/3, SmolLM2, Mistral-style): the shared decoder of this package.
+
+Qwen2 differs only by q/k/v biases (models/qwen2.py). Parameter names follow HF transformers,
+with q/k/v and gate/up fused (`load_weights` maps the checkpoint's separate tensors onto them).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from turboctx.attention.backend import AttentionBackend, AttentionBatch
+from turboctx.config import ModelConfig
+from turboctx.errors import ModelLoadError
+from turboctx.models.layers import GatedMLP, RMSNorm
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.num_heads, self.num_kv_heads, self.head_dim = (
+            cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim)
+        self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=cfg.o_proj_bias)
+        self.backend: AttentionBackend | None = None
+
+    def forward(self, x: torch.Tensor, batch: AttentionBatch) -> torch.Tensor:
+        N = x.shape[0]
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(N, self.num_heads, self.head_dim)        # [N, H, D]
+        k = k.view(N, self.num_kv_heads, self.head_dim)     # [N, Hkv, D]
+        v = v.view(N, self.num_kv_heads, self.head_dim)
+        out = self.backend.forward(self.layer, q, k, v, batch)   # [N, H, D]
+        return self.o_proj(out.reshape(N, self.q_size))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = SelfAttention(cfg, layer)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size)
+
+    def forward(self, x: torch.Tensor, batch: AttentionBatch) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), batch)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class DecoderModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, batch: AttentionBatch) -> torch.Tensor:
+        x = self.embed_tokens(input_ids)                    # [N, hidden]
+        for layer in self.layers:
+            x = layer(x, batch)
+        return self.norm(x)
+
+
+# checkpoint name suffix -> (our parameter suffix, shard index) for fused parameters
+_FUSED = {
+    "self_attn.q_proj": ("self_attn.qkv_proj", 0), "self_attn.k_proj": ("self_attn.qkv_proj", 1),
+    "self_attn.v_proj": ("self_attn.qkv_proj", 2),
+    "mlp.gate_proj": ("mlp.gate_up_proj", 0), "mlp.up_proj": ("mlp.gate_up_proj", 1),
+}
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = DecoderModel(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def set_attention_backend(self, backend: AttentionBackend) -> None:
+        for layer in self.model.layers:
+            layer.self_attn.backend = backend
+
+    def forward(self, input_ids: torch.Tensor, batch: AttentionBatch) -> torch.Tensor:
+        """input_ids: [N] -> final hidden states [N, hidden] (logits are computed separately)."""
+        return self.model(input_ids, batch)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: [M, hidden] -> logits [M, vocab] in float32."""
+        return self.lm_head(hidden).float()
+
+    def _shard_sizes(self, fused: str) -> list[int]:
+        c = self.config
+        if fused.endswith("qkv_proj"):
+            kv = c.num_key_value_heads * c.head_dim
+            return [c.num_attention_heads * c.head_dim, kv, kv]
+        return [c.intermediate_size, c.intermediate_size]
+
+    @torch.no_grad()
+    def load_weights(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy checkpoint tensors (HF names) into the parameters; every parameter must be set."""
+        params = dict(self.named_parameters(remove_duplicate=False))
+        missing = {n for n, p in self.named_parameters()}
+        if self.config.tie_word_embeddings:
+            missing.discard("lm_head.weight")
+        for name, tensor in tensors:
+            if "rotary_emb" in name:
+                continue
+            if name == "lm_head.weight" and self.config.tie_word_embeddings:
+                continue
+            target, offset, size = name, 0, None
+            for src, (dst, shard) in _FUSED.items():
+                if f".{src}." in name:
+                    target = name.replace(src, dst)
+                    sizes = self._shard_sizes(dst)
+                    offset, size = sum(sizes[:shard]), sizes[shard]
+                    break
+            if target not in params:
+                raise ModelLoadError(f"checkpoint tensor {name!r} has no place in a "
+                                     f"{self.config.family} model")
+            p = params[target]
+            dst_view = p.data if size is None else p.data.narrow(0, offset, size)
+            if tuple(dst_view.shape) != tuple(tensor.shape):
+                raise ModelLoadError(f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
+                                     f"the model expects {tuple(dst_view.shape)}")
+            dst_view.copy_(tensor)
+            if size is None or (offset + size == p.shape[0]):
+                missing.discard(target)
+        if missing:
+            raise ModelLoadError(f"checkpoint lacks {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
+
+    @torch.no_grad()
+    def init_random_(self, seed: int = 0, std: float = 0.02) -> None:
+        """Random weights for benchmarks (`random:<preset>`); norms stay 1, biases small."""
+        gen = torch.Generator(device=self.lm_head.weight.device).manual_seed(seed)
+        for name, p in self.named_parameters():
+            if name.endswith("layernorm.weight") or name.endswith("norm.weight"):
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, std, generator=gen)

@@ -1,0 +1,12 @@
+"""Model family -> class."""
+from __future__ import annotations
+
+from turboctx.config import ModelConfig
+
+
+def build_model(config: ModelConfig):
+    if config.family == "qwen2":
+        from turboctx.models.qwen2 import Qwen2ForCausalLM as cls
+    else:
+        from turboctx.models.llama import LlamaForCausalLM as cls
+    return cls(config)
