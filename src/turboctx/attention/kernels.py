@@ -10,6 +10,9 @@ from __future__ import annotations
 import torch
 
 _BROKEN: set[tuple] = set()  # (device type, dtype, kernel) combinations that raised once
+# On the CPU, PyTorch's flash kernel has a fixed cost of milliseconds (buffer set-up per call);
+# below this many scores per head the plain matmul path is far faster (decode, short prompts).
+CPU_MATH_MAX_SCORES = 1 << 18
 
 
 def _math_lse(q, k, v, causal: bool, scale: float):
@@ -39,7 +42,7 @@ def _sdpa_lse(q, k, v, causal: bool, scale: float):
     B, H, n, _ = q.shape
     if q.device.type == "cpu":
         key = ("cpu", q.dtype, "flash_cpu")
-        if key not in _BROKEN:
+        if key not in _BROKEN and n * k.shape[-2] > CPU_MATH_MAX_SCORES:
             try:
                 out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
                     q, k, v, 0.0, causal, scale=scale)

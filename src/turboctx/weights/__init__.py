@@ -5,6 +5,7 @@ Specs: None (the default model), a Hugging Face folder, a .gguf file, or random:
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from pathlib import Path
 
 from turboctx.errors import ModelLoadError
@@ -52,6 +53,7 @@ def _open_random(name: str) -> Checkpoint:
                       kind="random")
 
 
+@lru_cache(maxsize=1)
 def _default_tokenizer():
     """SmolLM2's tokenizer (all SmolLM2 sizes share it), if the default model is installed."""
     from turboctx.tokenizer import Tokenizer

@@ -12,6 +12,7 @@ from turboctx.config import ModelConfig
 from turboctx.errors import ModelLoadError, UnsupportedModelError
 from turboctx.tokenizer import Tokenizer, gguf_value
 from turboctx.weights.checkpoint import Checkpoint
+from turboctx.weights.gguf_reader import GGUFFile
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
@@ -50,13 +51,13 @@ def hf_tensor_name(gguf_name: str) -> str | None:
 
 
 def open_gguf(path: Path, kind: str = "gguf") -> Checkpoint:
-    from gguf import GGUFReader
-
     if not is_gguf(path):
         raise ModelLoadError(f"{path} is not a GGUF file (it does not start with b'GGUF'); "
                              f"give a .gguf file, a Hugging Face folder or random:<preset>")
     try:
-        reader = GGUFReader(str(path), "r")
+        reader = GGUFFile(path)
+    except ModelLoadError:
+        raise
     except Exception as e:  # noqa: BLE001 - a corrupt header raises all sorts
         raise ModelLoadError(f"cannot read GGUF file {path}: {e}") from e
     arch = gguf_value(reader, "general.architecture")
@@ -81,9 +82,9 @@ def _check_tensors(reader, path: Path) -> set[str]:
         if t.name in _SKIPPED:
             names.add(t.name)
             continue
-        if t.tensor_type.name not in SUPPORTED_TENSOR_TYPES:
+        if t.type_name not in SUPPORTED_TENSOR_TYPES:
             raise UnsupportedModelError(
-                f"tensor {t.name} in {path} has type {t.tensor_type.name}, which is not supported; "
+                f"tensor {t.name} in {path} has type {t.type_name}, which is not supported; "
                 f"supported: {', '.join(SUPPORTED_TENSOR_TYPES)}")
         if hf_tensor_name(t.name) is None:
             raise UnsupportedModelError(f"tensor {t.name} in {path} has no Llama/Qwen2 counterpart")
@@ -104,7 +105,7 @@ def gguf_config(reader, arch: str, names: set[str], tokenizer: Tokenizer | None,
     if vocab is None:
         tokens = gguf_value(reader, "tokenizer.ggml.tokens")
         vocab = len(tokens) if tokens else next(
-            int(t.shape[1]) for t in reader.tensors if t.name == "token_embd.weight")
+            int(t.shape[0]) for t in reader.tensors if t.name == "token_embd.weight")
     rope_scaling = None
     rtype = meta("rope.scaling.type")
     if rtype not in (None, "none"):
@@ -138,8 +139,7 @@ def _stream(reader, config: ModelConfig):
         name = hf_tensor_name(t.name)
         if name is None:
             continue
-        shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # GGUF lists ne0 (innermost) first
-        arr = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
+        arr = np.asarray(dequantize(t.data, t.qtype), dtype=np.float32).reshape(t.shape)
         if config.family == "llama" and (".attn_q." in t.name or ".attn_k." in t.name):
             n = config.num_attention_heads if ".attn_q." in t.name else config.num_key_value_heads
             arr = unpermute_rope(arr, n)

@@ -1,0 +1,275 @@
+"""`turboctx eval ...`: passkey, niah, ruler, ppl against the local engine or an OpenAI server.
+
+    turboctx eval passkey --lengths 1k,2k,4k,8k --trials 6 --out runs/passkey
+    turboctx eval niah --model path/to/model --dca --lengths 4k,16k,64k --out runs/niah
+    turboctx eval ruler --lengths 4k --samples 20 --tasks niah_single_1,vt,cwe --out runs/ruler
+    turboctx eval ruler --base-url http://localhost:8000/v1 --api-key K --chat ...
+    turboctx eval ppl --lengths 32k --setting dca=false --setting dca=true --out runs/ppl
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from turboctx.eval import niah as niah_mod
+from turboctx.eval import passkey as passkey_mod
+from turboctx.eval.common import parse_floats, parse_size, parse_sizes
+from turboctx.eval.targets import LocalTarget, OpenAITarget, TargetUnavailable, load_tokenizer
+
+eval_app = typer.Typer(help="Long-context evaluation: passkey, needle-in-a-haystack, RULER, "
+                            "perplexity by position.", no_args_is_help=True)
+_EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+# Common options (typer has no option groups: the same declarations on each command).
+ModelOpt = typer.Option(None, "--model", help="Model spec: HF folder, .gguf, random:<preset>; "
+                        "default: the default model.")
+DcaOpt = typer.Option(None, "--dca/--no-dca", help="Dual Chunk Attention (engine flag).")
+AttnOpt = typer.Option(None, "--attention", help="Attention backend: dense | sparse (engine flag).")
+MaxLenOpt = typer.Option(None, "--max-model-len", help="Engine max_model_len, e.g. 128k.")
+DeviceOpt = typer.Option(None, "--device", help="cpu | cuda | cuda:1 (engine flag).")
+DtypeOpt = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (engine flag).")
+BaseUrlOpt = typer.Option(None, "--base-url", help="OpenAI-compatible server, e.g. http://localhost:8000/v1.")
+ApiKeyOpt = typer.Option(None, "--api-key", envvar="OPENAI_API_KEY", help="API key for --base-url.")
+ChatOpt = typer.Option(False, "--chat", help="Use /chat/completions (remote) instead of /completions.")
+ServedOpt = typer.Option(None, "--served-model", help="Model name on the server (default: its first).")
+TokOpt = typer.Option(None, "--tokenizer", help="Tokenizer spec for length fitting with --base-url "
+                      "(a model spec; default: the default model's).")
+ConcOpt = typer.Option(4, "--concurrency", help="Parallel requests to a remote target.")
+BatchOpt = typer.Option(1, "--batch-size", help="Prompts per engine call (local target).")
+SeedOpt = typer.Option(42, "--seed")
+SavePromptsOpt = typer.Option(False, "--save-prompts", help="Store each full prompt in samples.jsonl.")
+TemplateOpt = typer.Option("base", "--template", help="Prompt wrapping: base (raw completion), chat "
+                           "(the tokenizer's chat template), or a RULER model template name.")
+
+
+def parse_extra(args: list[str]) -> dict[str, Any]:
+    """Unknown `--some-flag value`, `--flag=value`, `--flag` -> {"some_flag": value} (typed)."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if not a.startswith("--"):
+            raise typer.BadParameter(f"unexpected argument {a!r}")
+        name, _, val = a[2:].partition("=")
+        if not _ and i + 1 < len(args) and not args[i + 1].startswith("--"):
+            val, i = args[i + 1], i + 1
+        elif not _:
+            val = "true"
+        if name.startswith("no-") and val == "true":
+            name, val = name[3:], "false"
+        out[name.replace("-", "_")] = _typed(val)
+        i += 1
+    return out
+
+
+def _typed(v: str) -> Any:
+    low = v.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    try:
+        return parse_size(v)
+    except ValueError:
+        return v
+
+
+def engine_flags(dca, attention, max_model_len, device, dtype, extra: list[str]) -> dict[str, Any]:
+    flags = {"dca": dca, "attention": attention, "device": device, "dtype": dtype,
+             "max_model_len": parse_size(max_model_len) if max_model_len else None}
+    flags = {k: v for k, v in flags.items() if v is not None}
+    flags.update(parse_extra(extra))
+    return flags
+
+
+def make_target(model, flags, base_url, api_key, chat, served_model, tokenizer, concurrency,
+                batch_size):
+    if base_url:
+        tok = load_tokenizer(tokenizer or model) if (tokenizer or model) else None
+        return OpenAITarget(base_url, api_key, model=served_model, chat=chat,
+                            concurrency=concurrency, tokenizer=tok)
+    return LocalTarget(model, batch_size=batch_size, **flags)
+
+
+def make_wrap(target, template: str):
+    """(body, answer_prefix) -> prompt text, as RULER's model template + answer prefix."""
+    from turboctx.eval.ruler.constants import MODEL_TEMPLATES
+    if template == "base":
+        return lambda body, prefix: body + prefix
+    if template == "chat":
+        return lambda body, prefix: target.wrap(body, prefix, chat=True)
+    if template not in MODEL_TEMPLATES:
+        raise typer.BadParameter(f"unknown --template {template!r}: base, chat, "
+                                 + ", ".join(MODEL_TEMPLATES))
+    tmpl = MODEL_TEMPLATES[template]
+    return lambda body, prefix: tmpl.format(task_template=body) + prefix
+
+
+def _run(samples, target, out: Path, save_prompts: bool, meta: dict, heat: bool = False):
+    from turboctx.eval.runner import print_table, run_samples
+    try:
+        summary = run_samples(samples, target, out, save_prompts=save_prompts, meta=meta)
+    except TargetUnavailable as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2)
+    print_table(summary, title=f"{meta.get('command')} — {getattr(target, 'name', '')}")
+    if heat:
+        from turboctx.eval.plots import heatmap
+        for task, t in summary["tasks"].items():
+            if "grid" in t:
+                p = heatmap(t["grid"], out / f"{task}_heatmap.png",
+                            title=f"{task}: {getattr(target, 'name', '')}")
+                typer.echo(f"heatmap: {p}")
+    typer.echo(f"samples: {out / 'samples.jsonl'}\nsummary: {out / 'summary.json'}")
+    return summary
+
+
+@eval_app.command(context_settings=_EXTRA)
+def passkey(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[bool] = DcaOpt,
+            attention: Optional[str] = AttnOpt, max_model_len: Optional[str] = MaxLenOpt,
+            device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt,
+            base_url: Optional[str] = BaseUrlOpt, api_key: Optional[str] = ApiKeyOpt,
+            chat: bool = ChatOpt, served_model: Optional[str] = ServedOpt,
+            tokenizer: Optional[str] = TokOpt, concurrency: int = ConcOpt,
+            batch_size: int = BatchOpt,
+            lengths: str = typer.Option("1k,2k,4k,8k", help="Total tokens per prompt (k = 1024)."),
+            depths: str = typer.Option("0,0.25,0.5,0.75,1", help="Needle depths (fractions or %)."),
+            trials: int = typer.Option(5, help="Trials per (length, depth) cell."),
+            digits: int = typer.Option(5, help="Digits of the pass key."),
+            seed: int = SeedOpt, template: str = TemplateOpt,
+            out: Path = typer.Option(Path("eval_out/passkey")), save_prompts: bool = SavePromptsOpt):
+    """Passkey retrieval over lengths x depths (the classic prompt); heatmap PNG."""
+    flags = engine_flags(dca, attention, max_model_len, device, dtype, ctx.args)
+    target = make_target(model, flags, base_url, api_key, chat, served_model, tokenizer,
+                         concurrency, batch_size)
+    wrap = make_wrap(target, template)
+    samples = passkey_mod.generate(parse_sizes(lengths), parse_floats(depths), trials, seed,
+                                   target.count_tokens, wrap=lambda p: wrap(p, ""), digits=digits)
+    _run(samples, target, out, save_prompts, {"command": "passkey", "seed": seed, "flags": flags},
+         heat=True)
+
+
+@eval_app.command(context_settings=_EXTRA)
+def niah(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[bool] = DcaOpt,
+         attention: Optional[str] = AttnOpt, max_model_len: Optional[str] = MaxLenOpt,
+         device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt,
+         base_url: Optional[str] = BaseUrlOpt, api_key: Optional[str] = ApiKeyOpt,
+         chat: bool = ChatOpt, served_model: Optional[str] = ServedOpt,
+         tokenizer: Optional[str] = TokOpt, concurrency: int = ConcOpt, batch_size: int = BatchOpt,
+         lengths: str = typer.Option("1k,2k,4k,8k"),
+         depths: str = typer.Option("0,10,20,30,40,50,60,70,80,90,100"),
+         trials: int = typer.Option(1), seed: int = SeedOpt, template: str = TemplateOpt,
+         needle: str = typer.Option(niah_mod.NEEDLE, help="Needle sentence; {value} = a random 7-digit number."),
+         question: str = typer.Option(niah_mod.QUESTION),
+         answer_prefix: str = typer.Option(niah_mod.ANSWER_PREFIX),
+         expected: Optional[str] = typer.Option(None, help="Comma-separated words the answer must "
+                                                "contain (for a needle without {value})."),
+         haystack: Optional[Path] = typer.Option(None, help="Haystack text file (default: ASV Bible)."),
+         out: Path = typer.Option(Path("eval_out/niah")), save_prompts: bool = SavePromptsOpt):
+    """Needle in a haystack over lengths x depths; heatmap PNG (depth rows, length columns)."""
+    flags = engine_flags(dca, attention, max_model_len, device, dtype, ctx.args)
+    target = make_target(model, flags, base_url, api_key, chat, served_model, tokenizer,
+                         concurrency, batch_size)
+    samples = niah_mod.generate(
+        parse_sizes(lengths), parse_floats(depths), trials, seed, target.count_tokens,
+        wrap=make_wrap(target, template), needle=needle, question=question,
+        answer_prefix=answer_prefix,
+        expected=[w.strip() for w in expected.split(",")] if expected else None,
+        haystack=str(haystack) if haystack else None)
+    _run(samples, target, out, save_prompts, {"command": "niah", "seed": seed, "flags": flags},
+         heat=True)
+
+
+@eval_app.command(context_settings=_EXTRA)
+def ruler(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[bool] = DcaOpt,
+          attention: Optional[str] = AttnOpt, max_model_len: Optional[str] = MaxLenOpt,
+          device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt,
+          base_url: Optional[str] = BaseUrlOpt, api_key: Optional[str] = ApiKeyOpt,
+          chat: bool = ChatOpt, served_model: Optional[str] = ServedOpt,
+          tokenizer: Optional[str] = TokOpt, concurrency: int = ConcOpt, batch_size: int = BatchOpt,
+          lengths: str = typer.Option("4k"), samples: int = typer.Option(20, help="Samples per task and length."),
+          tasks: str = typer.Option("all", help="Comma-separated RULER tasks, or all (13 tasks)."),
+          seed: int = SeedOpt, template: str = TemplateOpt,
+          squad: Optional[Path] = typer.Option(None, help="SQuAD v2 dev JSON for qa_1."),
+          hotpotqa: Optional[Path] = typer.Option(None, help="HotpotQA dev JSON for qa_2."),
+          haystack: Optional[Path] = typer.Option(None, help="Essay haystack text (default: ASV Bible)."),
+          out: Path = typer.Option(Path("eval_out/ruler")), save_prompts: bool = SavePromptsOpt):
+    """RULER synthetic tasks with RULER's templates, length fitting and scorers."""
+    from turboctx.eval import ruler as ruler_mod
+    flags = engine_flags(dca, attention, max_model_len, device, dtype, ctx.args)
+    target = make_target(model, flags, base_url, api_key, chat, served_model, tokenizer,
+                         concurrency, batch_size)
+    names = ruler_mod.ALL_TASKS if tasks == "all" else [t.strip() for t in tasks.split(",") if t.strip()]
+    qa_files = {k: str(v) for k, v in (("squad", squad), ("hotpotqa", hotpotqa)) if v}
+    wrap = make_wrap(target, template)
+    all_samples, not_run = [], {}
+    for name in names:
+        for L in parse_sizes(lengths):
+            try:
+                all_samples += ruler_mod.generate(name, L, samples, seed, target.count_tokens, wrap,
+                                                  haystack=str(haystack) if haystack else None,
+                                                  qa_files=qa_files)
+            except (ruler_mod.NotRun, ValueError) as e:
+                not_run[f"{name}@{L}"] = str(e)
+                typer.secho(f"not run: {name} at {L}: {e}", fg="yellow", err=True)
+    summary = _run(all_samples, target, out, save_prompts,
+                   {"command": "ruler", "seed": seed, "flags": flags, "not_run": not_run})
+    if not_run:
+        summary["not_run"] = not_run
+        (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+
+
+@eval_app.command(context_settings=_EXTRA)
+def ppl(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[bool] = DcaOpt,
+        attention: Optional[str] = AttnOpt, max_model_len: Optional[str] = MaxLenOpt,
+        device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt,
+        base_url: Optional[str] = BaseUrlOpt, api_key: Optional[str] = ApiKeyOpt,
+        served_model: Optional[str] = ServedOpt, tokenizer: Optional[str] = TokOpt,
+        file: Optional[Path] = typer.Option(None, "--file", help="Text file (default: ASV Bible)."),
+        lengths: str = typer.Option("8k", help="Window length in tokens (the largest is used)."),
+        samples: int = typer.Option(1, help="Windows over the text."),
+        setting: list[str] = typer.Option([], "--setting", help="Engine flags of one setting, "
+                                          "e.g. 'dca=true,attention=sparse'; repeat to compare."),
+        out: Path = typer.Option(Path("eval_out/ppl"))):
+    """Mean NLL by position bin (0-2K, 2-8K, 8-16K, ...): table, JSON, PNG."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from turboctx.eval.plots import nll_by_position
+    from turboctx.eval.ppl import run_ppl
+    flags = engine_flags(dca, attention, max_model_len, device, dtype, ctx.args)
+    length = max(parse_sizes(lengths))
+    if base_url:
+        targets = {"remote": make_target(model, flags, base_url, api_key, False, served_model,
+                                         tokenizer, 1, 1)}
+    else:
+        settings = setting or [",".join(f"{k}={v}" for k, v in flags.items()) or "default"]
+        targets = {}
+        for s in settings:
+            extra = {} if s == "default" else parse_extra(
+                [f"--{kv.strip()}" for kv in s.split(",") if kv.strip()])
+            targets[s] = LocalTarget(model, **{**flags, **extra})
+    first = next(iter(targets.values()))
+    try:
+        results = run_ppl(targets, first.encode, length, samples, str(file) if file else None)
+    except TargetUnavailable as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ppl.json").write_text(json.dumps({"length": length, "windows": samples,
+                                              "nll": results}, indent=2), encoding="utf-8")
+    table = Table(title=f"mean NLL by position ({samples} window(s) of {length} tokens)")
+    table.add_column("position")
+    for name in results:
+        table.add_column(name, justify="right")
+    for b in next(iter(results.values())):
+        table.add_row(b, *[("-" if r[b] is None else f"{r[b]:.3f}") for r in results.values()])
+    Console().print(table)
+    p = nll_by_position(results, out / "ppl.png", title=f"NLL by position, {length} tokens")
+    typer.echo(f"json: {out / 'ppl.json'}\nplot: {p}")

@@ -1,0 +1,88 @@
+"""Shared pieces: the Sample record, size parsing, length fitting by binary search."""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*$")
+
+
+def parse_size(text: str | int) -> int:
+    """'4k' -> 4096, '1m' -> 1048576, '1500' -> 1500 (k = 1024, as in RULER's 4K/128K)."""
+    if isinstance(text, int):
+        return text
+    m = _SIZE.match(str(text))
+    if not m:
+        raise ValueError(f"not a size: {text!r} (use e.g. 4096, 4k, 1m)")
+    mult = {"": 1, "k": 1024, "m": 1024 * 1024}[m.group(2).lower()]
+    return int(round(float(m.group(1)) * mult))
+
+
+def parse_sizes(text: str) -> list[int]:
+    return [parse_size(t) for t in str(text).split(",") if t.strip()]
+
+
+def parse_floats(text: str) -> list[float]:
+    """'0,0.25,0.5' or '0,25,50,100' (percent when any value > 1) -> fractions in [0, 1]."""
+    vals = [float(t) for t in str(text).split(",") if t.strip()]
+    if any(v > 1 for v in vals):
+        vals = [v / 100 for v in vals]
+    return vals
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class Sample:
+    """One prompt to send and how to score its answer."""
+
+    task: str
+    length: int                      # target length in tokens (prompt + tokens to generate)
+    index: int                       # trial / sample number within (task, length, depth)
+    prompt: str
+    expected: list[str]
+    metric: str = "all"              # "all" (string_match_all) | "part" (string_match_part)
+    max_tokens: int = 32
+    depth: float | None = None       # fraction in [0, 1], None when not a depth task
+    prompt_tokens: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        d = "" if self.depth is None else f"{self.depth:.4f}"
+        return f"{self.task}|{self.length}|{d}|{self.index}"
+
+
+def fit_to_length(build: Callable[[int], str], count: Callable[[str], int], budget: int,
+                  lo: int = 1, hi: int | None = None) -> tuple[int, str, int]:
+    """Largest n with count(build(n)) <= budget, by binary search (RULER's procedure).
+
+    Returns (n, text, tokens). Without `hi`, an upper bound is found by doubling from `lo`.
+    Raises ValueError when even `lo` units do not fit.
+    """
+    first = build(lo)
+    n_first = count(first)
+    if n_first > budget:
+        raise ValueError(f"the shortest prompt ({lo} units) is {n_first} tokens, over the "
+                         f"budget of {budget}: ask for a longer length")
+    best: tuple[int, str, int] = (lo, first, n_first)
+    if hi is None:
+        hi = max(2 * lo, 16)
+        while count(build(hi)) <= budget:
+            lo, hi = hi, hi * 2
+    lo = best[0] + 1 if lo == best[0] else lo
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        text = build(mid)
+        n_tok = count(text)
+        if n_tok <= budget:
+            if mid >= best[0]:
+                best = (mid, text, n_tok)
+            lo = mid + 1
+        else:
+            hi = mid - 1
+    return best

@@ -1,0 +1,217 @@
+"""Targets: what the harness talks to. The local engine, or any OpenAI-compatible server.
+
+A Target answers three questions: how many tokens is this text (for length fitting), what
+does the model reply to these prompts (greedy), and what are the log-probabilities of these
+tokens (for perplexity).
+"""
+from __future__ import annotations
+
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+
+class TargetUnavailable(RuntimeError):
+    """The target cannot be reached at all: the run stops (no sample is scored)."""
+
+
+class PromptTooLong(ValueError):
+    """A prompt over the target's context limit: recorded as an error sample."""
+
+
+@runtime_checkable
+class Target(Protocol):
+    name: str
+    batch_size: int
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def generate(self, prompts: Sequence[str], max_tokens: int) -> list[str | Exception]: ...
+
+    def token_logprobs(self, ids: Sequence[int]) -> list[float]:
+        """len(ids) - 1 values: log p(ids[j] | ids[:j]) for j = 1 .. len(ids) - 1."""
+        ...
+
+
+def _chat_prompt(tokenizer: Any, body: str) -> str:
+    msgs = [{"role": "user", "content": body}]
+    try:
+        return tokenizer.apply_chat_template(msgs, add_generation_prompt=True)
+    except TypeError:
+        return tokenizer.apply_chat_template(msgs)
+
+
+class TokenizerMixin:
+    """count_tokens / wrap over a tokenizer with encode(text) -> ids (and apply_chat_template)."""
+
+    tokenizer: Any
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text))
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text))
+
+    def wrap(self, body: str, answer_prefix: str = "", chat: bool = False) -> str:
+        """The prompt text for a task body: RULER's model template + answer prefix."""
+        if chat:
+            return _chat_prompt(self.tokenizer, body) + answer_prefix
+        return body + answer_prefix
+
+
+def load_tokenizer(spec: str | None) -> Any:
+    """A tokenizer by model spec, through the engine's checkpoint loader (None = default model)."""
+    try:
+        from turboctx.weights import open_checkpoint
+    except ImportError as e:  # pragma: no cover - depends on the engine being there
+        raise RuntimeError(f"--tokenizer needs turboctx.weights.open_checkpoint ({e})") from e
+    return open_checkpoint(spec).tokenizer
+
+
+class LocalTarget(TokenizerMixin):
+    """The in-process engine, created lazily from a model spec and engine flags."""
+
+    def __init__(self, model: str | None = None, batch_size: int = 1, **engine_flags: Any):
+        self.model_spec = model
+        self.engine_flags = engine_flags
+        self.batch_size = batch_size
+        self._llm = None
+        flags = ",".join(f"{k}={v}" for k, v in sorted(engine_flags.items()))
+        self.name = f"local:{model or 'default'}" + (f"[{flags}]" if flags else "")
+
+    @property
+    def llm(self):
+        if self._llm is None:
+            from turboctx import LLM
+            self._llm = LLM(self.model_spec, **self.engine_flags)
+        return self._llm
+
+    @property
+    def tokenizer(self):
+        return self.llm.tokenizer
+
+    @property
+    def max_model_len(self) -> int | None:
+        engine = getattr(self.llm, "engine", None)
+        for obj in (self.llm, getattr(engine, "config", None), getattr(self.llm, "config", None),
+                    getattr(self.llm, "engine_config", None)):
+            val = getattr(obj, "max_model_len", None)
+            if isinstance(val, int):
+                return val
+        return self.engine_flags.get("max_model_len")
+
+    def generate(self, prompts: Sequence[str], max_tokens: int) -> list[str | Exception]:
+        from turboctx import SamplingParams
+        limit = self.max_model_len
+        results: list[str | Exception] = [None] * len(prompts)  # type: ignore[list-item]
+        todo = []
+        for i, p in enumerate(prompts):
+            n = self.count_tokens(p)
+            if limit is not None and n + max_tokens > limit:
+                results[i] = PromptTooLong(f"{n} prompt tokens + {max_tokens} > max_model_len {limit}")
+            else:
+                todo.append(i)
+        if todo:
+            params = SamplingParams(max_tokens=max_tokens, temperature=0)
+            try:
+                outs = self.llm.generate([prompts[i] for i in todo], params)
+                for i, o in zip(todo, outs):
+                    results[i] = o.text
+            except Exception as e:  # the engine rejects a whole batch: find the culprit(s)
+                if len(todo) == 1:
+                    results[todo[0]] = e
+                else:
+                    for i in todo:
+                        results[i] = self.generate([prompts[i]], max_tokens)[0]
+        return results
+
+    def token_logprobs(self, ids: Sequence[int]) -> list[float]:
+        from turboctx import SamplingParams
+        out = self.llm.generate([list(ids)], SamplingParams(max_tokens=1, temperature=0,
+                                                            prompt_logprobs=0))[0]
+        lps = out.prompt_logprobs
+        return [float(lps[j][ids[j]]) for j in range(1, len(ids))]
+
+
+class OpenAITarget(TokenizerMixin):
+    """Any OpenAI-compatible server: /v1/completions, or /v1/chat/completions with --chat."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, model: str | None = None,
+                 chat: bool = False, concurrency: int = 4, tokenizer: Any = None,
+                 timeout: float = 3600.0):
+        import openai
+        self._openai = openai
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "EMPTY",
+                                    timeout=timeout, max_retries=1)
+        self.base_url = base_url
+        self.chat = chat
+        self.batch_size = max(1, concurrency)
+        self._tokenizer = tokenizer
+        self._model = model
+        self._lock = threading.Lock()
+        self.name = f"openai:{base_url}" + (" (chat)" if chat else "")
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(None)
+        return self._tokenizer
+
+    @property
+    def model(self) -> str:
+        with self._lock:
+            if self._model is None:
+                try:
+                    models = self.client.models.list().data
+                except self._openai.APIConnectionError as e:
+                    raise TargetUnavailable(
+                        f"cannot reach the OpenAI-compatible server at {self.base_url}: {e}. "
+                        "Is it running (e.g. `turboctx serve`)?") from e
+                if not models:
+                    raise TargetUnavailable(f"{self.base_url} lists no models; pass --served-model")
+                self._model = models[0].id
+            return self._model
+
+    def wrap(self, body: str, answer_prefix: str = "", chat: bool = False) -> str:
+        # Chat endpoints apply the template server-side: send body + prefix as the user turn
+        # (what RULER's OpenAI client does).
+        return body + answer_prefix
+
+    def _one(self, prompt: str, max_tokens: int) -> str | Exception:
+        oa = self._openai
+        try:
+            if self.chat:
+                r = self.client.chat.completions.create(
+                    model=self.model, messages=[{"role": "user", "content": prompt}],
+                    max_tokens=max_tokens, temperature=0)
+                return r.choices[0].message.content or ""
+            r = self.client.completions.create(model=self.model, prompt=prompt,
+                                               max_tokens=max_tokens, temperature=0)
+            return r.choices[0].text
+        except oa.APIConnectionError as e:
+            raise TargetUnavailable(f"lost the server at {self.base_url}: {e}") from e
+        except oa.BadRequestError as e:  # typically: prompt over the context limit
+            msg = str(e)
+            if any(w in msg.lower() for w in ("context", "too long", "maximum", "length")):
+                return PromptTooLong(msg)
+            return e
+        except oa.APIError as e:
+            return e
+
+    def generate(self, prompts: Sequence[str], max_tokens: int) -> list[str | Exception]:
+        _ = self.model  # fail fast and clearly when the server is down
+        if len(prompts) == 1:
+            return [self._one(prompts[0], max_tokens)]
+        with ThreadPoolExecutor(self.batch_size) as pool:
+            return list(pool.map(lambda p: self._one(p, max_tokens), prompts))
+
+    def token_logprobs(self, ids: Sequence[int]) -> list[float]:
+        # vLLM-style echo: logprobs of the prompt tokens themselves, no new token.
+        try:
+            r = self.client.completions.create(model=self.model, prompt=list(ids), max_tokens=1,
+                                               temperature=0, echo=True, logprobs=0)
+        except self._openai.APIConnectionError as e:
+            raise TargetUnavailable(f"cannot reach {self.base_url}: {e}") from e
+        lps = r.choices[0].logprobs.token_logprobs[: len(ids)]
+        return [float(x) if x is not None else math.nan for x in lps[1:]]

@@ -1,0 +1,180 @@
+"""Passkey / NIAH grids, runner bookkeeping (samples.jsonl, summary.json, resume), plots, CLI."""
+import json
+
+import pytest
+
+from turboctx.eval import niah, passkey
+from turboctx.eval.common import parse_floats, parse_size, parse_sizes
+from turboctx.eval.runner import load_done, run_samples
+from turboctx.eval.testing import DownTarget, OracleTarget, WordTokenizer, WrongTarget
+from turboctx.eval.targets import TargetUnavailable
+
+FIELDS = {"task", "length", "depth", "prompt_sha256", "expected", "answer", "score"}
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return WordTokenizer()
+
+
+def _count(tok):
+    return lambda t: len(tok.encode(t))
+
+
+def test_parse_sizes():
+    assert parse_sizes("1k,4K,1m,1500") == [1024, 4096, 1048576, 1500]
+    assert parse_size("0.5k") == 512
+    assert parse_floats("0,50,100") == [0.0, 0.5, 1.0]
+    assert parse_floats("0,0.25,1") == [0.0, 0.25, 1.0]
+    with pytest.raises(ValueError):
+        parse_size("4x")
+
+
+def test_passkey_prompt_classic(tok):
+    s = passkey.generate([1024], [0.5], 1, 0, _count(tok))[0]
+    key = s.expected[0]
+    assert len(key) == 5 and key.isdigit()
+    assert s.prompt.startswith("There is an important info hidden inside a lot of irrelevant text. "
+                               "Find it and memorize them. I will quiz you about the important "
+                               "information there. The grass is green. The sky is blue.")
+    assert f" The pass key is {key}. Remember it. {key} is the pass key. " in s.prompt
+    # filled at sentence granularity (the classic cuts the repeated filler anywhere)
+    assert s.prompt.endswith(". What is the pass key? The pass key is")
+    assert s.prompt.count("The grass is green.") >= 30
+    mid = s.prompt.index("The pass key is")
+    assert 0.4 < mid / len(s.prompt) < 0.6
+
+
+@pytest.mark.parametrize("gen", ["passkey", "niah"])
+def test_grid_oracle_wrong_and_lengths(gen, tok, tmp_path):
+    mod = passkey if gen == "passkey" else niah
+    lengths, depths = [1024, 2048], [0.0, 0.5, 1.0]
+    samples = mod.generate(lengths, depths, 2, 1, _count(tok))
+    assert len(samples) == 12
+    for s in samples:
+        assert 0.98 * s.length <= s.prompt_tokens + s.max_tokens <= s.length
+    summary = run_samples(samples, OracleTarget(tok), tmp_path / "ok", progress=False)
+    task = summary["tasks"][gen]
+    assert task["score"] == 100.0 and task["n"] == 12
+    assert set(task["grid"]) == {"0.0000", "0.5000", "1.0000"}
+    assert task["grid"]["0.5000"] == {"1024": 100.0, "2048": 100.0}
+    bad = run_samples(samples, WrongTarget(tok), tmp_path / "bad", progress=False)
+    assert bad["tasks"][gen]["score"] == 0.0 and bad["overall"] == 0.0
+
+
+def test_samples_jsonl_fields_and_save_prompts(tok, tmp_path):
+    samples = passkey.generate([1024], [0.25], 2, 0, _count(tok))
+    run_samples(samples, OracleTarget(tok), tmp_path, progress=False, save_prompts=True)
+    recs = [json.loads(l) for l in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert len(recs) == 2
+    for r, s in zip(recs, samples):
+        assert FIELDS <= set(r) and r["prompt"] == s.prompt
+        assert r["task"] == "passkey" and r["length"] == 1024 and r["depth"] == 0.25
+        assert r["score"] == 1.0 and r["expected"] == s.expected
+    run_samples(samples, OracleTarget(tok), tmp_path / "b", progress=False)
+    rec = json.loads((tmp_path / "b" / "samples.jsonl").read_text().splitlines()[0])
+    assert "prompt" not in rec and FIELDS <= set(rec)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["tasks"]["passkey"]["by_length"]["1024"] == {"score": 100.0, "n": 2}
+    assert summary["by_length"] == {"1024": 100.0} and summary["overall"] == 100.0
+
+
+def test_resume_skips_done_and_retries_errors(tok, tmp_path):
+    samples = passkey.generate([1024], [0.0, 1.0], 3, 0, _count(tok))
+    t1 = OracleTarget(tok)
+    run_samples(samples[:4], t1, tmp_path, progress=False)
+    with (tmp_path / "samples.jsonl").open("a") as f:
+        f.write('{"task": "passkey", "len')  # a torn line from a killed run
+    t2 = OracleTarget(tok)
+    summary = run_samples(samples, t2, tmp_path, progress=False)
+    assert t2.calls == 2 and summary["tasks"]["passkey"]["n"] == 6
+    t3 = OracleTarget(tok)
+    run_samples(samples, t3, tmp_path, progress=False)
+    assert t3.calls == 0
+    assert len(load_done(tmp_path / "samples.jsonl")) == 6
+
+
+def test_too_long_is_an_error_not_a_wrong_answer(tok, tmp_path):
+    samples = passkey.generate([1024, 2048], [0.5], 1, 0, _count(tok))
+    summary = run_samples(samples, OracleTarget(tok, max_len=1500), tmp_path, progress=False)
+    t = summary["tasks"]["passkey"]
+    assert t["score"] == 100.0 and t["n"] == 1 and t["errors"] == 1
+    recs = [json.loads(l) for l in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    err = [r for r in recs if r["length"] == 2048][0]
+    assert err["score"] is None and err["answer"] is None and "PromptTooLong" in err["error"]
+    # the error is retried on resume (e.g. against a target with a larger limit)
+    t2 = OracleTarget(tok)
+    assert run_samples(samples, t2, tmp_path, progress=False)["errors"] == 0 and t2.calls == 1
+
+
+def test_target_down_raises(tok, tmp_path):
+    with pytest.raises(TargetUnavailable):
+        run_samples(passkey.generate([1024], [0.5], 1, 0, _count(tok)), DownTarget(tok),
+                    tmp_path, progress=False)
+
+
+def test_heatmap_and_ppl_png(tmp_path):
+    from turboctx.eval.plots import heatmap, nll_by_position
+    grid = {"0.0000": {"1024": 100.0, "2048": 50.0}, "1.0000": {"1024": 0.0, "2048": None}}
+    p = heatmap(grid, tmp_path / "h.png", title="t")
+    assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    q = nll_by_position({"a": {"0-2K": 3.0, "2K-8K": 2.5}, "b": {"0-2K": 3.1, "2K-8K": None}},
+                        tmp_path / "p.png")
+    assert q.stat().st_size > 1000
+
+
+def test_ppl_bins(tok):
+    from turboctx.eval.ppl import bin_edges, nll_by_bin, run_ppl
+    assert bin_edges(32768) == [0, 2048, 8192, 16384, 32768]
+    assert bin_edges(10000) == [0, 2048, 8192, 10000]
+    res = nll_by_bin([[-1.0] * 2047 + [-2.0] * 2048], 4096)
+    assert res == {"0-2K": 1.0, "2K-4K": 2.0}
+    out = run_ppl({"fake": OracleTarget(tok)}, tok.encode, 3000, 2, progress=False)
+    assert list(out["fake"]) == ["0-2K", "2K-3000"]
+    assert out["fake"]["0-2K"] == pytest.approx(1.1, abs=0.01)
+
+
+def test_cli_passkey_niah_ruler(tok, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from turboctx.eval import cli
+    seen = {}
+
+    def fake_target(model, flags, *a, **k):
+        seen.update(model=model, flags=flags)
+        return OracleTarget(tok)
+
+    monkeypatch.setattr(cli, "make_target", fake_target)
+    run = CliRunner().invoke
+    r = run(cli.eval_app, ["passkey", "--model", "m.gguf", "--dca", "--attention", "sparse",
+                           "--max-model-len", "16k", "--chunk-size", "8k", "--lengths", "1k,2k",
+                           "--depths", "0,50,100", "--trials", "1", "--out", str(tmp_path / "pk")])
+    assert r.exit_code == 0, r.output
+    assert seen["flags"] == {"dca": True, "attention": "sparse", "max_model_len": 16384,
+                             "chunk_size": 8192}
+    assert (tmp_path / "pk" / "passkey_heatmap.png").exists()
+    assert json.loads((tmp_path / "pk" / "summary.json").read_text())["overall"] == 100.0
+    r = run(cli.eval_app, ["niah", "--lengths", "1k", "--depths", "0,100", "--out", str(tmp_path / "n")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "n" / "niah_heatmap.png").exists()
+    r = run(cli.eval_app, ["ruler", "--lengths", "4k", "--samples", "1", "--tasks",
+                           "niah_single_1,vt,qa_1", "--out", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert s["overall"] == 100.0 and set(s["tasks"]) == {"niah_single_1", "vt"}
+    assert "qa_1@4096" in s["not_run"]
+
+
+def test_cli_ruler_chat_template(tok, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from turboctx.eval import cli
+    monkeypatch.setattr(cli, "make_target", lambda *a, **k: OracleTarget(tok))
+    r = CliRunner().invoke(cli.eval_app, ["ruler", "--lengths", "4k", "--samples", "1", "--tasks",
+                                          "niah_single_1", "--template", "chat", "--save-prompts",
+                                          "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    rec = json.loads((tmp_path / "samples.jsonl").read_text().splitlines()[0])
+    assert rec["prompt"].startswith("<|user|>\nA special magic number is hidden")
+    assert rec["prompt"].endswith("provided text?\n<|assistant|>\n The special magic number for "
+                                  + rec["prompt"].split("magic number for ")[-1])
