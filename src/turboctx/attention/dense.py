@@ -23,6 +23,8 @@ class DenseAttentionBackend(AttentionBackend):
         cos, sin = batch.extras["cos_sin"]
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         k_cache, v_cache = batch.kv_cache.k[layer], batch.kv_cache.v[layer]
+        if len(batch.seqs) == 1:     # the long-prompt case: no scatter into a batch buffer
+            return self.attend_seq(q, k, v, batch.seqs[0], k_cache, v_cache)
         out = torch.empty_like(q)
         for s in batch.seqs:
             out[s.rows] = self.attend_seq(q[s.rows], k[s.rows], v[s.rows], s, k_cache, v_cache)

@@ -13,6 +13,7 @@ _BROKEN: set[tuple] = set()  # (device type, dtype, kernel) combinations that ra
 # On the CPU, PyTorch's flash kernel has a fixed cost of milliseconds (buffer set-up per call);
 # below this many scores per head the plain matmul path is far faster (decode, short prompts).
 CPU_MATH_MAX_SCORES = 1 << 18
+FEW_QUERIES = 128
 
 
 def _math_lse(q, k, v, causal: bool, scale: float):
@@ -29,10 +30,13 @@ def _math_lse(q, k, v, causal: bool, scale: float):
 
 def _cuda_kernels(q, k, v, causal, scale):
     if q.dtype in (torch.bfloat16, torch.float16):
-        yield "cudnn", lambda: torch.ops.aten._scaled_dot_product_cudnn_attention(
-            q, k, v, None, True, 0.0, causal, False, scale=scale)[:2]
-        yield "flash", lambda: torch.ops.aten._scaled_dot_product_flash_attention(
-            q, k, v, 0.0, causal, False, scale=scale)[:2]
+        cudnn = ("cudnn", lambda: torch.ops.aten._scaled_dot_product_cudnn_attention(
+            q, k, v, None, True, 0.0, causal, False, scale=scale)[:2])
+        flash = ("flash", lambda: torch.ops.aten._scaled_dot_product_flash_attention(
+            q, k, v, 0.0, causal, False, scale=scale)[:2])
+        # cuDNN is fastest on long query blocks (prefill) but builds an execution plan for every
+        # new shape; decode changes the key length every step, so few queries go to flash.
+        yield from ((cudnn, flash) if q.shape[-2] > FEW_QUERIES else (flash, cudnn))
     yield "efficient", lambda: torch.ops.aten._scaled_dot_product_efficient_attention(
         q, k, v, None, True, 0.0, causal, scale=scale)[:2]
 
@@ -81,10 +85,43 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
         return out[0].transpose(0, 1), lse[0].transpose(0, 1)
     # Fold the G query heads that share a kv head into the query length: no KV copy.
     qf = q.view(n, Hkv, G, D).permute(1, 2, 0, 3).reshape(Hkv, G * n, D)
-    out, lse = _sdpa_lse(qf[None], k[None], v[None], False, scale)
-    out = out[0].view(Hkv, G, n, D).permute(2, 0, 1, 3).reshape(n, H, D)
-    lse = lse[0].view(Hkv, G, n).permute(2, 0, 1).reshape(n, H)
+    if q.device.type == "cuda" and G * n <= SPLIT_KV_MAX_QUERIES and m >= 2 * SPLIT_KV_SEGMENT:
+        out, lse = _split_kv(qf, k, v, scale)
+    else:
+        out, lse = _sdpa_lse(qf[None], k[None], v[None], False, scale)
+        out, lse = out[0], lse[0]
+    out = out.view(Hkv, G, n, D).permute(2, 0, 1, 3).reshape(n, H, D)
+    lse = lse.view(Hkv, G, n).permute(2, 0, 1).reshape(n, H)
     return out, lse
+
+
+# Split-KV ("flash-decoding", Dao et al. 2023): a few queries over a long cache would occupy only
+# Hkv thread blocks; cutting the keys into segments, attending to each as its own batch entry and
+# merging by LSE puts the whole GPU on it. Segments are zero-copy views of the cache.
+SPLIT_KV_SEGMENT = 8192
+SPLIT_KV_MAX_QUERIES = 128
+
+
+def _split_kv(qf: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
+    """qf: [Hkv, nq, D]; k, v: [Hkv, m, D] -> out [Hkv, nq, D], lse [Hkv, nq]."""
+    Hkv, nq, D = qf.shape
+    m = k.shape[1]
+    S = m // SPLIT_KV_SEGMENT
+    body = S * SPLIT_KV_SEGMENT
+    # [Hkv, m, D] -> [Hkv, S, seg, D]: a zero-copy view; the kernel sees Hkv as the batch and the
+    # S segments as heads (flattening them would copy the whole cache, the head stride being the
+    # cache's, not m's).
+    kb = k[:, :body].unflatten(1, (S, SPLIT_KV_SEGMENT))
+    vb = v[:, :body].unflatten(1, (S, SPLIT_KV_SEGMENT))
+    qb = qf[:, None].expand(Hkv, S, nq, D).contiguous()                      # small
+    o, l = _sdpa_lse(qb, kb, vb, False, scale)                               # [Hkv, S, nq, *]
+    if body < m:
+        ot, lt = _sdpa_lse(qf[None], k[None, :, body:], v[None, :, body:], False, scale)
+        o = torch.cat([o, ot[0][:, None]], 1)
+        l = torch.cat([l, lt[0][:, None]], 1)
+    lse = torch.logsumexp(l, dim=1)                                          # [Hkv, nq]
+    w = torch.exp(l - lse[:, None])[..., None]                               # [Hkv, S', nq, 1]
+    return (o.float() * w).sum(1).to(qf.dtype), lse
 
 
 def merge_attention(o1: torch.Tensor, lse1: torch.Tensor, o2: torch.Tensor,

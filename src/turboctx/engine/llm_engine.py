@@ -56,7 +56,8 @@ class LLMEngine:
             block_size=block_size, max_num_seqs=max_num_seqs, kv_cache_tokens=kv_cache_tokens,
             gpu_memory_utilization=gpu_memory_utilization, attention=attention, seed=seed)
         self.model = self._load_model(ckpt, dt, seed)
-        self.backend = make_attention_backend(m, self.config, backend_options, self.device)
+        model_dir = ckpt.source if ckpt.kind == "hf" else None
+        self.backend = make_attention_backend(m, self.config, backend_options, self.device, model_dir)
         cfg = self.config
         kv_tokens = plan_kv_tokens(m, cfg, self.device)
         num_blocks = -(-kv_tokens // cfg.block_size)

@@ -61,7 +61,9 @@ class Request:
         p = self.num_prompt_tokens
         if end <= p:
             return self.prompt_token_ids[start:end]
-        return (self.prompt_token_ids + self.output_token_ids)[start:end]
+        if start >= p:                      # decode: never copy the (possibly 1M-token) prompt
+            return self.output_token_ids[start - p:end - p]
+        return self.prompt_token_ids[start:] + self.output_token_ids[:end - p]
 
     def max_total_tokens(self) -> int:
         return self.num_prompt_tokens + self.params.max_tokens

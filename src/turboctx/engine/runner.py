@@ -31,6 +31,9 @@ class ModelRunner:
         input_ids = torch.tensor(ids, dtype=torch.long).to(self.device, non_blocking=True)
         positions = torch.cat(pos).to(self.device, non_blocking=True)
         batch = AttentionBatch(seqs, positions, self.kv_cache)
+        # the length YaRN scaling (DCA) sees: the whole prompt, so chunking does not change it
+        batch.extras["seq_lens"] = [max(c.request.num_prompt_tokens, s.start_pos + s.num_new)
+                                    for c, s in zip(chunks, seqs)]
         self.backend.prepare(batch, self.dtype)
         hidden = self.model(input_ids, batch)                       # [N, hidden]
         for c, s in zip(chunks, seqs):

@@ -1,0 +1,1 @@
+"""Benchmarks: prefill (TTFT), decode, ceilings measured in the same run, HF comparison."""

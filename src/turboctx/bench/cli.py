@@ -1,0 +1,110 @@
+"""`turboctx bench prefill|decode`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+bench_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+PREFILL_COLUMNS = ["engine", "length", "ttft_s", "ttft_min_s", "ttft_max_s", "tokens_per_s", "tflops",
+                   "fraction_of_matmul_ceiling", "over_floor", "peak_memory_gib", "usd_per_mtok"]
+DECODE_COLUMNS = ["engine", "context", "ms_per_token", "ms_min", "ms_max", "gb_per_s", "floor_ms",
+                  "peak_memory_gib"]
+
+
+def _setup(model, device, dtype, max_len, attention, prefill_chunk_size, extra):
+    from turboctx import LLM
+    llm = LLM(model, device=device, dtype=dtype, max_model_len=max_len, kv_cache_tokens=max_len,
+              prefill_chunk_size=prefill_chunk_size, max_num_seqs=1, attention=attention, **extra)
+    return llm
+
+
+def _ceilings(llm) -> dict:
+    from turboctx.bench.flops import attention_tflops, copy_gbps, matmul_tflops
+    eng = llm.engine
+    att, n = attention_tflops(eng.model_config, eng.device, eng.config.dtype)
+    return {"matmul_tflops": matmul_tflops(eng.device, eng.config.dtype), "attention_tflops": att,
+            "attention_probe_tokens": n, "copy_gbps": copy_gbps(eng.device)}
+
+
+def _dca_flags(dca: Optional[bool]) -> dict:
+    return {} if dca is None else {"dca": dca}
+
+
+@bench_app.command()
+def prefill(model: Annotated[str, typer.Option("--model", "-m")] = "random:qwen2.5-7b",
+            lengths: Annotated[str, typer.Option(help="prompt lengths, e.g. 32k,128k,1m")] = "32k,128k",
+            repeat: Annotated[int, typer.Option(min=1)] = 3,
+            device: Optional[str] = None, dtype: Optional[str] = None,
+            attention: Annotated[str, typer.Option(help="dense | sparse | auto")] = "dense",
+            dca: Annotated[Optional[bool], typer.Option("--dca/--no-dca")] = None,
+            prefill_chunk_size: Optional[int] = None,
+            compare: Annotated[Optional[str], typer.Option(help="'hf': HF transformers in the same run")] = None,
+            price_per_gpu_hour: Annotated[Optional[float], typer.Option(help="USD; adds cost per 1M prompt tokens")] = None,
+            json_path: Annotated[Optional[Path], typer.Option("--json")] = None,
+            plot: Annotated[Optional[Path], typer.Option(help="PNG: TTFT vs length")] = None,
+            seed: int = 0):
+    """Time to first token per prompt length, against the ceilings measured in the same run."""
+    import gc
+
+    import torch
+
+    from turboctx.bench.prefill import bench_prefill
+    from turboctx.bench.report import environment, plot_ttft, print_table, write_json
+    from turboctx.eval.common import parse_sizes
+    ns = parse_sizes(lengths)
+    if compare not in (None, "hf"):
+        raise typer.BadParameter(f"--compare {compare!r}: only 'hf' is supported")
+    def make_llm(n):
+        return _setup(model, device, dtype, n + 16, attention, prefill_chunk_size, _dca_flags(dca))
+
+    llm = make_llm(min(ns))
+    dev, m, torch_dtype = llm.engine.device, llm.engine.model_config, llm.engine.config.dtype
+    ceilings = _ceilings(llm)
+    del llm
+    gc.collect()
+    rows = bench_prefill(make_llm, ns, repeat, seed, ceilings)
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    if compare == "hf":
+        from turboctx.bench.hf_compare import hf_prefill
+        rows += hf_prefill(m, ns, repeat, seed, dev, torch_dtype)
+    if price_per_gpu_hour is not None:
+        for r in rows:
+            if r.get("ttft_s"):
+                r["usd_per_mtok"] = price_per_gpu_hour / 3600 * r["ttft_s"] / r["length"] * 1e6
+    env = environment(dev)
+    print_table(f"prefill: {model} ({str(torch_dtype).replace('torch.', '')}, {attention}) on "
+                f"{env.get('gpu', env['device'])} - matmul {ceilings['matmul_tflops']:.0f} TFLOP/s, "
+                f"attention {ceilings['attention_tflops']:.0f} TFLOP/s", rows, PREFILL_COLUMNS)
+    if json_path:
+        write_json(json_path, {"kind": "prefill", "model": model, "attention": attention,
+                               "env": env, "ceilings": ceilings, "rows": rows})
+    if plot:
+        plot_ttft(plot, rows, f"TTFT, {model}, {env.get('gpu', env['device'])}")
+
+
+@bench_app.command()
+def decode(model: Annotated[str, typer.Option("--model", "-m")] = "random:qwen2.5-7b",
+           lengths: Annotated[str, typer.Option(help="context lengths, e.g. 128k,1m")] = "32k,128k",
+           steps: Annotated[int, typer.Option(min=2, help="tokens decoded per run")] = 64,
+           repeat: Annotated[int, typer.Option(min=1)] = 3,
+           device: Optional[str] = None, dtype: Optional[str] = None,
+           dca: Annotated[Optional[bool], typer.Option("--dca/--no-dca")] = None,
+           json_path: Annotated[Optional[Path], typer.Option("--json")] = None,
+           seed: int = 0):
+    """Decode ms/token at long context (synthetic random-valued cache: no prefill needed)."""
+    from turboctx.bench.decode import bench_decode
+    from turboctx.bench.report import environment, print_table, write_json
+    from turboctx.eval.common import parse_sizes
+    ns = parse_sizes(lengths)
+    llm = _setup(model, device, dtype, max(ns) + steps + 16, "dense", None, _dca_flags(dca))
+    ceilings = _ceilings(llm)
+    rows = bench_decode(llm, ns, steps, repeat, seed, ceilings)
+    env = environment(llm.engine.device)
+    print_table(f"decode: {model} on {env.get('gpu', env['device'])} - copy {ceilings['copy_gbps']:.0f} GB/s",
+                rows, DECODE_COLUMNS)
+    if json_path:
+        write_json(json_path, {"kind": "decode", "model": model, "env": env, "ceilings": ceilings, "rows": rows})
