@@ -40,22 +40,20 @@ class KVCache:
 
 @dataclass
 class SeqSlots:
-    """Where one sequence's tokens live in the cache."""
+    """Where one sequence's tokens live in the cache. The block table is fixed once allocated."""
     block_table: list[int] = field(default_factory=list)
     block_size: int = 1
     _slot_ids: torch.Tensor | None = None
 
+    def __post_init__(self):
+        bt = self.block_table
+        consecutive = bool(bt) and all(b - a == 1 for a, b in zip(bt, bt[1:]))
+        # computed once: the attention of every layer asks for it several times per step
+        self.contiguous_start: int | None = bt[0] * self.block_size if consecutive else None
+
     @property
     def capacity(self) -> int:
         return len(self.block_table) * self.block_size
-
-    @property
-    def contiguous_start(self) -> int | None:
-        """First slot if the blocks are consecutive, else None."""
-        bt = self.block_table
-        if bt and bt[-1] - bt[0] == len(bt) - 1 and all(b - a == 1 for a, b in zip(bt, bt[1:])):
-            return bt[0] * self.block_size
-        return None
 
     def slot_ids(self, device) -> torch.Tensor:
         """[capacity] int64 slot of each token position."""

@@ -93,6 +93,7 @@ def decode(model: Annotated[str, typer.Option("--model", "-m")] = "random:qwen2.
            repeat: Annotated[int, typer.Option(min=1)] = 3,
            device: Optional[str] = None, dtype: Optional[str] = None,
            dca: Annotated[Optional[bool], typer.Option("--dca/--no-dca")] = None,
+           compare: Annotated[Optional[str], typer.Option(help="'hf': HF transformers in the same run")] = None,
            json_path: Annotated[Optional[Path], typer.Option("--json")] = None,
            seed: int = 0):
     """Decode ms/token at long context (synthetic random-valued cache: no prefill needed)."""
@@ -104,6 +105,11 @@ def decode(model: Annotated[str, typer.Option("--model", "-m")] = "random:qwen2.
     ceilings = _ceilings(llm)
     rows = bench_decode(llm, ns, steps, repeat, seed, ceilings)
     env = environment(llm.engine.device)
+    if compare == "hf":
+        from turboctx.bench.hf_compare import hf_decode
+        m, dev, dt = llm.engine.model_config, llm.engine.device, llm.engine.config.dtype
+        del llm
+        rows += hf_decode(m, ns, steps, repeat, seed, dev, dt)
     print_table(f"decode: {model} on {env.get('gpu', env['device'])} - copy {ceilings['copy_gbps']:.0f} GB/s",
                 rows, DECODE_COLUMNS)
     if json_path:

@@ -65,3 +65,31 @@ def hf_prefill(m: ModelConfig, lengths: list[int], repeat: int, seed: int, devic
     del model
     gc.collect()
     return rows
+
+
+@torch.inference_mode()
+def hf_decode(m: ModelConfig, lengths: list[int], steps: int, repeat: int, seed: int, device, dtype) -> list[dict]:
+    """HF greedy decode after a real prefill of each context length: seconds per token."""
+    model = build_hf_model(m, device, dtype, seed)
+    rows = []
+    for n in lengths:
+        ids = torch.tensor([random_prompt(m.vocab_size, n, seed + n)], device=device)
+        per_token = []
+        for r in range(repeat + 1):          # first run warms up
+            out = model(ids, use_cache=True, logits_to_keep=1)
+            past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t = time.perf_counter()
+            for _ in range(steps):
+                out = model(tok, past_key_values=past, use_cache=True)
+                past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+                tok.item()                   # a real decode loop reads each token back
+            if r:
+                per_token.append((time.perf_counter() - t) / steps)
+        t = statistics.median(per_token)
+        rows.append({"engine": "hf", "context": n, "steps": steps, "repeat": repeat, "ms_per_token": t * 1e3,
+                     "ms_min": min(per_token) * 1e3, "ms_max": max(per_token) * 1e3})
+    del model
+    gc.collect()
+    return rows

@@ -18,6 +18,7 @@ from turboctx.engine.scheduler import Scheduler
 from turboctx.errors import InvalidRequestError, PromptTooLongError
 from turboctx.kv_cache import BlockAllocator, KVCache
 from turboctx.models import build_model
+from turboctx.models.layers import FusedOps
 from turboctx.weights import open_checkpoint
 
 log = logging.getLogger("turboctx")
@@ -41,7 +42,7 @@ class LLMEngine:
                  max_model_len: int | None = None, prefill_chunk_size: int | None = None,
                  kv_cache_tokens: int | None = None, max_num_seqs: int = 64, block_size: int = 256,
                  gpu_memory_utilization: float = 0.92, attention: str = "dense", seed: int = 0,
-                 **backend_options):
+                 compile_kernels: bool = True, **backend_options):
         self.device = resolve_device(device)
         ckpt = open_checkpoint(model)
         self.checkpoint, self.tokenizer = ckpt, ckpt.tokenizer
@@ -55,7 +56,7 @@ class LLMEngine:
                 GPU_PREFILL_CHUNK if self.device.type == "cuda" else CPU_PREFILL_CHUNK),
             block_size=block_size, max_num_seqs=max_num_seqs, kv_cache_tokens=kv_cache_tokens,
             gpu_memory_utilization=gpu_memory_utilization, attention=attention, seed=seed)
-        self.model = self._load_model(ckpt, dt, seed)
+        self.model = self._load_model(ckpt, dt, seed, compile_kernels)
         model_dir = ckpt.source if ckpt.kind == "hf" else None
         self.backend = make_attention_backend(m, self.config, backend_options, self.device, model_dir)
         cfg = self.config
@@ -71,7 +72,7 @@ class LLMEngine:
         self.requests: dict[str, Request] = {}
         self._ids = itertools.count()
 
-    def _load_model(self, ckpt, dtype, seed):
+    def _load_model(self, ckpt, dtype, seed, compile_kernels):
         with torch.device("meta"):
             model = build_model(ckpt.config)
         model = model.to(dtype).to_empty(device=self.device)
@@ -81,6 +82,9 @@ class LLMEngine:
             model.init_random_(seed)
         else:
             model.load_weights(ckpt.iter_tensors())
+        model.set_split_matmuls(self.device.type == "cpu")
+        if self.device.type == "cuda" and compile_kernels:
+            FusedOps.enable_compiled()
         return model.eval().requires_grad_(False)
 
     # -- requests ---------------------------------------------------------------------------
