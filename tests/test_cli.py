@@ -1,0 +1,75 @@
+"""The `turboctx` command line: real subprocesses, as a user runs them."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, stdin: str | None = None, timeout: int = 300):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "turboctx.cli", *args], input=stdin, text=True,
+                          capture_output=True, timeout=timeout, env=env)
+
+
+def test_info_json():
+    r = run("info", "--json")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    assert plan["family"] == "llama" and plan["trained context"] == 8192
+    assert plan["KV bytes per token"] == 2 * 30 * 3 * 64 * 4      # fp32 on the CPU
+    assert plan["max tokens that fit"] >= 8192
+
+
+def test_generate_json_and_ask(tmp_path):
+    r = run("generate", "The capital of France is", "--max-tokens", "6", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert "Paris" in out["text"] and out["metrics"]["ttft_s"] > 0
+    doc = tmp_path / "doc.txt"
+    doc.write_text("The secret project is called Bluebird. It started in 2019 in Lisbon.")
+    r = run("ask", "--file", str(doc), "What is the secret project called?", "--max-tokens", "20")
+    assert r.returncode == 0, r.stderr
+    assert "Bluebird" in r.stdout
+
+
+def test_chat_reads_stdin():
+    r = run("chat", "--temperature", "0", "--max-tokens", "12", stdin="What is the capital of France?\n/exit\n")
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["generate", "hi", "--model", "/no/such/model"], "does not exist"),
+    (["generate", "hi", "--max-tokens", "0"], "max_tokens=0"),
+    (["generate", "hi", "--temperature", "-1"], "temperature=-1"),
+    (["generate", "hi", "--dtype", "float8"], "float8"),
+    (["ask", "--file", "/no/such/file.txt", "question"], "does not exist"),
+    (["generate", "--max-model-len", "8", "--max-tokens", "4", "a long prompt that cannot fit in eight tokens"],
+     "max_model_len"),
+])
+def test_bad_input_is_one_clear_line(args, words):
+    r = run(*args)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert words in r.stderr and r.stderr.strip().startswith("error:")
+
+
+def test_bench_prefill_and_decode_on_cpu(tmp_path):
+    """The benchmark harness keeps working on the CPU (random weights, tiny lengths)."""
+    j = tmp_path / "p.json"
+    r = run("bench", "prefill", "--model", "random:smollm2-135m", "--lengths", "128,256", "--repeat", "1",
+            "--json", str(j), "--plot", str(tmp_path / "p.png"), "--price-per-gpu-hour", "2")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(j.read_text())["rows"]
+    assert [x["length"] for x in rows] == [128, 256] and all(x["ttft_s"] > 0 for x in rows)
+    assert all(x["usd_per_mtok"] > 0 for x in rows) and (tmp_path / "p.png").stat().st_size > 1000
+    j = tmp_path / "d.json"
+    r = run("bench", "decode", "--model", "random:smollm2-135m", "--lengths", "300", "--steps", "4",
+            "--repeat", "1", "--json", str(j))
+    assert r.returncode == 0, r.stderr
+    row = json.loads(j.read_text())["rows"][0]
+    assert row["context"] == 300 and row["ms_per_token"] > 0
