@@ -31,7 +31,7 @@ def test_generate_json_and_ask(tmp_path):
     assert "Paris" in out["text"] and out["metrics"]["ttft_s"] > 0
     doc = tmp_path / "doc.txt"
     doc.write_text("The secret project is called Bluebird. It started in 2019 in Lisbon.")
-    r = run("ask", "--file", str(doc), "What is the secret project called?", "--max-tokens", "20")
+    r = run("ask", "--file", str(doc), "What is the secret project called?", "--max-tokens", "30")
     assert r.returncode == 0, r.stderr
     assert "Bluebird" in r.stdout
 

@@ -92,7 +92,7 @@ def ask(question: Annotated[str, typer.Argument(help="the question about the doc
     doc = _read_file(file)
     params = _params(max_tokens, temperature, seed)
     llm = load_llm(**engine_kwargs(model, device, dtype, max_model_len, prefill_chunk_size))
-    prompt = llm.chat_prompt([{"role": "user", "content": f"{doc}\n\n{question}"}])
+    prompt = llm.chat_prompt([{"role": "user", "content": f"{doc}\n\nQuestion: {question}"}])
     _stream_print(llm, prompt, params, chat=True, as_json=as_json)
 
 
