@@ -12,13 +12,13 @@ torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session")
-def default_gguf_path() -> str:
+def default_gguf_path():
     """The default model's GGUF (SmolLM2-135M-Instruct Q4_1). Missing is a failure, not a skip:
     the README's test command installs it."""
     from turboctx.errors import ModelLoadError
     from turboctx.weights import default_gguf_path as find
     try:
-        return str(find())
+        return find()
     except ModelLoadError as e:
         pytest.fail(str(e))
 

@@ -153,7 +153,7 @@ BAD = [
     ("temperature as string", CHAT, {**OK_CHAT, "temperature": "hot"}, "temperature", None),
     ("unknown model", CHAT, {**OK_CHAT, "model": "gpt-17"}, "model", "gpt-17"),
     ("empty messages", CHAT, {**OK_CHAT, "messages": []}, "messages", "at least 1"),
-    ("prompt over max_model_len", COMPL, {**OK_COMPL, "prompt": [100] * 2100}, "messages", "2100"),
+    ("prompt over max_model_len", COMPL, {**OK_COMPL, "prompt": [100] * 2100}, "prompt", "2100"),
     ("text prompt over max_model_len", CHAT,
      {**OK_CHAT, "messages": [{"role": "user", "content": "hello " * 2100}]}, "messages", str(MAX_MODEL_LEN)),
     ("max_tokens 0", CHAT, {**OK_CHAT, "max_tokens": 0}, "max_tokens", None),
@@ -276,6 +276,18 @@ def test_serve_is_mounted_in_cli():
     from turboctx.cli import app
     names = [c.name or c.callback.__name__ for c in app.registered_commands]
     assert "serve" in names
+
+
+def test_bench_serve_against_live_server(server):
+    import asyncio
+
+    from turboctx.server.bench_serve import run_bench
+    res = asyncio.run(run_bench(server.url, api_key=API_KEY, concurrency=4, num_requests=8, prompt_len=16,
+                                max_tokens=4, timeout_s=120))
+    assert res["model"] == MODEL and res["answered"] == 8
+    assert res["errors"] == res["lost"] == res["duplicate_ids"] == 0
+    assert res["latency_s"]["p99"] >= res["latency_s"]["p50"] > 0 and res["output_tokens_per_s"] > 0
+    assert res["mean_prompt_tokens"] >= 10
 
 
 def test_zz_graceful_shutdown_cancels_with_error_event(server, client):

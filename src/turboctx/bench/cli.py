@@ -114,3 +114,14 @@ def decode(model: Annotated[str, typer.Option("--model", "-m")] = "random:qwen2.
                 rows, DECODE_COLUMNS)
     if json_path:
         write_json(json_path, {"kind": "decode", "model": model, "env": env, "ceilings": ceilings, "rows": rows})
+
+
+def _mount_serve_bench() -> None:
+    try:
+        from turboctx.server.bench_serve import serve as bench_serve
+    except ModuleNotFoundError:     # the server extra is not installed
+        return
+    bench_app.command("serve", help="throughput and latency percentiles of an OpenAI-compatible server")(bench_serve)
+
+
+_mount_serve_bench()

@@ -49,26 +49,39 @@ class Scheduler:
             if not req.is_prefill:
                 out.append(ScheduledChunk(req, 1, True))
                 budget -= 1
-        # 2. prefill chunks of running requests, then newly admitted ones
+        # 2. prefill chunks. While requests wait, a running prefill takes at most half the budget,
+        #    so a long prompt never keeps short ones out (vLLM's long-prefill threshold idea).
+        waiting = bool(self.waiting) and len(self.running) < self.max_num_seqs
+        cap = max(1, self.token_budget // 2) if waiting else self.token_budget
+        prefills: list[ScheduledChunk] = []
         for req in self.running:
             if budget == 0:
                 break
             if req.is_prefill:
-                out.append(self._prefill_chunk(req, budget))
-                budget -= out[-1].num_tokens
+                prefills.append(self._prefill_chunk(req, min(budget, cap)))
+                budget -= prefills[-1].num_tokens
+        # 3. admit waiting requests, first come first served, while their KV blocks fit
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting[0]
             need = self.num_blocks_for(req)
             if not self.allocator.can_allocate(need):
-                break          # first come, first served: wait for memory
+                break          # wait for memory
             self.waiting.popleft()
             req.slots = SeqSlots(self.allocator.allocate(need), self.block_size)
             req.status = RequestStatus.RUNNING
             req.first_scheduled_time = time.perf_counter()
             self.running.append(req)
-            out.append(self._prefill_chunk(req, budget))
-            budget -= out[-1].num_tokens
-        return out
+            prefills.append(self._prefill_chunk(req, budget))
+            budget -= prefills[-1].num_tokens
+        # 4. budget left over goes back to the capped prefills
+        for i, c in enumerate(prefills):
+            if budget == 0:
+                break
+            extra = min(budget, c.request.num_prompt_tokens - c.request.num_computed_tokens - c.num_tokens)
+            if extra > 0:
+                prefills[i] = self._prefill_chunk(c.request, c.num_tokens + extra)
+                budget -= extra
+        return out + prefills
 
     @staticmethod
     def _prefill_chunk(req: Request, budget: int) -> ScheduledChunk:

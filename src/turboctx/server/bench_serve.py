@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -36,7 +37,7 @@ def percentiles(xs: list[float], ps=(50, 90, 99)) -> dict[str, float | None]:
     if not xs:
         return {f"p{p}": None for p in ps}
     s = sorted(xs)
-    return {f"p{p}": s[min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))] for p in ps}
+    return {f"p{p}": s[min(len(s) - 1, max(0, math.ceil(p / 100 * len(s)) - 1))] for p in ps}   # nearest rank
 
 
 async def _one(client, model: str, prompt: str, max_tokens: int, ignore_eos: bool) -> dict:

@@ -148,6 +148,7 @@ class EngineLoop:
                         self._cv.wait(self.idle_wait_s)
                     cmds = list(self._inbox)
                     self._inbox.clear()
+                    self.num_pending -= sum(1 for c in cmds if c[0] == "add")
                     stop = self._stop
                 for cmd in cmds:
                     self._handle(cmd)
@@ -164,7 +165,6 @@ class EngineLoop:
     def _handle(self, cmd: tuple) -> None:
         kind, arg = cmd
         if kind == "add":
-            self.num_pending -= 1
             stream = self._streams.get(arg.request_id)
             if stream is None:            # aborted before it was handed over
                 return

@@ -38,10 +38,10 @@ def error_response(message: str, status: int = 400, **kw) -> JSONResponse:
     return JSONResponse(error_body(message, status, **kw), status_code=status)
 
 
-def from_engine_error(e: Exception) -> APIError:
+def from_engine_error(e: Exception, prompt_param: str = "prompt") -> APIError:
     """An engine validation error (InvalidRequestError & co.) as a 400 APIError."""
     if isinstance(e, PromptTooLongError):
-        param = "messages" if e.prompt_len >= e.max_model_len else "max_tokens"
+        param = prompt_param if e.prompt_len >= e.max_model_len else "max_tokens"
         return APIError(str(e), 400, param=param, code="context_length_exceeded")
     if isinstance(e, OutOfCacheError):
         return APIError(str(e), 400, code="kv_cache_too_small")

@@ -120,10 +120,13 @@ async def submit(state: ServerState, prompt_ids: list[int], params: SamplingPara
     eng = state.engine
     rid = random_id(prefix)
     try:
-        req = eng.make_request(prompt_ids, params, request_id=rid)
+        if len(prompt_ids) < 20000:
+            req = eng.make_request(prompt_ids, params, request_id=rid)
+        else:                      # checking a long prompt's ids takes a while: not on the event loop
+            req = await asyncio.to_thread(eng.make_request, prompt_ids, params, rid)
     except InvalidRequestError as e:
         state.metrics.rejected.labels("400").inc()
-        raise from_engine_error(e) from None
+        raise from_engine_error(e, "messages" if prefix == "chatcmpl" else "prompt") from None
     try:
         return state.engine_loop.submit(req, asyncio.get_running_loop())
     except EngineBusy as e:

@@ -1,0 +1,33 @@
+"""Server pieces that need no live server: streamed-text hold-back, error bodies, bench statistics."""
+from __future__ import annotations
+
+from turboctx.server.bench_serve import percentiles, summarize
+from turboctx.server.errors import error_body
+from turboctx.server.serving_common import TextHoldback
+
+
+def test_holdback_never_sends_a_partial_stop_string_or_char():
+    h = TextHoldback(["STOP"])
+    assert h.delta("abc", False) == ""                  # 3 chars could be the start of "STOP"
+    assert h.delta("abcdef", False) == "abc"
+    assert h.delta("abcdefST", False) == "de"
+    assert h.delta("abcdefST", True) == "fST"          # finished: everything goes
+    h = TextHoldback([])
+    assert h.delta("ab\ufffd", False) == "ab"           # an unfinished UTF-8 character waits
+    assert h.delta("ab\u00e9x", False) == "\u00e9x"
+
+
+def test_error_body_shape():
+    e = error_body("bad", 400, param="x")["error"]
+    assert e == {"message": "bad", "type": "invalid_request_error", "param": "x", "code": None}
+    assert error_body("no", 401)["error"]["type"] == "authentication_error"
+
+
+def test_bench_summary_counts_lost_and_duplicates():
+    assert percentiles([]) == {"p50": None, "p90": None, "p99": None}
+    assert percentiles([float(i) for i in range(1, 101)]) == {"p50": 50.0, "p90": 90.0, "p99": 99.0}
+    rs = [{"id": "a", "start": 0.0, "end": 1.0, "token_times": [0.5, 0.7], "completion_tokens": 2, "prompt_tokens": 3},
+          {"id": "a", "start": 0.0, "end": 2.0, "token_times": [1.0], "completion_tokens": 1, "prompt_tokens": 3}]
+    s = summarize(rs, ["boom"], 2.0, 4, {}, {"num_requests": 4})
+    assert s["answered"] == 2 and s["errors"] == 1 and s["lost"] == 1 and s["duplicate_ids"] == 1
+    assert s["ttft_s"]["p50"] == 0.5 and abs(s["itl_s"]["p99"] - 0.2) < 1e-9
