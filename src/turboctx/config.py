@@ -174,6 +174,8 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.92    # fraction of GPU memory the engine may take
     attention: str = "dense"                # "dense" | "sparse" | "auto"
     seed: int = 0
+    enable_prefix_caching: bool = True      # reuse the KV of prompt prefixes seen before
+    cuda_graphs: bool = False               # decode steps replay captured CUDA graphs (CUDA, dense)
 
     def __post_init__(self):
         if self.max_model_len < 1:
@@ -190,5 +192,8 @@ class EngineConfig:
         if self.attention not in ATTENTION_CHOICES:
             raise InvalidRequestError(
                 f"attention={self.attention!r} is not one of {', '.join(ATTENTION_CHOICES)}")
+        if not isinstance(self.enable_prefix_caching, bool):
+            raise InvalidRequestError(
+                f"enable_prefix_caching={self.enable_prefix_caching!r} must be True or False")
         if self.kv_cache_tokens is not None and self.kv_cache_tokens < 1:
             raise InvalidRequestError(f"kv_cache_tokens={self.kv_cache_tokens} must be >= 1")

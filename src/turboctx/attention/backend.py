@@ -51,3 +51,8 @@ class AttentionBackend:
                 batch: AttentionBatch) -> torch.Tensor:
         """q: [N, H, D]; k, v: [N, Hkv, D] -> [N, H, D]."""
         raise NotImplementedError
+
+    def prefix_cache_salt(self, num_prompt_tokens: int) -> bytes:
+        """What, besides the token ids, the cached KV of a prompt of this length depends on
+        (prefix caching shares KV only between prompts with the same salt)."""
+        return b""

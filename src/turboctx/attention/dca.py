@@ -184,6 +184,15 @@ class DCAAttentionBackend(AttentionBackend):
             "q_scale": q_scale,                  # [N, 1, 1] YaRN logit multiplier per query
         }
 
+    def prefix_cache_salt(self, num_prompt_tokens: int) -> bytes:
+        """The keys are stored at positions that depend only on the token's own position, but a
+        YaRN logit scale from the prompt's length changes every layer's KV above the first."""
+        cfg = self.cfg
+        if cfg.yarn_per_position:
+            return b""
+        scale = cfg.yarn_logit_scale(num_prompt_tokens)
+        return b"" if scale == 1.0 else f"yarn:{scale!r}".encode()
+
     def forward(self, layer, q, k, v, batch: AttentionBatch) -> torch.Tensor:
         """q: [N, H, D]; k, v: [N, Hkv, D] un-rotated -> [N, H, D]."""
         ex = batch.extras["dca"]

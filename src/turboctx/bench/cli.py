@@ -14,8 +14,10 @@ DECODE_COLUMNS = ["engine", "context", "ms_per_token", "ms_min", "ms_max", "gb_p
                   "peak_memory_gib"]
 
 
-def _setup(model, device, dtype, max_len, attention, prefill_chunk_size, extra):
+def _setup(model, device, dtype, max_len, attention, prefill_chunk_size, extra, cuda_graphs=False):
     from turboctx import LLM
+    if cuda_graphs:
+        extra = {**extra, "cuda_graphs": True}
     llm = LLM(model, device=device, dtype=dtype, max_model_len=max_len, kv_cache_tokens=max_len,
               prefill_chunk_size=prefill_chunk_size, max_num_seqs=1, attention=attention, **extra)
     return llm
@@ -94,6 +96,8 @@ def decode(model: Annotated[str, typer.Option("--model", "-m")] = "random:qwen2.
            device: Optional[str] = None, dtype: Optional[str] = None,
            dca: Annotated[Optional[bool], typer.Option("--dca/--no-dca")] = None,
            compare: Annotated[Optional[str], typer.Option(help="'hf': HF transformers in the same run")] = None,
+           cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs/--no-cuda-graphs",
+                                                     help="replay decode steps as CUDA graphs")] = False,
            json_path: Annotated[Optional[Path], typer.Option("--json")] = None,
            seed: int = 0):
     """Decode ms/token at long context (synthetic random-valued cache: no prefill needed)."""
@@ -101,9 +105,12 @@ def decode(model: Annotated[str, typer.Option("--model", "-m")] = "random:qwen2.
     from turboctx.bench.report import environment, print_table, write_json
     from turboctx.eval.common import parse_sizes
     ns = parse_sizes(lengths)
-    llm = _setup(model, device, dtype, max(ns) + steps + 16, "dense", None, _dca_flags(dca))
+    llm = _setup(model, device, dtype, max(ns) + steps + 16, "dense", None, _dca_flags(dca), cuda_graphs)
     ceilings = _ceilings(llm)
     rows = bench_decode(llm, ns, steps, repeat, seed, ceilings)
+    if llm.engine.runner.graphs is not None and llm.engine.runner.graphs.graphs:
+        for r in rows:
+            r["engine"] = "turboctx+graphs"     # said only when decode really replayed graphs
     env = environment(llm.engine.device)
     if compare == "hf":
         from turboctx.bench.hf_compare import hf_decode
@@ -113,7 +120,8 @@ def decode(model: Annotated[str, typer.Option("--model", "-m")] = "random:qwen2.
     print_table(f"decode: {model} on {env.get('gpu', env['device'])} - copy {ceilings['copy_gbps']:.0f} GB/s",
                 rows, DECODE_COLUMNS)
     if json_path:
-        write_json(json_path, {"kind": "decode", "model": model, "env": env, "ceilings": ceilings, "rows": rows})
+        write_json(json_path, {"kind": "decode", "model": model, "cuda_graphs": cuda_graphs, "env": env,
+                               "ceilings": ceilings, "rows": rows})
 
 
 def _mount_serve_bench() -> None:

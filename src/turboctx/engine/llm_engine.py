@@ -42,7 +42,8 @@ class LLMEngine:
                  max_model_len: int | None = None, prefill_chunk_size: int | None = None,
                  kv_cache_tokens: int | None = None, max_num_seqs: int = 64, block_size: int = 256,
                  gpu_memory_utilization: float = 0.92, attention: str = "dense", seed: int = 0,
-                 compile_kernels: bool = True, **backend_options):
+                 compile_kernels: bool = True, enable_prefix_caching: bool = True,
+                 cuda_graphs: bool = False, **backend_options):
         self.device = resolve_device(device)
         ckpt = open_checkpoint(model)
         self.checkpoint, self.tokenizer = ckpt, ckpt.tokenizer
@@ -55,7 +56,8 @@ class LLMEngine:
             prefill_chunk_size=prefill_chunk_size or (
                 GPU_PREFILL_CHUNK if self.device.type == "cuda" else CPU_PREFILL_CHUNK),
             block_size=block_size, max_num_seqs=max_num_seqs, kv_cache_tokens=kv_cache_tokens,
-            gpu_memory_utilization=gpu_memory_utilization, attention=attention, seed=seed)
+            gpu_memory_utilization=gpu_memory_utilization, attention=attention, seed=seed,
+            enable_prefix_caching=enable_prefix_caching, cuda_graphs=cuda_graphs)
         self.model = self._load_model(ckpt, dt, seed, compile_kernels)
         model_dir = ckpt.source if ckpt.kind == "hf" else None
         self.backend = make_attention_backend(m, self.config, backend_options, self.device, model_dir)
@@ -65,8 +67,10 @@ class LLMEngine:
         self.kv_cache = KVCache(m.num_hidden_layers, m.num_key_value_heads, m.head_dim,
                                 num_blocks, cfg.block_size, dt, self.device)
         self.allocator = BlockAllocator(num_blocks)
-        self.scheduler = Scheduler(self.allocator, cfg.block_size, cfg.prefill_chunk_size, cfg.max_num_seqs)
-        self.runner = ModelRunner(self.model, self.backend, self.kv_cache, self.device, dt)
+        self.scheduler = Scheduler(self.allocator, cfg.block_size, cfg.prefill_chunk_size, cfg.max_num_seqs,
+                                   cfg.enable_prefix_caching)
+        self.runner = ModelRunner(self.model, self.backend, self.kv_cache, self.device, dt,
+                                  cuda_graphs=cfg.cuda_graphs, max_model_len=cfg.max_model_len)
         self.eos_token_ids = sorted(set(m.eos_token_ids) | set(
             self.tokenizer.eos_token_ids if self.tokenizer else []))
         self.requests: dict[str, Request] = {}
@@ -118,7 +122,9 @@ class LLMEngine:
         rid = request_id if request_id is not None else str(next(self._ids))
         if rid in self.requests:
             raise InvalidRequestError(f"request id {rid!r} is already in use")
-        return Request(rid, text, ids, params, self.eos_token_ids)
+        req = Request(rid, text, ids, params, self.eos_token_ids)
+        req.cache_salt = self.backend.prefix_cache_salt(len(ids))
+        return req
 
     def add_request(self, req: Request) -> None:
         self.requests[req.request_id] = req
@@ -133,6 +139,10 @@ class LLMEngine:
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
+
+    def reset_prefix_cache(self) -> int:
+        """Forgets the cached prefixes no running request uses; returns the blocks freed."""
+        return self.allocator.reset_prefix_cache()
 
     # -- one step ---------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:

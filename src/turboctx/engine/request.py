@@ -30,6 +30,9 @@ class Request:
         self.prompt_logprobs: list | None = [None] if params.prompt_logprobs is not None else None
         self.num_computed_tokens = 0          # tokens whose KV is in the cache
         self.num_cached_tokens = 0            # of those, reused from an earlier request
+        self.cache_salt = b""                 # what besides the tokens the prompt's KV depends on
+        self.block_hashes: list[bytes] | None = None   # chained hashes of the full prompt blocks
+        self.num_registered_blocks = 0        # leading prompt blocks offered to the prefix cache
         self.status = RequestStatus.WAITING
         self.finish_reason: str | None = None
         self.stop_reason: str | int | None = None

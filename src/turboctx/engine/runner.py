@@ -1,6 +1,8 @@
 """Model runner: turns a step's scheduled chunks into tensors, runs the model, returns logits."""
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from turboctx.attention.backend import AttentionBackend, AttentionBatch, SeqChunk
@@ -8,18 +10,43 @@ from turboctx.engine.sampler import top_logprobs
 from turboctx.engine.scheduler import ScheduledChunk
 from turboctx.kv_cache import KVCache
 
+log = logging.getLogger("turboctx")
+
 LOGITS_ROWS = 1024   # prompt logprobs are computed this many positions at a time
 
 
 class ModelRunner:
-    def __init__(self, model, backend: AttentionBackend, kv_cache: KVCache, device, dtype):
+    def __init__(self, model, backend: AttentionBackend, kv_cache: KVCache, device, dtype,
+                 cuda_graphs: bool = False, max_model_len: int | None = None):
         self.model, self.backend, self.kv_cache = model, backend, kv_cache
         self.device, self.dtype = torch.device(device), dtype
         model.set_attention_backend(backend)
+        self.graphs = self._graph_runner(max_model_len) if cuda_graphs else None
+
+    def _graph_runner(self, max_model_len: int | None):
+        """CUDA graphs for decode steps (engine/cuda_graph.py): CUDA and the dense backend only."""
+        from turboctx.attention.dense import DenseAttentionBackend
+        why = ("the device is not CUDA" if self.device.type != "cuda" else
+               f"the {self.backend.name} attention backend decodes eagerly"
+               if type(self.backend) is not DenseAttentionBackend else None)
+        if why is None:
+            try:
+                from turboctx.engine.cuda_graph import DecodeGraphRunner
+            except ImportError as err:
+                why = f"Triton is not available ({err})"
+        if why is not None:
+            log.warning("cuda_graphs=True ignored: %s", why)
+            return None
+        max_len = min(max_model_len or self.kv_cache.num_slots, self.kv_cache.num_slots)
+        return DecodeGraphRunner(self.model, self.backend, self.kv_cache, self.device, self.dtype, max_len)
 
     @torch.inference_mode()
     def execute(self, chunks: list[ScheduledChunk]) -> torch.Tensor | None:
         """Runs one step. Returns logits [num sampled chunks, V] (float32) in chunk order."""
+        if self.graphs is not None and self.graphs.can_run(chunks):
+            logits = self.graphs.run(chunks)
+            if logits is not None:
+                return logits
         ids: list[int] = []
         pos: list[torch.Tensor] = []
         seqs: list[SeqChunk] = []

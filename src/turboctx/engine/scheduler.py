@@ -4,6 +4,10 @@ vLLM v1's rule: a request has tokens computed and tokens total; each step gives 
 `min(remaining, budget)`. Running decodes take one token each first, so a long prefill, cut into
 chunks of the budget, never stalls them. Admission reserves the KV blocks a request can ever need
 (prompt + max_tokens), so a running request can never run out of cache.
+
+Prefix caching: at admission a request takes the cached blocks of the longest prefix of its full
+prompt blocks (always leaving its last prompt token to compute) and starts with those tokens
+computed; the full prompt blocks it computes are offered to the cache as they complete.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from turboctx.engine.request import Request, RequestStatus
-from turboctx.kv_cache import BlockAllocator, SeqSlots
+from turboctx.kv_cache import BlockAllocator, SeqSlots, block_hashes
 
 
 @dataclass
@@ -24,8 +28,10 @@ class ScheduledChunk:
 
 
 class Scheduler:
-    def __init__(self, allocator: BlockAllocator, block_size: int, token_budget: int, max_num_seqs: int):
+    def __init__(self, allocator: BlockAllocator, block_size: int, token_budget: int, max_num_seqs: int,
+                 enable_prefix_caching: bool = True):
         self.allocator, self.block_size = allocator, block_size
+        self.enable_prefix_caching = enable_prefix_caching
         self.token_budget, self.max_num_seqs = token_budget, max_num_seqs
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
@@ -42,6 +48,8 @@ class Scheduler:
     def schedule(self) -> list[ScheduledChunk]:
         budget = self.token_budget
         out: list[ScheduledChunk] = []
+        for req in self.running:
+            self._register_computed_blocks(req)
         # 1. decodes of running requests (one token each)
         for req in self.running:
             if budget == 0:
@@ -63,11 +71,13 @@ class Scheduler:
         # 3. admit waiting requests, first come first served, while their KV blocks fit
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting[0]
-            need = self.num_blocks_for(req)
-            if not self.allocator.can_allocate(need):
+            need, reuse = self.num_blocks_for(req), self._match_prefix(req)
+            if not self.allocator.can_allocate(need, reuse):
                 break          # wait for memory
             self.waiting.popleft()
-            req.slots = SeqSlots(self.allocator.allocate(need), self.block_size)
+            req.slots = SeqSlots(self.allocator.allocate(need, reuse), self.block_size)
+            req.num_computed_tokens = req.num_cached_tokens = len(reuse) * self.block_size
+            req.num_registered_blocks = len(reuse)
             req.status = RequestStatus.RUNNING
             req.first_scheduled_time = time.perf_counter()
             self.running.append(req)
@@ -83,6 +93,31 @@ class Scheduler:
                 budget -= extra
         return out + prefills
 
+    def _hashes(self, req: Request) -> list[bytes]:
+        if req.block_hashes is None:
+            req.block_hashes = block_hashes(req.prompt_token_ids, self.block_size, req.cache_salt)
+        return req.block_hashes
+
+    def _match_prefix(self, req: Request) -> list[int]:
+        """Cached blocks this request can start from. Prompt logprobs come from the prefill, so a
+        request that wants them computes its whole prompt."""
+        if not self.enable_prefix_caching or req.prompt_logprobs is not None:
+            return []
+        usable = (req.num_prompt_tokens - 1) // self.block_size   # the last token must run
+        return self.allocator.match(self._hashes(req)[:usable])
+
+    def _register_computed_blocks(self, req: Request) -> None:
+        """Offers the full prompt blocks whose KV this request has computed to the prefix cache."""
+        if not self.enable_prefix_caching or req.slots is None:
+            return
+        full = min(req.num_computed_tokens, req.num_prompt_tokens) // self.block_size
+        if full <= req.num_registered_blocks:
+            return
+        hashes = self._hashes(req)
+        for i in range(req.num_registered_blocks, full):
+            self.allocator.register(req.slots.block_table[i], hashes[i])
+        req.num_registered_blocks = full
+
     @staticmethod
     def _prefill_chunk(req: Request, budget: int) -> ScheduledChunk:
         n = min(req.num_prompt_tokens - req.num_computed_tokens, budget)
@@ -97,5 +132,6 @@ class Scheduler:
         elif req in self.waiting:
             self.waiting.remove(req)
         if req.slots is not None:
+            self._register_computed_blocks(req)
             self.allocator.free(req.slots.block_table)
             req.slots = None

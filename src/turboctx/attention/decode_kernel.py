@@ -1,0 +1,251 @@
+"""Decode attention with static shapes: split-KV ("flash-decoding") in Triton, for CUDA graphs.
+
+One new query token per sequence attends to that sequence's keys in the cache. Lengths and
+offsets are read from device tensors, never Python ints, so one captured graph serves every step:
+
+    seq_lens    [B] int   keys of sequence b (its new token included); 0 = an idle (padding) row
+    slot_starts [B] int   the sequence's tokens live at cache slots [start, start + len)
+
+Pass 1 (`_split_kernel`), grid (B, Hkv, S): the program (b, h, s) takes the G query heads that
+share kv head h (one tl.dot tile of BLOCK_H >= 16 rows, the extra rows masked) over the s-th of S
+equal key segments of sequence b, in blocks of BLOCK_N keys with an online softmax, and writes
+its partial output and log-sum-exp to a fixed workspace [B, H, S, D] / [B, H, S] (fp32). The
+segment length is ceil(len / S) rounded up to BLOCK_N; trailing segments may be empty (lse -inf).
+Pass 2 (`_combine_kernel`), grid (B, H): merges the S partials by log-sum-exp.
+`rotary_store_kv` (one launch per layer) rotates q and k and writes the new token's k/v at slot
+start + len - 1 (rows with len 0 write nothing).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# Launch settings of the split kernel; scripts/bench_decode_kernel.py sweeps them on the GPU.
+BLOCK_N, NUM_WARPS, NUM_STAGES = 64, 4, 2
+MIN_KEYS_PER_SPLIT = 512   # a split shorter than this costs more in partials than it saves
+MAX_SPLITS = 256
+_SM_COUNT: dict[int, int] = {}
+
+
+def _upcast_dot(dtype: torch.dtype) -> bool:
+    """Triton's CPU interpreter multiplies bf16 dot operands as raw 16-bit integers (3.9); there
+    the operands go to fp32 first. Same result: a bf16 x bf16 product is exact in fp32, and p is
+    still rounded to bf16 before the second product. Never on the GPU."""
+    return dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def num_splits_for(batch: int, num_kv_heads: int, max_len: int, device: torch.device) -> int:
+    """Enough programs to fill the GPU (~4 per SM) without splits shorter than MIN_KEYS_PER_SPLIT."""
+    if device.type == "cuda":
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+        if idx not in _SM_COUNT:
+            _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+        target = 4 * _SM_COUNT[idx]
+    else:
+        target = 32                      # only tests run this on the CPU
+    by_gpu = -(-target // (batch * num_kv_heads))
+    by_len = -(-max_len // MIN_KEYS_PER_SPLIT)
+    return max(1, min(MAX_SPLITS, by_gpu, by_len))
+
+
+@triton.jit
+def _split_kernel(q_ptr, k_ptr, v_ptr, lens_ptr, starts_ptr, po_ptr, pl_ptr,
+                  stride_qb, stride_qh, stride_kh, stride_ks, stride_vh, stride_vs,
+                  sm_scale, G, D,
+                  NUM_SPLITS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
+                  BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    b = tl.program_id(0)
+    kvh = tl.program_id(1)
+    split = tl.program_id(2)
+    H = G * tl.num_programs(1)
+    seq_len = tl.load(lens_ptr + b).to(tl.int64)
+    slot0 = tl.load(starts_ptr + b).to(tl.int64)
+    split_len = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    lo = split * split_len
+    hi = tl.minimum(lo + split_len, seq_len)
+
+    offs_h = tl.arange(0, BLOCK_H)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    heads = kvh * G + offs_h                                  # query heads of this kv head
+    h_mask = offs_h < G
+    d_mask = offs_d < D
+    q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
+                mask=h_mask[:, None] & d_mask[None, :], other=0.0)        # [BLOCK_H, BLOCK_D]
+    if UPCAST:
+        q = q.to(tl.float32)
+    qk_scale = sm_scale * 1.4426950408889634                  # exp -> exp2
+    k_base = k_ptr + kvh.to(tl.int64) * stride_kh
+    v_base = v_ptr + kvh.to(tl.int64) * stride_vh
+
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+    for start in range(lo, hi, BLOCK_N):                      # every block has >= 1 valid key
+        n = start + offs_n
+        n_mask = n < hi
+        slots = slot0 + n
+        kv_mask = n_mask[:, None] & d_mask[None, :]
+        k = tl.load(k_base + slots[:, None] * stride_ks + offs_d[None, :], mask=kv_mask, other=0.0)
+        if UPCAST:                                            # see _upcast_dot
+            k = k.to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [BLOCK_H, BLOCK_N]
+        s = tl.where(n_mask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + slots[:, None] * stride_vs + offs_d[None, :], mask=kv_mask, other=0.0)
+        p = p.to(v.dtype)
+        if UPCAST:
+            p, v = p.to(tl.float32), v.to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=PRECISION)
+        m_i = m_new
+
+    empty = l_i == 0.0
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
+    row = (b.to(tl.int64) * H + heads) * NUM_SPLITS + split    # [B, H, S] row index
+    tl.store(pl_ptr + row, lse, mask=h_mask)
+    tl.store(po_ptr + row[:, None] * D + offs_d[None, :], out, mask=h_mask[:, None] & d_mask[None, :])
+
+
+@triton.jit
+def _combine_kernel(po_ptr, pl_ptr, out_ptr, lse_ptr, stride_ob, stride_oh, D,
+                    NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, CHUNK_S: tl.constexpr,
+                    BLOCK_D: tl.constexpr):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    H = tl.num_programs(1)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    row0 = (b.to(tl.int64) * H + h) * NUM_SPLITS
+    lse = tl.load(pl_ptr + row0 + offs_s, mask=offs_s < NUM_SPLITS, other=float("-inf"))
+    num_live = tl.sum((lse > float("-inf")).to(tl.int32), 0)   # non-empty splits come first
+    m = tl.max(lse, 0)
+    m = tl.where(num_live > 0, m, 0.0)
+    acc = tl.zeros([BLOCK_D], tl.float32)
+    denom = tl.sum(tl.zeros([CHUNK_S], tl.float32), 0)
+    offs_c = tl.arange(0, CHUNK_S)
+    for s0 in range(0, num_live, CHUNK_S):                    # a few [CHUNK_S, D] tiles at a time
+        s = s0 + offs_c
+        live = s < num_live
+        w = tl.where(live, tl.exp(tl.load(pl_ptr + row0 + s, mask=live, other=0.0) - m), 0.0)
+        parts = tl.load(po_ptr + (row0 + s)[:, None] * D + offs_d[None, :],
+                        mask=live[:, None] & (offs_d[None, :] < D), other=0.0)
+        acc += tl.sum(parts * w[:, None], 0)
+        denom += tl.sum(w, 0)
+    out = acc / tl.where(num_live > 0, denom, 1.0)
+    tl.store(out_ptr + b.to(tl.int64) * stride_ob + h * stride_oh + offs_d,
+             out.to(out_ptr.dtype.element_ty), mask=offs_d < D)
+    tl.store(lse_ptr + b * H + h,
+             tl.where(num_live > 0, m + tl.log(tl.where(num_live > 0, denom, 1.0)), float("-inf")))
+
+
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     seq_lens: torch.Tensor, slot_starts: torch.Tensor, scale: float,
+                     num_splits: int, block_n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """q: [B, H, D] (one query per sequence); k_cache, v_cache: [Hkv, slots, D] (one layer);
+    seq_lens, slot_starts: [B] int32/int64 on q's device. Query head h reads kv head h // G.
+
+    Returns out [B, H, D] (q.dtype) and lse [B, H] (float32); a row with seq_len 0 gets out 0 and
+    lse -inf. Every shape depends on B, H, D and num_splits only: safe inside a CUDA graph.
+    """
+    B, H, D = q.shape
+    Hkv = k_cache.shape[0]
+    G = H // Hkv
+    assert H == G * Hkv and k_cache.shape[-1] == D and v_cache.shape == k_cache.shape
+    assert q.stride(-1) == 1 and k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
+    block_d = max(16, triton.next_power_of_2(D))
+    block_n = block_n or (BLOCK_N if block_d <= 128 else BLOCK_N // 2)
+    partial_out = torch.empty(B, H, num_splits, D, dtype=torch.float32, device=q.device)
+    partial_lse = torch.empty(B, H, num_splits, dtype=torch.float32, device=q.device)
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    upcast = _upcast_dot(q.dtype)
+    _split_kernel[(B, Hkv, num_splits)](
+        q, k_cache, v_cache, seq_lens, slot_starts, partial_out, partial_lse,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
+        v_cache.stride(0), v_cache.stride(1), scale, G, D,
+        NUM_SPLITS=num_splits, BLOCK_H=max(16, triton.next_power_of_2(G)), BLOCK_N=block_n,
+        BLOCK_D=block_d, PRECISION=precision, UPCAST=upcast, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+    out = torch.empty(B, H, D, dtype=q.dtype, device=q.device)
+    lse = torch.empty(B, H, dtype=torch.float32, device=q.device)
+    _combine_kernel[(B, H)](partial_out, partial_lse, out, lse, out.stride(0), out.stride(1), D,
+                            NUM_SPLITS=num_splits, BLOCK_S=triton.next_power_of_2(num_splits),
+                            CHUNK_S=min(16, triton.next_power_of_2(num_splits)), BLOCK_D=block_d,
+                            num_warps=4)
+    return out, lse
+
+
+@triton.jit
+def _rotary_store_kernel(q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, qo_ptr, kc_ptr, vc_ptr, lens_ptr, starts_ptr,
+                         stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_cb,
+                         stride_kch, stride_kcs, stride_vch, stride_vcs, H, HALF, BLOCK: tl.constexpr):
+    b = tl.program_id(0)
+    j = tl.program_id(1)                     # j < H: query head j; else kv head j - H
+    offs = tl.arange(0, BLOCK)
+    mask = offs < HALF
+    c_row = b.to(tl.int64) * stride_cb
+    cos1 = tl.load(cos_ptr + c_row + offs, mask=mask).to(tl.float32)
+    cos2 = tl.load(cos_ptr + c_row + HALF + offs, mask=mask).to(tl.float32)
+    sin1 = tl.load(sin_ptr + c_row + offs, mask=mask).to(tl.float32)
+    sin2 = tl.load(sin_ptr + c_row + HALF + offs, mask=mask).to(tl.float32)
+    if j < H:
+        src = q_ptr + b.to(tl.int64) * stride_qb + j * stride_qh
+        dst = qo_ptr + (b.to(tl.int64) * H + j) * (2 * HALF)
+    else:
+        h = j - H
+        src = k_ptr + b.to(tl.int64) * stride_kb + h * stride_kh
+        seq_len = tl.load(lens_ptr + b).to(tl.int64)
+        slot = tl.load(starts_ptr + b).to(tl.int64) + seq_len - 1
+        dst = kc_ptr + h.to(tl.int64) * stride_kch + slot * stride_kcs
+        mask = offs < tl.where(seq_len > 0, HALF, 0)   # length 0 (graph padding): write nothing
+        vsrc = v_ptr + b.to(tl.int64) * stride_vb + h * stride_vh
+        vdst = vc_ptr + h.to(tl.int64) * stride_vch + slot * stride_vcs
+        tl.store(vdst + offs, tl.load(vsrc + offs, mask=mask), mask=mask)
+        tl.store(vdst + HALF + offs, tl.load(vsrc + HALF + offs, mask=mask), mask=mask)
+    x1 = tl.load(src + offs, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(src + HALF + offs, mask=mask, other=0.0).to(tl.float32)
+    ty = dst.dtype.element_ty
+    tl.store(dst + offs, (x1 * cos1 - x2 * sin1).to(ty), mask=mask)
+    tl.store(dst + HALF + offs, (x2 * cos2 + x1 * sin2).to(ty), mask=mask)
+
+
+def rotary_store_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor,
+                    sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    seq_lens: torch.Tensor, slot_starts: torch.Tensor) -> torch.Tensor:
+    """One launch for what eager decode does in ~12: rotary (rotate-half layout, fp32 math) on
+    q: [B, H, D] and k: [B, Hkv, D] with cos/sin: [B, D]; the rotated k and v: [B, Hkv, D] go to
+    cache slot start + len - 1 (rows with length 0 write nothing). Returns the rotated q [B, H, D]."""
+    B, H, D = q.shape
+    Hkv = k.shape[1]
+    assert D % 2 == 0 and cos.shape == (B, D) and sin.stride() == cos.stride()
+    for t in (q, k, v, cos, k_cache, v_cache):
+        assert t.stride(-1) == 1
+    q_out = torch.empty(B, H, D, dtype=q.dtype, device=q.device)
+    _rotary_store_kernel[(B, H + Hkv)](
+        q, k, v, cos, sin, q_out, k_cache, v_cache, seq_lens, slot_starts,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), cos.stride(0),
+        k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1), H, D // 2,
+        BLOCK=triton.next_power_of_2(D // 2), num_warps=1)
+    return q_out
+
+
+def decode_attention_reference(q, k_cache, v_cache, seq_lens, slot_starts, scale):
+    """Slow exact reference (float64), same contract as `decode_attention`."""
+    from turboctx.attention.reference import reference_attention
+    B, H, D = q.shape
+    out = torch.zeros(B, H, D, dtype=torch.float64)
+    lse = torch.full((B, H), float("-inf"), dtype=torch.float64)
+    for b in range(B):
+        n, s0 = int(seq_lens[b]), int(slot_starts[b])
+        if n == 0:
+            continue
+        keys = k_cache[:, s0:s0 + n].transpose(0, 1).cpu()     # [n, Hkv, D]
+        vals = v_cache[:, s0:s0 + n].transpose(0, 1).cpu()
+        o, l = reference_attention(q[b:b + 1].cpu(), keys, vals, torch.ones(1, n, dtype=torch.bool), scale)
+        out[b], lse[b] = o[0], l[0]
+    return out, lse
