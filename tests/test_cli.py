@@ -73,3 +73,15 @@ def test_bench_prefill_and_decode_on_cpu(tmp_path):
     assert r.returncode == 0, r.stderr
     row = json.loads(j.read_text())["rows"][0]
     assert row["context"] == 300 and row["ms_per_token"] > 0
+
+
+def test_bench_repeats_compute_the_whole_prompt():
+    """Each benchmark repetition prefills the prompt again (no prefix-cache hit)."""
+    from turboctx.bench.cli import _setup
+    from turboctx.bench.prefill import random_prompt
+    from turboctx import SamplingParams
+    llm = _setup("random:smollm2-135m", "cpu", None, 600, "dense", None, {})
+    ids = random_prompt(49152, 520, 0)
+    sp = SamplingParams(max_tokens=1, temperature=0)
+    outs = [llm.generate(ids, sp)[0] for _ in range(2)]
+    assert [o.metrics.num_cached_tokens for o in outs] == [0, 0]

@@ -18,9 +18,10 @@ def _setup(model, device, dtype, max_len, attention, prefill_chunk_size, extra, 
     from turboctx import LLM
     if cuda_graphs:
         extra = {**extra, "cuda_graphs": True}
-    llm = LLM(model, device=device, dtype=dtype, max_model_len=max_len, kv_cache_tokens=max_len,
-              prefill_chunk_size=prefill_chunk_size, max_num_seqs=1, attention=attention, **extra)
-    return llm
+    # no prefix caching: repeated runs of one prompt must each compute it
+    return LLM(model, device=device, dtype=dtype, max_model_len=max_len, kv_cache_tokens=max_len,
+               prefill_chunk_size=prefill_chunk_size, max_num_seqs=1, attention=attention,
+               enable_prefix_caching=False, **extra)
 
 
 def _ceilings(llm) -> dict:

@@ -76,8 +76,9 @@ class Scheduler:
                 break          # wait for memory
             self.waiting.popleft()
             req.slots = SeqSlots(self.allocator.allocate(need, reuse), self.block_size)
-            req.num_computed_tokens = req.num_cached_tokens = len(reuse) * self.block_size
-            req.num_registered_blocks = len(reuse)
+            if reuse:
+                req.num_computed_tokens = req.num_cached_tokens = len(reuse) * self.block_size
+                req.num_registered_blocks = len(reuse)
             req.status = RequestStatus.RUNNING
             req.first_scheduled_time = time.perf_counter()
             self.running.append(req)
