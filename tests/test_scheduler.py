@@ -57,3 +57,15 @@ def test_blocks_are_contiguous_when_possible():
     assert alloc.allocate(3) == [0, 1, 2]           # a consecutive run when one exists
     alloc.free([0, 1, 2])
     assert alloc.allocate(4) == [0, 1, 2, 5]        # else scattered (read through a gather)
+
+
+def test_prefill_beside_decodes_is_capped():
+    """While a request decodes, a long prefill advances by a quarter of the budget per step."""
+    s = Scheduler(BlockAllocator(400), block_size=16, token_budget=2048, max_num_seqs=8)
+    short = req("short", 10, max_tokens=50)
+    s.add(short)
+    advance(s.schedule())                     # short prefilled, sampled its first token
+    s.add(req("long", 5000))
+    step = s.schedule()
+    got = {c.request.request_id: c.num_tokens for c in step}
+    assert got == {"short": 1, "long": 512}

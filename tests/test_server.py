@@ -115,6 +115,15 @@ def test_seed_determinism(client):
     assert any(run(s) != a for s in (1, 2, 3))
 
 
+def test_extreme_seed_and_tiny_top_p_are_served(client):
+    """Found by fuzzing: both used to fail the engine step (and so every request in flight) with a 500."""
+    greedy = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, temperature=0).choices[0].text
+    tiny = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, top_p=1e-300).choices[0].text
+    assert tiny == greedy                       # a top_p below every probability keeps the top token
+    for seed in (2 ** 63 - 1, -(2 ** 63)):
+        assert client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, seed=seed).choices[0].text
+
+
 def test_logprobs_equal_in_process(client, llm):
     from turboctx import SamplingParams
     sp = SamplingParams(max_tokens=5, temperature=0, logprobs=4)
@@ -164,6 +173,7 @@ BAD = [
     ("top_p above 1", CHAT, {**OK_CHAT, "top_p": 1.5}, "top_p", None),
     ("top_p zero", COMPL, {**OK_COMPL, "top_p": 0.0}, "top_p", "top_p"),
     ("n > 1", CHAT, {**OK_CHAT, "n": 2}, "n", "n=2"),
+    ("seed beyond int64", COMPL, {**OK_COMPL, "seed": 2 ** 64}, "seed", None),
     ("top_logprobs too many", CHAT, {**OK_CHAT, "logprobs": True, "top_logprobs": 50}, "top_logprobs", None),
     ("token id outside vocab", COMPL, {**OK_COMPL, "prompt": [10 ** 9]}, None, "vocabulary"),
     ("empty prompt", COMPL, {**OK_COMPL, "prompt": ""}, "prompt", "empty"),

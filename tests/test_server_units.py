@@ -31,3 +31,30 @@ def test_bench_summary_counts_lost_and_duplicates():
     s = summarize(rs, ["boom"], 2.0, 4, {}, {"num_requests": 4})
     assert s["answered"] == 2 and s["errors"] == 1 and s["lost"] == 1 and s["duplicate_ids"] == 1
     assert s["ttft_s"]["p50"] == 0.5 and abs(s["itl_s"]["p99"] - 0.2) < 1e-9
+
+
+def test_serve_prefix_caching_flag_reaches_the_engine(monkeypatch):
+    import turboctx.engine.llm_engine as le
+    from turboctx.server.cli import build_engine, serve_app
+    from typer.testing import CliRunner
+
+    seen = []
+    monkeypatch.setattr(le, "LLMEngine", lambda *a, **kw: seen.append(kw["enable_prefix_caching"]))
+    build_engine(None)
+    build_engine(None, enable_prefix_caching=False)
+    assert seen == [True, False]
+    help_text = CliRunner().invoke(serve_app, ["--help"], env={"COLUMNS": "200"}).output
+    assert "--prefix-caching" in help_text and "--no-prefix-caching" in help_text
+
+    import turboctx.server.cli as cli
+
+    class Stop(Exception):
+        pass
+
+    def fake_build_engine(model, **kw):
+        seen.append(kw["enable_prefix_caching"])
+        raise Stop
+    monkeypatch.setattr(cli, "build_engine", fake_build_engine)
+    for args, want in (([], True), (["--no-prefix-caching"], False), (["--prefix-caching"], True)):
+        r = CliRunner().invoke(serve_app, ["--log-level", "warning", *args])
+        assert isinstance(r.exception, Stop) and seen[-1] is want, r.output

@@ -32,6 +32,8 @@ class SamplingParams:
                f"max_tokens={self.max_tokens!r} must be an integer >= 1")
         _check(self.temperature >= 0, f"temperature={self.temperature} must be >= 0")
         _check(0 < self.top_p <= 1, f"top_p={self.top_p} must be in (0, 1]")
+        _check(self.seed is None or (isinstance(self.seed, int) and -2**63 <= self.seed < 2**63),
+               f"seed={self.seed!r} must be None or an integer in [-2^63, 2^63)")
         _check(isinstance(self.top_k, int) and (self.top_k == -1 or self.top_k >= 0),
                f"top_k={self.top_k!r} must be -1 (off), 0 (off) or a positive integer")
         for name in ("logprobs", "prompt_logprobs"):

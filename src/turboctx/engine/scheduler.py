@@ -20,6 +20,9 @@ from turboctx.engine.request import Request, RequestStatus
 from turboctx.kv_cache import BlockAllocator, SeqSlots, block_hashes
 
 
+DECODE_STEP_PREFILL_MIN = 256   # prefill tokens a step may still carry beside running decodes
+
+
 @dataclass
 class ScheduledChunk:
     request: Request
@@ -59,8 +62,12 @@ class Scheduler:
                 budget -= 1
         # 2. prefill chunks. While requests wait, a running prefill takes at most half the budget,
         #    so a long prompt never keeps short ones out (vLLM's long-prefill threshold idea).
+        # While decodes run, all prefill in a step is capped too, so their inter-token latency is
+        # bounded by a fraction of a full chunk (vLLM's long_prefill_token_threshold, in spirit).
         waiting = bool(self.waiting) and len(self.running) < self.max_num_seqs
         cap = max(1, self.token_budget // 2) if waiting else self.token_budget
+        if out:
+            budget = min(budget, max(DECODE_STEP_PREFILL_MIN, self.token_budget // 4))
         prefills: list[ScheduledChunk] = []
         for req in self.running:
             if budget == 0:

@@ -25,12 +25,14 @@ def served_names(model: str | None, engine, served_model_name: list[str] | None)
 
 
 def build_engine(model, *, device=None, dtype=None, max_model_len=None, prefill_chunk_size=None,
-                 kv_cache_tokens=None, max_num_seqs=64, attention="dense", dca=None):
+                 kv_cache_tokens=None, max_num_seqs=64, attention="dense", dca=None,
+                 enable_prefix_caching=True):
     from turboctx.engine.llm_engine import LLMEngine
     extra = {} if dca is None else {"dca": dca}
     return LLMEngine(model, device=device, dtype=dtype, max_model_len=max_model_len,
                      prefill_chunk_size=prefill_chunk_size, kv_cache_tokens=kv_cache_tokens,
-                     max_num_seqs=max_num_seqs, attention=attention, **extra)
+                     max_num_seqs=max_num_seqs, attention=attention,
+                     enable_prefix_caching=enable_prefix_caching, **extra)
 
 
 @serve_app.command()
@@ -47,6 +49,7 @@ def serve(model: Annotated[Optional[str], typer.Option("--model", "-m", help="HF
           max_num_seqs: Annotated[int, typer.Option(min=1, help="requests decoded together")] = 64,
           kv_cache_tokens: Annotated[Optional[int], typer.Option(help="KV-cache size in tokens (default: from free memory)")] = None,
           prefill_chunk_size: Annotated[Optional[int], typer.Option(help="prefill tokens per step")] = None,
+          prefix_caching: Annotated[bool, typer.Option("--prefix-caching/--no-prefix-caching", help="reuse the KV of a prompt prefix seen before (LRU-evicted under memory pressure)")] = True,
           max_waiting: Annotated[int, typer.Option(min=1, help="requests allowed to wait for memory before 429")] = 4096,
           max_body_bytes: Annotated[int, typer.Option(min=1024, help="request body size limit")] = 64 << 20,
           shutdown_timeout: Annotated[float, typer.Option(min=0, help="seconds running requests may finish after SIGTERM/SIGINT before they are cancelled")] = 30.0,
@@ -67,7 +70,8 @@ def serve(model: Annotated[Optional[str], typer.Option("--model", "-m", help="HF
         log.warning("binding %s without --api-key: anyone who can reach this address can use the server", host)
     engine = build_engine(model, device=device, dtype=dtype, max_model_len=max_model_len,
                           prefill_chunk_size=prefill_chunk_size, kv_cache_tokens=kv_cache_tokens,
-                          max_num_seqs=max_num_seqs, attention=attention, dca=dca)
+                          max_num_seqs=max_num_seqs, attention=attention, dca=dca,
+                          enable_prefix_caching=prefix_caching)
     names = served_names(model, engine, served_model_name)
     loop = EngineLoop(engine, ServerMetrics(), max_waiting=max_waiting)
     app = create_app(loop, model_names=names, api_key=api_key, max_body_bytes=max_body_bytes)

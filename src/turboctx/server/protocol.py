@@ -13,6 +13,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_TOP_LOGPROBS = 20
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1      # OpenAI's seed is an int64 (so is torch's)
 
 
 def random_id(prefix: str) -> str:
@@ -42,7 +43,7 @@ class _SamplingFields(_Strict):
     stream: Optional[bool] = False
     stream_options: Optional[StreamOptions] = None
     stop: Optional[Union[str, list[str]]] = None
-    seed: Optional[int] = None
+    seed: Optional[int] = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
     presence_penalty: Optional[float] = Field(default=0.0, ge=-2, le=2)
     frequency_penalty: Optional[float] = Field(default=0.0, ge=-2, le=2)
     logit_bias: Optional[dict[str, float]] = None

@@ -75,6 +75,19 @@ def _inverse_bytes() -> dict[str, int]:
     return {c: b for b, c in _bytes_to_unicode().items()}
 
 
+MIN_TOP_P = 1e-30
+
+
+def _top_p(top_p: float | None) -> float:
+    """The sampler compares top_p in float32, where a top_p under ~1e-45 rounds to 0 and would drop
+    every token (NaN probabilities, a failed engine step). Any top_p under 1/vocab keeps only the
+    top token anyway, so raising a tiny positive top_p to 1e-30 changes nothing else; 0 and
+    negative values still reach the engine's validation (a 400)."""
+    if top_p is None:
+        return 1.0
+    return max(top_p, MIN_TOP_P) if top_p > 0 else top_p
+
+
 def refuse_unsupported(body: _SamplingFields) -> None:
     def bad(param: str, msg: str):
         raise APIError(msg, 400, param=param, code="unsupported_parameter")
@@ -106,7 +119,7 @@ def sampling_params(body: _SamplingFields, max_tokens: int | None, prompt_len: i
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=1.0 if body.temperature is None else body.temperature,
-            top_p=1.0 if body.top_p is None else body.top_p,
+            top_p=_top_p(body.top_p),
             top_k=-1 if body.top_k is None else body.top_k,
             seed=body.seed, stop=body.stop, stop_token_ids=body.stop_token_ids or [],
             ignore_eos=bool(body.ignore_eos), logprobs=logprobs,
