@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 
 import torch
 
@@ -166,7 +167,6 @@ class LLMEngine:
         return outputs
 
     def _append_token(self, req: Request, tok: int, lp: dict | None) -> None:
-        import time
         now = time.perf_counter()
         if req.first_token_time is None:
             req.first_token_time = now

@@ -33,11 +33,7 @@ def heatmap(grid: dict[str, dict[str, float | None]], path: str | Path, title: s
                 ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=8)
     fig.colorbar(im, ax=ax, label="score (%)")
     ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def nll_by_position(results: dict[str, dict[str, float | None]], path: str | Path,
@@ -55,14 +51,18 @@ def nll_by_position(results: dict[str, dict[str, float | None]], path: str | Pat
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _fmt_len(n: int) -> str:
     if n >= 1024 * 1024 and n % (1024 * 1024) == 0:
         return f"{n // (1024 * 1024)}M"
     return f"{n // 1024}K" if n % 1024 == 0 else str(n)
+
+
+def _save(plt, fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
