@@ -14,10 +14,10 @@ DECODE_COLUMNS = ["engine", "context", "ms_per_token", "ms_min", "ms_max", "gb_p
                   "peak_memory_gib"]
 
 
-def _setup(model, device, dtype, max_len, attention, prefill_chunk_size, extra, cuda_graphs=False):
+def _setup(model, device, dtype, max_len, attention, prefill_chunk_size, extra, cuda_graphs=None):
     from turboctx import LLM
-    if cuda_graphs:
-        extra = {**extra, "cuda_graphs": True}
+    if cuda_graphs is not None:
+        extra = {**extra, "cuda_graphs": cuda_graphs}
     # no prefix caching: repeated runs of one prompt must each compute it
     return LLM(model, device=device, dtype=dtype, max_model_len=max_len, kv_cache_tokens=max_len,
                prefill_chunk_size=prefill_chunk_size, max_num_seqs=1, attention=attention,
@@ -97,8 +97,9 @@ def decode(model: Annotated[str, typer.Option("--model", "-m")] = "random:qwen2.
            device: Optional[str] = None, dtype: Optional[str] = None,
            dca: Annotated[Optional[bool], typer.Option("--dca/--no-dca")] = None,
            compare: Annotated[Optional[str], typer.Option(help="'hf': HF transformers in the same run")] = None,
-           cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs/--no-cuda-graphs",
-                                                     help="replay decode steps as CUDA graphs")] = False,
+           cuda_graphs: Annotated[Optional[bool], typer.Option(
+               "--cuda-graphs/--no-cuda-graphs",
+               help="replay decode steps as CUDA graphs (default: wherever they run)")] = None,
            json_path: Annotated[Optional[Path], typer.Option("--json")] = None,
            seed: int = 0):
     """Decode ms/token at long context (synthetic random-valued cache: no prefill needed)."""
@@ -109,7 +110,8 @@ def decode(model: Annotated[str, typer.Option("--model", "-m")] = "random:qwen2.
     llm = _setup(model, device, dtype, max(ns) + steps + 16, "dense", None, _dca_flags(dca), cuda_graphs)
     ceilings = _ceilings(llm)
     rows = bench_decode(llm, ns, steps, repeat, seed, ceilings)
-    if llm.engine.runner.graphs is not None and llm.engine.runner.graphs.graphs:
+    graphs_used = llm.engine.runner.graphs is not None and bool(llm.engine.runner.graphs.graphs)
+    if graphs_used:
         for r in rows:
             r["engine"] = "turboctx+graphs"     # said only when decode really replayed graphs
     env = environment(llm.engine.device)
@@ -121,7 +123,7 @@ def decode(model: Annotated[str, typer.Option("--model", "-m")] = "random:qwen2.
     print_table(f"decode: {model} on {env.get('gpu', env['device'])} - copy {ceilings['copy_gbps']:.0f} GB/s",
                 rows, DECODE_COLUMNS)
     if json_path:
-        write_json(json_path, {"kind": "decode", "model": model, "cuda_graphs": cuda_graphs, "env": env,
+        write_json(json_path, {"kind": "decode", "model": model, "cuda_graphs": graphs_used, "env": env,
                                "ceilings": ceilings, "rows": rows})
 
 

@@ -64,6 +64,8 @@ def run_ppl(targets: dict[str, object], encode, length: int, n_windows: int = 1,
             if bar is not None:
                 bar.update(1)
         results[name] = nll_by_bin(lps, length)
+        if hasattr(target, "close"):   # one engine at a time: each may take most of the GPU
+            target.close()
     if bar is not None:
         bar.close()
     return results
