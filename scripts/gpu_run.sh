@@ -26,6 +26,19 @@ case "${1:-tests}" in
       tb prefill --model random:qwen2.5-7b --lengths 128k --repeat 2 $d \
         --json "$OUT/prefill_7b_128k${d#--}.json" 2>&1 | tee -a "$OUT/dca_cost.log"
     done ;;
+  dca-eval)  # default model (GGUF=path): NLL by position over 64K tokens, passkey 8K-128K
+    te() { timeout "$1" python3 -m turboctx.cli eval "${@:2}" --model "$GGUF" --device cuda; }
+    te 150 ppl --dtype float32 --lengths 64k --max-model-len 65600 --setting dca=false \
+      --setting dca=true,dca_chunk_size=8192,dca_local_size=1024,dca_yarn=false \
+      --setting dca=true,dca_chunk_size=8192,dca_local_size=1024,dca_yarn=true \
+      --setting dca=true,dca_chunk_size=6144,dca_local_size=512,dca_yarn=false \
+      --setting dca=true,dca_chunk_size=6144,dca_local_size=512,dca_yarn=true \
+      --out "$OUT/ppl64k" 2>&1 | grep -v -i warn | tail -12
+    for s in "--no-dca" "--dca --dca-yarn false" "--dca --dca-yarn true"; do
+      te 100 passkey $s --dtype bfloat16 --max-model-len 132000 --lengths 8k,16k,32k,64k,128k \
+        --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --out "$OUT/passkey_$(echo $s | tr -d ' -')" 2>&1 | \
+        grep -v -i warn | grep -v "sample/s" | tail -8
+    done ;;
   prefill-1m)
     tb prefill --model random:qwen2.5-7b --lengths 1m --repeat 1 \
       --price-per-gpu-hour 3.5 --json "$OUT/prefill_7b_1m.json" 2>&1 | tee "$OUT/prefill_1m.log" ;;
