@@ -55,6 +55,14 @@ class DCASparseAttentionBackend(DCAAttentionBackend):
         return self.sparse.config
 
     @property
+    def timing(self) -> bool:
+        return self.sparse.timing
+
+    @timing.setter
+    def timing(self, on: bool) -> None:
+        self.sparse.timing = on
+
+    @property
     def last_pattern(self):
         return self.sparse.last_pattern
 
