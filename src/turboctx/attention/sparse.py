@@ -32,7 +32,9 @@ class SparseStats:
     kept: float = 0.0              # attended entries summed over heads (where counted)
     total: float = 0.0             # causal entries summed over heads (same chunks)
     recall: dict[int, list] = field(default_factory=dict)  # layer -> [H] per sparse chunk (record_recall)
-    _kept_t: list = field(default_factory=list, repr=False)
+    chunks: dict[int, list] = field(default_factory=dict, repr=False)  # chunk start -> [kept, total]
+    head_kept: dict[int, list] = field(default_factory=dict, repr=False)  # layer -> [([H], total)] (record_recall)
+    _kept_t: list = field(default_factory=list, repr=False)   # (chunk start, [H] device counts)
     _seconds: dict = field(default_factory=lambda: {"estimate": 0.0, "attend": 0.0}, repr=False)
     _events: list = field(default_factory=list, repr=False)   # (what, start, end) CUDA events
 
@@ -54,10 +56,18 @@ class SparseStats:
         self.flush()
         return self._seconds["attend"]
 
+    def density_by_chunk(self) -> dict[int, float]:
+        """Chunk start position -> density of that chunk over all layers and heads."""
+        self.flush()
+        return {s: kt[0] / kt[1] for s, kt in sorted(self.chunks.items())}
+
     def flush(self) -> None:
         """Device counters and events are summed lazily: no sync per layer."""
         if self._kept_t:
-            self.kept += float(torch.stack([t.sum() for t in self._kept_t]).sum())
+            sums = torch.stack([t.sum() for _, t in self._kept_t]).tolist()
+            for (start, _), v in zip(self._kept_t, sums):
+                self.kept += v
+                self.chunks[start][0] += v
             self._kept_t.clear()
         if self._events:
             self._events[-1][2].synchronize()
@@ -158,9 +168,14 @@ class SparseAttentionBackend(DenseAttentionBackend):
         st.sparse_chunks += 1
         clock.add("estimate", t0, t1)
         clock.add("attend", t1, t2)
-        if clock.enabled:
-            st._kept_t.append(count_attended(pattern, n, start))
-            st.total += pattern.num_heads * causal_entries(n, start)
+        if clock.enabled or self.record_recall:
+            kept = count_attended(pattern, n, start)                                 # [H]
+            st._kept_t.append((start, kept))
+            total = pattern.num_heads * causal_entries(n, start)
+            st.total += total
+            st.chunks.setdefault(start, [0.0, 0.0])[1] += total
+            if self.record_recall:
+                st.head_kept.setdefault(self._layer, []).append((kept, causal_entries(n, start)))
         self.last_pattern = pattern
 
     def _record_recall(self, q, keys, lse, start: int) -> None:

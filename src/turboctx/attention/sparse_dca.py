@@ -63,6 +63,14 @@ class DCASparseAttentionBackend(DCAAttentionBackend):
         self.sparse.timing = on
 
     @property
+    def record_recall(self) -> bool:
+        return self.sparse.record_recall
+
+    @record_recall.setter
+    def record_recall(self, on: bool) -> None:
+        self.sparse.record_recall = on
+
+    @property
     def last_pattern(self):
         return self.sparse.last_pattern
 

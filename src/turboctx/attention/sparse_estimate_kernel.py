@@ -33,7 +33,7 @@ _SM_COUNT: dict[int, int] = {}
 def _lse_kernel(q_ptr, k_ptr, part_ptr, stride_ql, stride_qh, stride_kh, stride_km,
                 qk_scale, q_pos0, L, k_lo, k_hi, split_len, G, D,
                 BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                UPCAST: tl.constexpr):
+                PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     h = tl.program_id(0)
     s = tl.program_id(1)
     S = tl.num_programs(1)
@@ -58,7 +58,7 @@ def _lse_kernel(q_ptr, k_ptr, part_ptr, stride_ql, stride_qh, stride_kh, stride_
                      mask=(kk[None, :] < hi) & d_ok[:, None], other=0.0)       # [BD, BN]
         if UPCAST:
             kt = kt.to(tl.float32)
-        x = tl.dot(q, kt) * qk_scale
+        x = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
         ok = (kk[None, :] < hi) & (kk[None, :] <= qpos[:, None])
         x = tl.where(ok, x, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(x, 1))
@@ -75,7 +75,8 @@ def _score_kernel(q_ptr, k_ptr, lse_ptr, vert_ptr, band_ptr,
                   stride_ql, stride_qh, stride_kh, stride_km,
                   qk_scale, q_pos0, L, k_lo, k_hi, m, nb, tiles_per_prog, G, D,
                   BAND: tl.constexpr, NBT: tl.constexpr, BLOCK_L: tl.constexpr,
-                  BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr):
+                  BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+                  UPCAST: tl.constexpr):
     h = tl.program_id(0)
     t = tl.program_id(1)
     kvh = (h // G).to(tl.int64)
@@ -103,7 +104,7 @@ def _score_kernel(q_ptr, k_ptr, lse_ptr, vert_ptr, band_ptr,
                      mask=in_r[None, :] & d_ok[:, None], other=0.0)
         if UPCAST:
             kt = kt.to(tl.float32)
-        x = tl.dot(q, kt) * qk_scale
+        x = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
         ok = in_r[None, :] & (kk[None, :] <= qpos[:, None]) & l_ok[:, None]
         p = tl.where(ok, tl.exp2(x - lse[:, None]), 0.0)                       # [BL, BN]
         tl.store(vrow + kk, tl.sum(p, 0), mask=in_r)
@@ -139,6 +140,7 @@ def vertical_slash_scores_triton(q_last, k: torch.Tensor, q_pos0: int, *, scale:
     opts = dict(num_warps=num_warps or NUM_WARPS, num_stages=num_stages or NUM_STAGES)
     qk = scale * LOG2E
     up = _upcast_dot(k.dtype)
+    prec = "ieee" if k.dtype == torch.float32 else "tf32"   # fp32 in, fp32 products (as torch)
     dev = k.device
     per_head = max(1, _programs(dev) // H)
     parts = []
@@ -151,7 +153,7 @@ def vertical_slash_scores_triton(q_last, k: torch.Tensor, q_pos0: int, *, scale:
         part = torch.empty(H, S, 2, BL, dtype=torch.float32, device=dev)
         _lse_kernel[(H, S)](q, k, part, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
                             qk, q_pos0, L, lo, hi, split, G, D, BLOCK_L=BL, BLOCK_N=BN,
-                            BLOCK_D=BD, UPCAST=up, **opts)
+                            BLOCK_D=BD, PRECISION=prec, UPCAST=up, **opts)
         parts.append(part)
     part = torch.cat(parts, 1)                                               # [H, S', 2, BL]
     mx, sm = part[:, :, 0], part[:, :, 1]
@@ -168,7 +170,7 @@ def vertical_slash_scores_triton(q_last, k: torch.Tensor, q_pos0: int, *, scale:
         _score_kernel[(H, triton.cdiv(tiles, tpp))](
             q, k, lse, vert, band, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
             qk, q_pos0, L, lo, hi, m, nb, tpp, G, D, BAND=B, NBT=nbt, BLOCK_L=BL,
-            BLOCK_N=BN, BLOCK_D=BD, UPCAST=up, **opts)
+            BLOCK_N=BN, BLOCK_D=BD, PRECISION=prec, UPCAST=up, **opts)
     return vert, band
 
 
