@@ -27,7 +27,8 @@ _EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 ModelOpt = typer.Option(None, "--model", help="Model spec: HF folder, .gguf, random:<preset>; "
                         "default: the default model.")
 DcaOpt = typer.Option(None, "--dca/--no-dca", help="Dual Chunk Attention (engine flag).")
-AttnOpt = typer.Option(None, "--attention", help="Attention backend: dense | sparse (engine flag).")
+AttnOpt = typer.Option(None, "--attention", help="Attention backend: dense | sparse | auto (engine "
+                       "flag); --sparse-threshold N passes through like any other engine flag.")
 MaxLenOpt = typer.Option(None, "--max-model-len", help="Engine max_model_len, e.g. 128k.")
 DeviceOpt = typer.Option(None, "--device", help="cpu | cuda | cuda:1 (engine flag).")
 DtypeOpt = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (engine flag).")
