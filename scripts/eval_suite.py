@@ -165,8 +165,12 @@ def run_bench(name: str, bench: str, samples: list, target, out: Path, cfg: Suit
     return st
 
 
-def run_target(name: str, cfg: SuiteConfig, tok, benches: dict, out: Path) -> dict:
+def run_target(name: str, cfg: SuiteConfig, tok, benches: dict, out: Path,
+               previous: dict | None = None) -> dict:
+    """Runs every bench on one target; `previous` (its entry in an earlier suite.json) keeps
+    the timings of benches that this invocation only resumed (nothing left to score)."""
     info: dict = {"benches": {}}
+    before = (previous or {}).get("benches", {})
     todo = {b: pending(s, out / name / b) for b, s in benches.items()}
     info["pending_at_start"] = todo
     print(f"\n=== {name}: {sum(todo.values())} samples to run ===", file=sys.stderr, flush=True)
@@ -178,7 +182,12 @@ def run_target(name: str, cfg: SuiteConfig, tok, benches: dict, out: Path) -> di
             stack.callback(close_target, target)
             for bench, samples in benches.items():
                 try:
-                    info["benches"][bench] = run_bench(name, bench, samples, target, out, cfg)
+                    st = run_bench(name, bench, samples, target, out, cfg)
+                    if st["scored_now"] == 0 and before.get(bench, {}).get("status") == "ok":
+                        st = {**before[bench], **{k: v for k, v in st.items()
+                                                  if k in ("score", "sample_errors")},
+                              "resumed": True}
+                    info["benches"][bench] = st
                 except Exception as e:  # noqa: BLE001 - reported; the next bench / target runs
                     info["benches"][bench] = {"status": "error", "error": _err(e)}
                     print(f"[{name}/{bench}] failed: {_err(e)}", file=sys.stderr, flush=True)
@@ -291,8 +300,10 @@ def main(argv=None) -> int:
           f"({time.time() - t0:.1f} s)", file=sys.stderr)
     suite = {"config": asdict(cfg), "env": environment(cfg), "not_run": not_run,
              "started": started, "targets": {}}
+    prev_p = out / "suite.json"
+    previous = json.loads(prev_p.read_text()).get("targets", {}) if prev_p.exists() else {}
     for name in targets:
-        suite["targets"][name] = run_target(name, cfg, tok, benches, out)
+        suite["targets"][name] = run_target(name, cfg, tok, benches, out, previous.get(name))
         suite.update(finished=time.strftime("%Y-%m-%d %H:%M:%S"),
                      elapsed_s=round(time.time() - t0, 1))
         (out / "suite.json").write_text(json.dumps(suite, indent=2), encoding="utf-8")

@@ -98,8 +98,13 @@ class HFTarget(TokenizerMixin):
             kwargs = dict(self._load_kwargs, dtype=self.dtype)
             if self.attn_implementation:
                 kwargs["attn_implementation"] = self.attn_implementation
-            self._model = AutoModelForCausalLM.from_pretrained(self._path, **kwargs)
-            self._model = self._model.to(self.device).eval().requires_grad_(False)
+            from transformers import GenerationConfig
+            model = AutoModelForCausalLM.from_pretrained(self._path, **kwargs)
+            # Plain greedy like the engine: transformers would otherwise fill unset fields of
+            # our GenerationConfig from the checkpoint's generation_config.json (e.g. Qwen2.5
+            # Instruct's repetition_penalty 1.05).
+            model.generation_config = GenerationConfig()
+            self._model = model.to(self.device).eval().requires_grad_(False)
         return self._model
 
     def close(self) -> None:

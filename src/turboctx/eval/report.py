@@ -62,8 +62,8 @@ def grid_table(g: dict[str, dict[str, float | None]]) -> list[str]:
 
 def _setup(suite: dict, out: Path) -> list[str]:
     c, env = suite.get("config", {}), suite.get("env", {})
-    lines = [f"- output directory: `{out}`; finished {suite.get('finished', '?')} in "
-             f"{suite.get('elapsed_s', '?')} s" + (" (`--quick`)" if c.get("quick") else ""),
+    lines = [f"- output directory: `{out}`; last invocation finished {suite.get('finished', '?')} "
+             f"after {suite.get('elapsed_s', '?')} s" + (" (`--quick`)" if c.get("quick") else ""),
              f"- model: `{c.get('model') or 'default (SmolLM2-135M-Instruct Q4_1 GGUF)'}`; device "
              f"{env.get('device', '?')}; dtype {c.get('dtype')}; greedy; prompt template "
              f"`{c.get('template', 'base')}`; seed {c.get('seed')}",
@@ -89,7 +89,7 @@ def _status(suite: dict) -> list[str]:
     lines = ["| target | bench | status | seconds | scored now |", "|---|---|---|---|---|"]
     for t, info in suite.get("targets", {}).items():
         for b, st in info.get("benches", {}).items():
-            status = st.get("status", "?")
+            status = st.get("status", "?") + (" (resumed)" if st.get("resumed") else "")
             if st.get("error"):
                 status += ": " + _first_line(st["error"])
             lines.append(f"| {TITLES.get(t, t)} | {b} | {status} | {st.get('elapsed_s', '–')} | "
