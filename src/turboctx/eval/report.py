@@ -144,8 +144,13 @@ def render(out: Path, suite: dict, cmp: dict, images: dict[str, str]) -> str:
         blanks = [""] * (len(targets) - 1)
         L.append(_row(["**average**", ""] + [_fmt(avg[t]) for t in targets] + blanks))
         for task, why in suite.get("not_run", {}).items():
-            L.append(_row([task, "–", why] + blanks + blanks))
+            if task not in ("passkey", "niah"):
+                L.append(_row([task, "–", _first_line(why)] + blanks + blanks))
         L.append("")
+    missing = {k: v for k, v in suite.get("not_run", {}).items() if k not in
+               {r["task"] for rows in benches.values() for r in rows}}
+    if missing:
+        L += ["## Not run", "", *[f"- {k}: {_first_line(v)}" for k, v in missing.items()], ""]
     L += ["## Run status", "", *_status(suite), ""]
     return "\n".join(L)
 
