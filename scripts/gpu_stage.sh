@@ -3,8 +3,8 @@
 # 64 MiB. Prepare here (once):
 #   scripts/gpu_stage.sh prepare       # .gpu/part-a* (the GGUF, split) and .whl/ (wheels)
 # Then two device calls made back to back (an idle machine is given back after ~30 s):
-#   call 1, carry [".whl", ".gpu/part-aa"]:  source scripts/gpu_stage.sh first; ...
-#   call 2, carry [".gpu/part-ab", ".gpu/part-ac"]:  source scripts/gpu_stage.sh second; ...
+#   call 1, carry [".gpu/part-aa"]:  source scripts/gpu_stage.sh first; ...
+#   call 2, carry [".whl", ".gpu/part-ab"]:  source scripts/gpu_stage.sh second; ...
 # After `second`, $GGUF is the default model's file and PYTHONPATH holds the wheels and src/.
 STAGE=/root/stage
 export GGUF=$STAGE/model.gguf PYTHONUNBUFFERED=1
@@ -17,17 +17,17 @@ SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 case "${1:-}" in
   prepare)
     src=$(python3 -c 'from turboctx.weights import default_gguf_path as f; print(f())')
-    mkdir -p .gpu .whl && rm -f .gpu/part-* && split -b 49000000 "$src" .gpu/part-
+    mkdir -p .gpu .whl && rm -f .gpu/part-* && split -b 60000000 "$src" .gpu/part-
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
       --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
       --platform manylinux2014_x86_64 -d .whl $WHEELS
     ls -la .gpu .whl ;;
   first)
-    mkdir -p $STAGE && cp .gpu/part-aa $STAGE/
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target $STAGE/site .whl/*.whl ;;
+    mkdir -p $STAGE && cp .gpu/part-aa $STAGE/ ;;
   second)
-    cat $STAGE/part-aa .gpu/part-ab .gpu/part-ac > $GGUF
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target $STAGE/site .whl/*.whl
+    cat $STAGE/part-aa .gpu/part-ab > $GGUF
     echo "$SHA  $GGUF" | sha256sum -c - || { echo "GGUF parts did not join"; return 1 2>/dev/null || exit 1; } ;;
   *) echo "usage: scripts/gpu_stage.sh prepare|first|second"; return 2 2>/dev/null || exit 2 ;;
 esac
