@@ -335,6 +335,7 @@ def test_backend_chunked_prefill_equals_reference_of_its_set(H, Hkv):
     st = backend.stats
     assert (st.sparse_chunks, st.dense_chunks) == (2, 1)
     assert 0 < st.density < 1 and st.estimate_s > 0
+    assert list(st.density_by_chunk()) == [100, 200]      # per chunk start, sparse chunks only
     rec = torch.stack(st.recall[0])                       # [sparse chunks, H]
     assert set(st.recall) == {0} and rec.shape == (2, H)
     assert bool(((rec > 0) & (rec <= 1 + 1e-5)).all())

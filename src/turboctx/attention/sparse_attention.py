@@ -92,7 +92,7 @@ def _vertical_part(q, k, v, pattern, start, lo, hi, k0, k1, scale):
     kvh = torch.arange(H, device=dev) // (H // Hkv)
     vc = vert.clamp(min=0)                                                   # [H, V]
     kg, vg = k[kvh[:, None], vc].float(), v[kvh[:, None], vc].float()       # [H, V, D]
-    bt = band_table(pattern.bands)
+    bt = band_table(pattern, k.shape[1])
     heads = torch.arange(H, device=dev)[:, None, None]
     n = hi - lo
     out = torch.empty(n, H, D, dtype=torch.float32, device=dev)
@@ -178,10 +178,11 @@ def vertical_slash_attention_flex(q, k, v, pattern: VSPattern, *, start: int, sc
     qa0, nqb, pad = query_blocks(start, lo, hi, B)
     kb_lo = k0 // B
     pn, pi, fn_, fi = kv_block_lists(pattern, start, lo, hi, k0, k1)
-    bt = band_table(pattern.bands)
-    q_base = torch.tensor(qa0 * B, device=dev)           # absolute position of padded row 0
-    k_base = torch.tensor(kb_lo * B, device=dev)         # absolute index of view key 0
-    k_lo, k_hi = torch.tensor(k0, device=dev), torch.tensor(k1, device=dev)
+    bt = band_table(pattern, m)
+    scalar = lambda x: torch.full((), x, dtype=torch.int64, device=dev)   # noqa: E731 (no H2D copy)
+    q_base = scalar(qa0 * B)                             # absolute position of padded row 0
+    k_base = scalar(kb_lo * B)                           # absolute index of view key 0
+    k_lo, k_hi = scalar(k0), scalar(k1)
 
     def slash_mask(b, h, q_idx, kv_idx):
         p, j = q_idx + q_base, kv_idx + k_base

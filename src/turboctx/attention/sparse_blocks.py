@@ -18,17 +18,18 @@ from __future__ import annotations
 
 import torch
 
-from turboctx.attention.sparse_pattern import VSPattern
+from turboctx.attention.sparse_pattern import VSPattern, num_bands
 
 _BIG = 1 << 62
 
 
-def band_table(bands: torch.Tensor, size: int | None = None) -> torch.Tensor:
-    """bands [H, NB] (-1 pads) -> [H, size] bool, t -> band t selected (size > every band).
-    The default size is a power of two so that compiled kernels see few distinct shapes."""
+def band_table(pattern: VSPattern, num_keys: int) -> torch.Tensor:
+    """The pattern's bands [H, NB] (-1 pads) over num_keys keys -> [H, size] bool, t -> band t
+    selected. size > every band, a power of two (compiled kernels see few distinct shapes);
+    taken from num_keys, not from the bands, so that no device value is read (no sync)."""
+    bands = pattern.bands
     H = bands.shape[0]
-    top = int(bands.max()) + 1 if bands.numel() else 0
-    size = size or 1 << max(top + 1, 2).bit_length()
+    size = 1 << (num_bands(num_keys, pattern.block_size) + 1).bit_length()
     bt = torch.zeros(H, size + 1, dtype=torch.bool, device=bands.device)
     bt.scatter_(1, torch.where(bands >= 0, bands, size), True)
     return bt[:, :size]
@@ -116,7 +117,7 @@ def count_attended(pattern: VSPattern, n: int, start: int) -> torch.Tensor:
     j = vert.clamp(min=0)[:, None, :]                                          # [H, 1, V]
     rows = torch.clamp(last - torch.maximum(first, j) + 1, min=0)              # [H, nqb, V]
     h = torch.arange(vert.shape[0], device=dev)[:, None, None]
-    cov = covered(band_table(pattern.bands), h, qa[None, :, None], j // B)
+    cov = covered(band_table(pattern, m), h, qa[None, :, None], j // B)
     vert_part = (rows * ((vert >= 0)[:, None, :] & ~cov)).sum((1, 2))
     return block_part + vert_part
 
@@ -133,7 +134,7 @@ def vertical_slash_mask(pattern: VSPattern, n: int, start: int) -> torch.Tensor:
     pos = start + torch.arange(n, device=dev)
     keys = torch.arange(m, device=dev)
     h = torch.arange(H, device=dev)[:, None, None]
-    blocks = covered(band_table(pattern.bands), h, (pos // B)[None, :, None], (keys // B)[None, None, :])
+    blocks = covered(band_table(pattern, m), h, (pos // B)[None, :, None], (keys // B)[None, None, :])
     cols = torch.zeros(H, m + 1, dtype=torch.bool, device=dev)
     cols.scatter_(1, torch.where(pattern.vertical >= 0, pattern.vertical, m), True)
     return (blocks | cols[:, None, :m]) & (keys[None, :] <= pos[:, None])[None]

@@ -57,10 +57,24 @@ def _top_sorted(scores: torch.Tensor, counts: list[int]) -> torch.Tensor:
     """scores [H, m], counts[h] <= m -> indices of each head's top counts[h], ascending, -1 padded."""
     H, m = scores.shape
     top = torch.topk(scores, max(counts), dim=-1).indices                # best first
-    keep = torch.arange(top.shape[1], device=scores.device) < \
-        torch.tensor(counts, device=scores.device)[:, None]
-    idx = torch.where(keep, top, m).sort(-1).values
+    if len(set(counts)) > 1:   # per-head counts (a calibrated file); uniform ones need no copy
+        keep = torch.arange(top.shape[1], device=scores.device) < _as_tensor(counts, scores.device)[:, None]
+        top = torch.where(keep, top, m)
+    idx = top.sort(-1).values
     return idx.masked_fill_(idx == m, -1)
+
+
+_COUNTS: dict = {}
+
+
+def _as_tensor(counts: list[int], device) -> torch.Tensor:
+    """Per-head counts on the device, cached: budgets repeat every chunk (no copy per call)."""
+    key = (tuple(counts), str(device))
+    if key not in _COUNTS:
+        if len(_COUNTS) > 4096:
+            _COUNTS.clear()
+        _COUNTS[key] = torch.tensor(counts, device=device)
+    return _COUNTS[key]
 
 
 def select_vertical_slash(vert: torch.Tensor, band: torch.Tensor, budgets: list[tuple[int, int]],
