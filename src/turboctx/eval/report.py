@@ -147,26 +147,27 @@ def render(out: Path, suite: dict, cmp: dict, images: dict[str, str]) -> str:
             if task not in ("passkey", "niah"):
                 L.append(_row([task, "–", _first_line(why)] + blanks + blanks))
         L.append("")
-    missing = {k: v for k, v in suite.get("not_run", {}).items() if k not in
-               {r["task"] for rows in benches.values() for r in rows}}
+    shown = set(suite.get("not_run", {})) - {"passkey", "niah"} if "ruler" in benches else set()
+    missing = {k: v for k, v in suite.get("not_run", {}).items() if k not in shown}
     if missing:
         L += ["## Not run", "", *[f"- {k}: {_first_line(v)}" for k, v in missing.items()], ""]
     L += ["## Run status", "", *_status(suite), ""]
     return "\n".join(L)
 
 
-def write_report(out: str | Path, doc: str | Path, image_dir: str | Path | None = None) -> Path:
+def write_report(out: str | Path, doc: str | Path, image_dir: str | Path | None = None,
+                 cmp: dict | None = None) -> Path:
     """Render docs/EVAL.md from OUT; copy the NIAH heatmaps to image_dir (default
-    <doc dir>/results/eval) so the doc shows them. Recomputes compare.json when missing."""
+    <doc dir>/results/eval) so the doc shows them. `cmp`: compare_runs' result (default:
+    OUT/compare.json, or computed when missing)."""
     out, doc = Path(out), Path(doc)
     suite_p = out / "suite.json"
     suite = json.loads(suite_p.read_text(encoding="utf-8")) if suite_p.exists() else {}
     cmp_p = out / "compare.json"
-    if cmp_p.exists():
+    if cmp is None and cmp_p.exists():
         cmp = json.loads(cmp_p.read_text(encoding="utf-8"))
-    else:
-        targets = list(suite.get("targets", {})) or ["engine", "hf", "server"]
-        cmp = compare_runs(out, targets)
+    if cmp is None:
+        cmp = compare_runs(out, list(suite.get("targets", {})) or ["engine", "hf", "server"])
     image_dir = Path(image_dir) if image_dir else doc.parent / "results" / "eval"
     images = {}
     for t in cmp["targets"]:
