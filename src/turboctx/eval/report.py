@@ -155,6 +155,25 @@ def render(out: Path, suite: dict, cmp: dict, images: dict[str, str]) -> str:
     return "\n".join(L)
 
 
+def _heatmap_png(out: Path, target: str, image_dir: Path) -> Path | None:
+    """The run's NIAH heatmap copied to image_dir; drawn from summary.json's grid when the run
+    has none (matplotlib missing where it ran). None when there is no grid or no matplotlib."""
+    dst = image_dir / f"niah_heatmap_{target}.png"
+    png = out / target / "niah" / "niah_heatmap.png"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    if png.exists():
+        shutil.copyfile(png, dst)
+        return dst
+    g = grid(out, target, "niah")
+    if not g:
+        return None
+    try:
+        from turboctx.eval.plots import heatmap
+        return heatmap(g, dst, title=f"niah: {target}")
+    except ImportError:
+        return None
+
+
 def write_report(out: str | Path, doc: str | Path, image_dir: str | Path | None = None,
                  cmp: dict | None = None) -> Path:
     """Render docs/EVAL.md from OUT; copy the NIAH heatmaps to image_dir (default
@@ -171,11 +190,8 @@ def write_report(out: str | Path, doc: str | Path, image_dir: str | Path | None 
     image_dir = Path(image_dir) if image_dir else doc.parent / "results" / "eval"
     images = {}
     for t in cmp["targets"]:
-        png = out / t / "niah" / "niah_heatmap.png"
-        if png.exists():
-            image_dir.mkdir(parents=True, exist_ok=True)
-            dst = image_dir / f"niah_heatmap_{t}.png"
-            shutil.copyfile(png, dst)
+        dst = _heatmap_png(out, t, image_dir)
+        if dst is not None:
             images[t] = str(dst.relative_to(doc.parent)) if dst.is_relative_to(doc.parent) else str(dst)
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(render(out, suite, cmp, images), encoding="utf-8")
