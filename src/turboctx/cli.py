@@ -22,11 +22,18 @@ MaxTokens = Annotated[int, typer.Option(help="tokens to generate")]
 Temperature = Annotated[float, typer.Option(help="0 = greedy")]
 Seed = Annotated[Optional[int], typer.Option(help="sampling seed")]
 AsJson = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+Attention = Annotated[str, typer.Option(help="dense | sparse | auto: vertical-slash prefill once the "
+                                             "sequence reaches --sparse-threshold (auto: on GPUs only)")]
+SparseThreshold = Annotated[Optional[int], typer.Option(help="tokens; sparse prefill from this length on (default 32768)")]
 
 
-def engine_kwargs(model, device, dtype, max_model_len, prefill_chunk_size) -> dict:
-    return dict(model=model, device=device, dtype=dtype, max_model_len=max_model_len,
-                prefill_chunk_size=prefill_chunk_size)
+def engine_kwargs(model, device, dtype, max_model_len, prefill_chunk_size, attention="dense",
+                  sparse_threshold=None) -> dict:
+    kw = dict(model=model, device=device, dtype=dtype, max_model_len=max_model_len,
+              prefill_chunk_size=prefill_chunk_size, attention=attention)
+    if sparse_threshold is not None:
+        kw["sparse_threshold"] = sparse_threshold
+    return kw
 
 
 def load_llm(**kw):
@@ -73,11 +80,13 @@ def generate(prompt: Annotated[Optional[str], typer.Argument(help="the prompt te
              max_model_len: MaxModelLen = None, prefill_chunk_size: ChunkSize = None,
              max_tokens: MaxTokens = 64, temperature: Temperature = 0.0, seed: Seed = None,
              logprobs: Annotated[Optional[int], typer.Option(help="top-k logprobs per token (with --json)")] = None,
+             attention: Attention = "dense", sparse_threshold: SparseThreshold = None,
              as_json: AsJson = False):
     """Continue a prompt (no chat template)."""
     text = _read_prompt(prompt, prompt_file)
     params = _params(max_tokens, temperature, seed, logprobs)
-    llm = load_llm(**engine_kwargs(model, device, dtype, max_model_len, prefill_chunk_size))
+    llm = load_llm(**engine_kwargs(model, device, dtype, max_model_len, prefill_chunk_size,
+                                   attention, sparse_threshold))
     _stream_print(llm, text, params, chat=False, as_json=as_json)
 
 
@@ -87,11 +96,13 @@ def ask(question: Annotated[str, typer.Argument(help="the question about the doc
         model: Model = None, device: Device = None, dtype: Dtype = None,
         max_model_len: MaxModelLen = None, prefill_chunk_size: ChunkSize = None,
         max_tokens: MaxTokens = 256, temperature: Temperature = 0.0, seed: Seed = None,
+        attention: Attention = "dense", sparse_threshold: SparseThreshold = None,
         as_json: AsJson = False):
     """Answer a question about a whole document (chat template applied)."""
     doc = _read_file(file)
     params = _params(max_tokens, temperature, seed)
-    llm = load_llm(**engine_kwargs(model, device, dtype, max_model_len, prefill_chunk_size))
+    llm = load_llm(**engine_kwargs(model, device, dtype, max_model_len, prefill_chunk_size,
+                                   attention, sparse_threshold))
     prompt = llm.chat_prompt([{"role": "user", "content": f"{doc}\n\nQuestion: {question}"}])
     _stream_print(llm, prompt, params, chat=True, as_json=as_json)
 
@@ -100,10 +111,12 @@ def ask(question: Annotated[str, typer.Argument(help="the question about the doc
 def chat(model: Model = None, device: Device = None, dtype: Dtype = None,
          max_model_len: MaxModelLen = None, prefill_chunk_size: ChunkSize = None,
          max_tokens: MaxTokens = 512, temperature: Temperature = 0.7, seed: Seed = None,
-         system: Annotated[Optional[str], typer.Option(help="system prompt")] = None):
+         system: Annotated[Optional[str], typer.Option(help="system prompt")] = None,
+         attention: Attention = "dense", sparse_threshold: SparseThreshold = None):
     """Interactive chat on the terminal (/exit or Ctrl-D to leave, /reset to clear)."""
     params = _params(max_tokens, temperature, seed)
-    llm = load_llm(**engine_kwargs(model, device, dtype, max_model_len, prefill_chunk_size))
+    llm = load_llm(**engine_kwargs(model, device, dtype, max_model_len, prefill_chunk_size,
+                                   attention, sparse_threshold))
     history = [{"role": "system", "content": system}] if system else []
     typer.echo("chat: /exit to leave, /reset to clear the history", err=True)
     while True:

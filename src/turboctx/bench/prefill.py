@@ -13,14 +13,44 @@ def random_prompt(vocab: int, n: int, seed: int) -> list[int]:
     return torch.randint(100, vocab - 100, (n,), generator=g).tolist()
 
 
+def sparse_columns(stats: list[dict], ttft: float) -> dict:
+    """Median estimation / sparse-attention seconds over the runs, the density, their share of TTFT."""
+    if not stats:
+        return {}
+    est = statistics.median(s["estimate_s"] for s in stats)
+    return {"engine": "turboctx+sparse", "density": stats[-1]["density"], "estimate_s": est,
+            "estimate_fraction": est / ttft,
+            "sparse_attend_s": statistics.median(s["attend_s"] for s in stats),
+            "sparse_chunk_layers": stats[-1]["sparse_chunk_layers"],
+            "dense_chunk_layers": stats[-1]["dense_chunk_layers"]}
+
+
 def reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
 
 
+def sparse_backend(llm):
+    """The engine's sparse backend (plain or with DCA), or None."""
+    backend = llm.engine.backend
+    return backend if hasattr(backend, "reset_stats") else None
+
+
+def warmup_length(llm, n: int) -> int:
+    """A prompt that runs every path the timed one does: two sparse chunks when sparse is on
+    (the first compiles FlexAttention and the Triton kernels, the second sees a new key length)."""
+    sparse = sparse_backend(llm)
+    if sparse is None:
+        return min(n, 4096)
+    chunk = llm.engine.config.prefill_chunk_size
+    return min(n, max(4096, sparse.config.threshold + chunk))
+
+
 def bench_prefill(make_llm, lengths: list[int], repeat: int, seed: int, ceilings: dict) -> list[dict]:
-    """make_llm(n) -> an LLM whose KV cache holds n tokens (so peak memory is that of length n)."""
+    """make_llm(n) -> an LLM whose KV cache holds n tokens (so peak memory is that of length n).
+    With sparse attention, also the achieved density and the time spent estimating patterns
+    and in the sparse attention (CUDA events, read after each run)."""
     import gc
 
     from turboctx import SamplingParams
@@ -30,14 +60,20 @@ def bench_prefill(make_llm, lengths: list[int], repeat: int, seed: int, ceilings
         llm = make_llm(n)
         eng = llm.engine
         m, dev = eng.model_config, eng.device
-        llm.generate(random_prompt(m.vocab_size, min(n, 4096), seed), sp, use_tqdm=False)  # warm-up
+        sparse = sparse_backend(llm)
+        llm.generate(random_prompt(m.vocab_size, warmup_length(llm, n), seed), sp, use_tqdm=False)
         ids = random_prompt(m.vocab_size, n, seed + n)
-        times, peaks = [], []
+        times, peaks, stats = [], [], []
         for _ in range(repeat):
             reset_peak(dev)
+            if sparse is not None:
+                sparse.timing = True
+                sparse.reset_stats()
             out = llm.generate(ids, sp, use_tqdm=False)[0]
             times.append(out.metrics.ttft_s)
             peaks.append(out.metrics.peak_memory_bytes)
+            if sparse is not None:
+                stats.append(sparse.stats.as_dict())
         ttft = statistics.median(times)
         lin, att = prefill_flops(m, n)
         floor = lin / (ceilings["matmul_tflops"] * 1e12) + att / (ceilings["attention_tflops"] * 1e12)
@@ -48,6 +84,7 @@ def bench_prefill(make_llm, lengths: list[int], repeat: int, seed: int, ceilings
             "fraction_of_matmul_ceiling": (lin + att) / ttft / 1e12 / ceilings["matmul_tflops"],
             "floor_s": floor, "over_floor": ttft / floor,
             "peak_memory_gib": max(peaks) / 2 ** 30 if peaks[0] else None,
+            **sparse_columns(stats, ttft),
         })
         del llm, eng
         gc.collect()

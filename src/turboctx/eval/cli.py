@@ -31,7 +31,8 @@ ModelOpt = typer.Option(None, "--model", help="Model spec: HF folder, .gguf, ran
 TargetOpt = typer.Option("engine", "--target", help="What runs --model: engine (turboctx, in "
                          "process) | hf (Hugging Face transformers, the reference).")
 DcaOpt = typer.Option(None, "--dca/--no-dca", help="Dual Chunk Attention (engine flag).")
-AttnOpt = typer.Option(None, "--attention", help="Attention backend: dense | sparse (engine flag).")
+AttnOpt = typer.Option(None, "--attention", help="Attention backend: dense | sparse | auto (engine "
+                       "flag); --sparse-threshold N passes through like any other engine flag.")
 MaxLenOpt = typer.Option(None, "--max-model-len", help="Engine max_model_len, e.g. 128k.")
 DeviceOpt = typer.Option(None, "--device", help="cpu | cuda | cuda:1 (engine flag).")
 DtypeOpt = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (engine flag).")
