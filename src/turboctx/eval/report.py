@@ -147,34 +147,51 @@ def render(out: Path, suite: dict, cmp: dict, images: dict[str, str]) -> str:
             if task not in ("passkey", "niah"):
                 L.append(_row([task, "–", _first_line(why)] + blanks + blanks))
         L.append("")
-    missing = {k: v for k, v in suite.get("not_run", {}).items() if k not in
-               {r["task"] for rows in benches.values() for r in rows}}
+    shown = set(suite.get("not_run", {})) - {"passkey", "niah"} if "ruler" in benches else set()
+    missing = {k: v for k, v in suite.get("not_run", {}).items() if k not in shown}
     if missing:
         L += ["## Not run", "", *[f"- {k}: {_first_line(v)}" for k, v in missing.items()], ""]
     L += ["## Run status", "", *_status(suite), ""]
     return "\n".join(L)
 
 
-def write_report(out: str | Path, doc: str | Path, image_dir: str | Path | None = None) -> Path:
+def _heatmap_png(out: Path, target: str, image_dir: Path) -> Path | None:
+    """The run's NIAH heatmap copied to image_dir; drawn from summary.json's grid when the run
+    has none (matplotlib missing where it ran). None when there is no grid or no matplotlib."""
+    dst = image_dir / f"niah_heatmap_{target}.png"
+    png = out / target / "niah" / "niah_heatmap.png"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    if png.exists():
+        shutil.copyfile(png, dst)
+        return dst
+    g = grid(out, target, "niah")
+    if not g:
+        return None
+    try:
+        from turboctx.eval.plots import heatmap
+        return heatmap(g, dst, title=f"niah: {target}")
+    except ImportError:
+        return None
+
+
+def write_report(out: str | Path, doc: str | Path, image_dir: str | Path | None = None,
+                 cmp: dict | None = None) -> Path:
     """Render docs/EVAL.md from OUT; copy the NIAH heatmaps to image_dir (default
-    <doc dir>/results/eval) so the doc shows them. Recomputes compare.json when missing."""
+    <doc dir>/results/eval) so the doc shows them. `cmp`: compare_runs' result (default:
+    OUT/compare.json, or computed when missing)."""
     out, doc = Path(out), Path(doc)
     suite_p = out / "suite.json"
     suite = json.loads(suite_p.read_text(encoding="utf-8")) if suite_p.exists() else {}
     cmp_p = out / "compare.json"
-    if cmp_p.exists():
+    if cmp is None and cmp_p.exists():
         cmp = json.loads(cmp_p.read_text(encoding="utf-8"))
-    else:
-        targets = list(suite.get("targets", {})) or ["engine", "hf", "server"]
-        cmp = compare_runs(out, targets)
+    if cmp is None:
+        cmp = compare_runs(out, list(suite.get("targets", {})) or ["engine", "hf", "server"])
     image_dir = Path(image_dir) if image_dir else doc.parent / "results" / "eval"
     images = {}
     for t in cmp["targets"]:
-        png = out / t / "niah" / "niah_heatmap.png"
-        if png.exists():
-            image_dir.mkdir(parents=True, exist_ok=True)
-            dst = image_dir / f"niah_heatmap_{t}.png"
-            shutil.copyfile(png, dst)
+        dst = _heatmap_png(out, t, image_dir)
+        if dst is not None:
             images[t] = str(dst.relative_to(doc.parent)) if dst.is_relative_to(doc.parent) else str(dst)
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(render(out, suite, cmp, images), encoding="utf-8")
