@@ -176,6 +176,7 @@ class EngineConfig:
     seed: int = 0
     enable_prefix_caching: bool = True      # reuse the KV of prompt prefixes seen before
     cuda_graphs: bool = False               # decode steps replay captured CUDA graphs (CUDA, dense)
+    tensor_parallel_size: int = 1           # ranks the model is split over (one process per rank)
 
     def __post_init__(self):
         if self.max_model_len < 1:
@@ -197,3 +198,7 @@ class EngineConfig:
                 f"enable_prefix_caching={self.enable_prefix_caching!r} must be True or False")
         if self.kv_cache_tokens is not None and self.kv_cache_tokens < 1:
             raise InvalidRequestError(f"kv_cache_tokens={self.kv_cache_tokens} must be >= 1")
+        tp = self.tensor_parallel_size
+        if not isinstance(tp, int) or isinstance(tp, bool) or tp < 1:
+            raise InvalidRequestError(
+                f"tensor_parallel_size={tp!r} must be an int >= 1 (1 = one process, no parallelism)")
