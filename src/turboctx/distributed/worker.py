@@ -26,6 +26,7 @@ import torch
 
 from turboctx.config import EngineConfig
 
+WAITING = "while waiting for rank 0"
 FAULT_ENV = "TURBOCTX_TP_FAULT"     # testing hook: "<rank>:load" or "<rank>:step:<n>" raises there
 UP_KEY = "turboctx/up/{rank}"
 
@@ -74,6 +75,7 @@ def serve_rank(group, spec: RankSpec) -> None:
         group.min_int(1)                                       # ready
         steps = 0
         while True:
+            stage = WAITING
             cmd, arg = group.broadcast()
             if cmd == "step":
                 steps += 1
@@ -111,8 +113,11 @@ def run_rank_and_exit(group, spec: RankSpec) -> None:
     try:
         serve_rank(group, spec)
     except BaseException as e:  # noqa: BLE001 - any failure: tell rank 0 and leave
-        group.report_error(describe_failure(group.rank, e))
-        traceback.print_exc()
+        if isinstance(e, RankFailed) and e.stage == WAITING:   # rank 0 is gone: nothing to report
+            print(f"turboctx tensor-parallel rank {group.rank}: rank 0 went away; exiting", file=sys.stderr)
+        else:
+            group.report_error(describe_failure(group.rank, e))
+            traceback.print_exc()
         sys.stderr.flush()
         os._exit(1)      # no interpreter teardown: process groups broken by the failure can hang it
     destroy_tp_group(group)
