@@ -26,16 +26,37 @@ DEFAULT_TOL = 5e-5
 ENGINE = dict(device="cpu", dtype="float32", prefill_chunk_size=64, max_model_len=1024, kv_cache_tokens=4096)
 
 
-@pytest.fixture(scope="module", params=[*TP_CONFIGS, "default"])
+# The attention backends work per head: each rank runs them on its own heads. Sparse budgets that
+# differ per head check that each rank gets the budgets of its own query heads.
+BACKENDS = {
+    "dca": dict(dca=True, dca_chunk_size=128, dca_local_size=16),     # a 300-token prompt spans 3 DCA chunks
+    "sparse": dict(attention="sparse", sparse_threshold=128),         # chunks ending past 128 tokens run sparse
+}
+SPARSE_BUDGETS = [[(4, 8), (16, 32), (64, 8), (8, 64)], [(8, 16), (2, 4), (32, 32), (4, 128)]]
+
+
+def _backend_options(name: str, folder) -> dict:
+    opts = dict(BACKENDS[name])
+    if name == "sparse":
+        from turboctx.attention.sparse_config import write_sparse_attention_config
+        opts["sparse_config"] = str(write_sparse_attention_config(folder / "sparse.json", SPARSE_BUDGETS))
+    return opts
+
+
+@pytest.fixture(scope="module", params=[*TP_CONFIGS, "default", "qwen2-4q2kv-bias+dca",
+                                        "qwen2-4q2kv-bias+sparse"])
 def engines(request, tmp_path_factory):
     """(tp=1 LLM, tp=2 LLM, vocab, tolerance). One tensor-parallel engine alive at a time."""
-    if request.param == "default":
+    name, _, backend = request.param.partition("+")
+    folder = tmp_path_factory.mktemp(request.param)
+    options = _backend_options(backend, folder) if backend else {}
+    if name == "default":
         model, vocab, tol = None, 49152, DEFAULT_TOL
     else:
-        model, vocab, tol = str(tmp_path_factory.mktemp(request.param)), 512, TOL
-        make_tiny_hf(request.param, model, spec=TP_CONFIGS[request.param])
-    single = LLM(model, **ENGINE)
-    tp = LLM(model, tensor_parallel_size=2, **ENGINE)
+        model, vocab, tol = str(folder), 512, TOL
+        make_tiny_hf(name, model, spec=TP_CONFIGS[name])
+    single = LLM(model, **ENGINE, **options)
+    tp = LLM(model, tensor_parallel_size=2, **ENGINE, **options)
     yield single, tp, vocab, tol
     tp.shutdown()
 
@@ -73,6 +94,19 @@ def test_batched_requests_match_single_rank(engines):
     for a, b in zip(single.generate(prompts, sp), tp.generate(prompts, sp)):
         assert a.token_ids == b.token_ids
         _assert_close(a.logprobs, b.logprobs, tol)
+
+
+def test_prefix_reuse_matches_single_rank(engines):
+    """A prompt sent again reuses its cached prefix blocks (rank 0 allocates, every rank holds them)."""
+    single, tp, vocab, tol = engines
+    prompt = _prompts(vocab, [299])[0]        # not a prompt of the other tests: nothing cached yet
+    sp = SamplingParams(max_tokens=6, temperature=0, logprobs=4, ignore_eos=True)
+    first, again = tp.generate(prompt, sp)[0], tp.generate(prompt, sp)[0]
+    assert again.metrics.num_cached_tokens == 256 and first.metrics.num_cached_tokens == 0
+    ref = single.generate(prompt, sp)[0]
+    for out in (first, again):
+        assert out.token_ids == ref.token_ids
+        _assert_close(ref.logprobs, out.logprobs, tol)
 
 
 def test_seeded_sampling_matches_single_rank(engines):
