@@ -61,6 +61,14 @@ def engines(request, tmp_path_factory):
     tp.shutdown()
 
 
+@pytest.fixture
+def tiny_engines(engines):
+    """The engines of the tiny models only (the default model runs the main comparison: it is slow)."""
+    if engines[2] != 512:
+        pytest.skip("tiny models only (test time)")
+    return engines
+
+
 def _prompts(vocab: int, lengths) -> list[list[int]]:
     g = torch.Generator().manual_seed(sum(lengths))
     return [torch.randint(3, vocab, (n,), generator=g).tolist() for n in lengths]
@@ -86,9 +94,9 @@ def test_chunked_prefill_and_decode_match_single_rank(engines):
     _assert_close(a.logprobs, b.logprobs, tol)
 
 
-def test_batched_requests_match_single_rank(engines):
+def test_batched_requests_match_single_rank(tiny_engines):
     """Several sequences per step (prefill chunks beside decodes, separate block tables)."""
-    single, tp, vocab, tol = engines
+    single, tp, vocab, tol = tiny_engines
     prompts = _prompts(vocab, [5, 130, 61])
     sp = SamplingParams(max_tokens=8, temperature=0, logprobs=4, ignore_eos=True)
     for a, b in zip(single.generate(prompts, sp), tp.generate(prompts, sp)):
@@ -96,9 +104,9 @@ def test_batched_requests_match_single_rank(engines):
         _assert_close(a.logprobs, b.logprobs, tol)
 
 
-def test_prefix_reuse_matches_single_rank(engines):
+def test_prefix_reuse_matches_single_rank(tiny_engines):
     """A prompt sent again reuses its cached prefix blocks (rank 0 allocates, every rank holds them)."""
-    single, tp, vocab, tol = engines
+    single, tp, vocab, tol = tiny_engines
     prompt = _prompts(vocab, [299])[0]        # not a prompt of the other tests: nothing cached yet
     sp = SamplingParams(max_tokens=6, temperature=0, logprobs=4, ignore_eos=True)
     first, again = tp.generate(prompt, sp)[0], tp.generate(prompt, sp)[0]
@@ -109,9 +117,9 @@ def test_prefix_reuse_matches_single_rank(engines):
         _assert_close(ref.logprobs, out.logprobs, tol)
 
 
-def test_seeded_sampling_matches_single_rank(engines):
+def test_seeded_sampling_matches_single_rank(tiny_engines):
     """The sampler runs on rank 0 only: seeded sampling gives the same tokens."""
-    single, tp, vocab, _ = engines
+    single, tp, vocab, _ = tiny_engines
     prompt = _prompts(vocab, [40])[0]
     sp = SamplingParams(max_tokens=12, temperature=0.8, top_p=0.9, seed=7, ignore_eos=True)
     assert single.generate(prompt, sp)[0].token_ids == tp.generate(prompt, sp)[0].token_ids

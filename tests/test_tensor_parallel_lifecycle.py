@@ -2,6 +2,7 @@
 that names it, and no worker process outlives its engine (shutdown, Ctrl-C, rank 0 killed)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -150,3 +151,29 @@ def test_ctrl_c_ends_every_rank():
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+TORCHRUN_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from turboctx import LLM, SamplingParams
+    llm = LLM(sys.argv[1], device="cpu", dtype="float32", kv_cache_tokens=2048, max_model_len=1024,
+              prefill_chunk_size=64, tensor_parallel_size=int(sys.argv[2]))
+    out = llm.generate(list(range(3, 200)), SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))
+    print("TOKENS", json.dumps(out[0].token_ids), flush=True)      # only rank 0 gets here
+""")
+
+
+def test_torchrun_starts_every_rank(tiny, tmp_path):
+    """torchrun's RANK / WORLD_SIZE / MASTER_ADDR: rank 0 answers, rank 1 serves it and exits 0."""
+    from server_fixtures import free_port
+    script = tmp_path / "run.py"
+    script.write_text(TORCHRUN_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          "--master-port", str(free_port()), str(script), tiny, "2"],
+                         capture_output=True, text=True, env=env, timeout=180)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = [line for line in res.stdout.splitlines() if line.startswith("TOKENS")]
+    single = LLM(tiny, **{**ENGINE, "tensor_parallel_size": 1}).generate(
+        list(range(3, 200)), SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))[0]
+    assert lines == [f"TOKENS {json.dumps(single.token_ids)}"]
