@@ -17,6 +17,7 @@ exit on their own when rank 0's process disappears.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import pickle
@@ -29,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from turboctx.distributed.parallel_state import (STARTUP_TIMEOUT, TPGroup, destroy_tp_group,
-                                                 init_tp_group, torchrun_env)
+from turboctx.distributed.parallel_state import (STARTUP_TIMEOUT, TPGroup, abort_device_group,
+                                                 destroy_tp_group, init_tp_group, torchrun_env)
 from turboctx.distributed.worker import UP_KEY, RankSpec, WorkerLaunch, run_rank_and_exit
 from turboctx.errors import InvalidRequestError, TensorParallelError
 
@@ -68,7 +69,11 @@ class TPExecutor:
         self._lock = threading.RLock()
         self.stopped: str | None = None            # why the engine cannot run any more
         self._closed = False
+        self._stopping = False
         self._restore_threads = restore_threads
+        if procs and group.device.type == "cuda":
+            threading.Thread(target=self._watch_workers, name="turboctx-tp-watch", daemon=True).start()
+        atexit.register(self.shutdown)        # the ranks stop at exit even if the engine is still referenced
 
     @property
     def world_size(self) -> int:
@@ -98,6 +103,11 @@ class TPExecutor:
     def _spawn(cls, spec: RankSpec, devices: list[torch.device]) -> "TPExecutor":
         import torch.distributed as dist
         tp = len(devices)
+        if dist.is_initialized():
+            raise TensorParallelError(
+                "torch.distributed is already initialized in this process (is another "
+                "tensor-parallel LLM running? call its shutdown() first); one tensor-parallel "
+                "engine per process")
         store = dist.TCPStore("127.0.0.1", 0, tp, is_master=True, timeout=STARTUP_TIMEOUT,
                               wait_for_workers=False)
         # CPU ranks share the cores: each gets its part (rank 0 too, until shutdown), else the
@@ -185,6 +195,18 @@ class TPExecutor:
                     raise
                 raise err from e
 
+    def _watch_workers(self, period_s: float = 0.5) -> None:
+        """CUDA: a worker that dies leaves rank 0 waiting inside NCCL; abort the communicators so
+        the step fails (then `fail` reports the worker). Not needed with gloo."""
+        while not (self._closed or self._stopping):
+            dead = [p for p in self.procs if p.poll() is not None]
+            if dead and not (self._closed or self._stopping):
+                log.error("tensor-parallel worker pid %d %s; aborting NCCL", dead[0].pid,
+                          _describe_exit(dead[0].returncode))
+                abort_device_group(self.group)
+                return
+            time.sleep(period_s)
+
     # -- stop ---------------------------------------------------------------------------------
     def fail(self, e: BaseException, stage: str) -> BaseException:
         """Stops every rank after a failure; returns what to raise: TensorParallelError naming the
@@ -226,10 +248,12 @@ class TPExecutor:
         """Stops every rank (idempotent). Waits for a step in flight on another thread up to 30 s."""
         if self._closed:
             return
+        atexit.unregister(self.shutdown)
         if self._lock.acquire(timeout=30):
             try:
                 if self.stopped is None:
                     self.stopped = "it was shut down"
+                    self._stopping = True
                     try:
                         self.group.broadcast(("stop", None))
                     except Exception as e:  # noqa: BLE001 - ranks already gone: kill what is left
@@ -248,6 +272,8 @@ class TPExecutor:
         if self._closed:
             return
         self._closed = True
+        if not graceful:
+            abort_device_group(self.group)    # NCCL work may still wait on a killed rank
         if graceful:
             deadline = time.monotonic() + STOP_WAIT_S
             for p in self.procs:

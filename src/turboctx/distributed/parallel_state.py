@@ -103,6 +103,17 @@ def init_tp_group(rank: int, world_size: int, device: torch.device, store=None) 
     return TPGroup(rank, world_size, device, dist.group.WORLD, cpu_group, store, owns)
 
 
+def abort_device_group(group: TPGroup) -> None:
+    """NCCL: abort the communicators, so that collectives and device syncs waiting on a dead rank
+    fail instead of hanging (gloo needs nothing: it reports a closed connection at once)."""
+    if group.device.type != "cuda" or not dist.is_initialized():
+        return
+    try:
+        dist.distributed_c10d._abort_process_group()    # experimental API (torch >= 2.5)
+    except Exception:  # noqa: BLE001 - best effort: the NCCL watchdog timeout remains
+        pass
+
+
 def destroy_tp_group(group: TPGroup) -> None:
     if not dist.is_initialized():
         return
@@ -112,3 +123,6 @@ def destroy_tp_group(group: TPGroup) -> None:
         pass
     if group.owns_default_group:
         dist.destroy_process_group()
+    # free the groups and the store now: left to interpreter teardown, their C++ threads aborted
+    # the process now and then (std::terminate, seen under torchrun)
+    group.device_group = group.cpu_group = group.store = None
