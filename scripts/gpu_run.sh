@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU measurements on the H200 machine (no network there; the package runs from src/).
-# usage: scripts/gpu_run.sh tests|bench|prefill-1m     (writes JSON/PNG/logs under $OUT)
+# usage: scripts/gpu_run.sh tests|bench|prefill-1m|decode|dca-cost   (JSON/PNG/logs under $OUT)
 set -uo pipefail
 export PYTHONPATH="$PWD/src:$PWD/tests:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -9,13 +9,36 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
 case "${1:-tests}" in
   tests)
-    python3 -m pytest -q -m gpu tests/test_attention_kernels.py tests/test_gpu_engine.py tests/test_sparse.py \
-      -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -15 ;;
+    python3 -m pytest -q -m gpu tests/ -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -15 ;;
   bench)
     tb prefill --model random:qwen2.5-7b --lengths 32k,128k,256k --repeat 2 --compare hf \
       --price-per-gpu-hour 3.5 --json "$OUT/prefill_7b.json" --plot "$OUT/prefill_7b.png" 2>&1 | tee "$OUT/prefill.log"
     tb decode --model random:qwen2.5-7b --lengths 128k,1m --steps 64 --repeat 3 \
       --json "$OUT/decode_7b.json" 2>&1 | tee "$OUT/decode.log" ;;
+  decode)   # the split-KV Triton kernel alone, then the engine eager and with CUDA graphs
+    timeout 150 python3 scripts/bench_decode_kernel.py --lengths 131072,1048576 2>&1 | tee "$OUT/decode_kernel.log"
+    for g in --no-cuda-graphs --cuda-graphs; do
+      tb decode --model random:qwen2.5-7b --lengths 128k,1m --steps 64 --repeat 3 $g \
+        --json "$OUT/decode_7b${g#--}.json" 2>&1 | tee -a "$OUT/decode.log"
+    done ;;
+  dca-cost)  # DCA prefill against dense at 128K, same model and run length
+    for d in --no-dca --dca; do
+      tb prefill --model random:qwen2.5-7b --lengths 128k --repeat 2 $d \
+        --json "$OUT/prefill_7b_128k${d#--}.json" 2>&1 | tee -a "$OUT/dca_cost.log"
+    done ;;
+  dca-eval)  # default model (GGUF=path): NLL by position over 64K tokens, passkey 8K-128K
+    te() { timeout "$1" python3 -m turboctx.cli eval "${@:2}" --model "$GGUF" --device cuda; }
+    te 150 ppl --dtype float32 --lengths 64k --max-model-len 65600 --setting dca=false \
+      --setting dca=true,dca_chunk_size=8192,dca_local_size=1024,dca_yarn=false \
+      --setting dca=true,dca_chunk_size=8192,dca_local_size=1024,dca_yarn=true \
+      --setting dca=true,dca_chunk_size=6144,dca_local_size=512,dca_yarn=false \
+      --setting dca=true,dca_chunk_size=6144,dca_local_size=512,dca_yarn=true \
+      --out "$OUT/ppl64k" 2>&1 | grep -v -i warn | tail -12
+    for s in "--no-dca" "--dca --dca-yarn false" "--dca --dca-yarn true"; do
+      te 100 passkey $s --dtype bfloat16 --max-model-len 132000 --lengths 8k,16k,32k,64k,128k \
+        --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --out "$OUT/passkey_$(echo $s | tr -d ' -')" 2>&1 | \
+        grep -v -i warn | grep -v "sample/s" | tail -8
+    done ;;
   prefill-1m)
     tb prefill --model random:qwen2.5-7b --lengths 1m --repeat 1 \
       --price-per-gpu-hour 3.5 --json "$OUT/prefill_7b_1m.json" 2>&1 | tee "$OUT/prefill_1m.log" ;;

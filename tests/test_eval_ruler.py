@@ -13,6 +13,7 @@ RULER = {
     "niah": "Some special magic {type_needle_v} are hidden within the following text. Make sure to memorize it. I will quiz you about the {type_needle_v} afterwards.\n{context}\nWhat are all the special magic {type_needle_v} for {query} mentioned in the provided text? The special magic {type_needle_v} for {query} mentioned in the provided text are",
     "vt": "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\nQuestion: Find all variables that are assigned the value {query} in the text above. Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables are assigned the value {query}, they are: ",
     "cwe": "Below is a numbered list of words. In these words, some appear more often than others. Memorize the ones that appear most often.\n{context}\nQuestion: What are the 10 most common words in the above list? Answer: The top 10 words that appear most often in the list are:",
+    "qa": "Answer the question based on the given documents. Only give me the answer and do not output any other words.\n\nThe following are given documents.\n\n{context}\n\nAnswer the question based on the given documents. Only give me the answer and do not output any other words.\n\nQuestion: {query} Answer:",
     "fwe": "Read the following coded text and track the frequency of each coded word. Find the three most frequently appeared coded words. {context}\nQuestion: Do not provide any explanation. Please ignore the dots '....'. What are the three most frequently appeared words in the above coded text? Answer: According to the coded text above, the three most frequently appeared words are:",
 }
 SINGLE = {"niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1",
@@ -135,6 +136,10 @@ def test_qa_from_local_file(tmp_path, tok):
         assert s.prompt.endswith(f"Question: {s.prompt.split('Question: ')[-1].split(' Answer:')[0]} Answer:")
         assert s.expected[0] in s.prompt
         assert 0.98 * 4096 <= s.prompt_tokens + 32 <= 4096
+        m = _pattern(RULER["qa"]).match(s.prompt)
+        assert m, "qa prompt is not RULER's template"
+        docs = [v for k, v in m.groupdict().items() if k.startswith("context")][0]
+        assert re.match(r"Document 1:\n.+\n\nDocument 2:\n", docs, re.S)
 
 
 # RULER's own scorer formulas (scripts/eval/synthetic/constants.py), for reference numbers.
@@ -165,3 +170,19 @@ def test_scorers_match_ruler(preds, refs, want_all, want_part):
 
 def test_postprocess_pred():
     assert postprocess_pred("  7654321\x00x\n ") == "7654321\nx"
+
+
+# NVIDIA/RULER scripts/data/template.py, copied by hand.
+RULER_MODEL_TEMPLATES = {
+    "base": "{task_template}",
+    "meta-chat": "[INST] {task_template} [/INST]",
+    "vicuna-chat": "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions. USER: {task_template} ASSISTANT:",
+    "lwm-chat": "You are a helpful assistant. USER: {task_template} ASSISTANT: ",
+    "Phi3": "<|user|>\n{task_template}<|end|>\n<|assistant|>\n",
+}
+
+
+def test_model_templates_word_for_word():
+    from turboctx.eval.ruler.constants import MODEL_TEMPLATES
+    for name, tmpl in RULER_MODEL_TEMPLATES.items():
+        assert MODEL_TEMPLATES[name] == tmpl, name

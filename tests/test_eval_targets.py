@@ -6,7 +6,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from turboctx.eval import passkey, ruler
+from turboctx.eval import niah, passkey, ruler
 from turboctx.eval.runner import run_samples
 from turboctx.eval.targets import OpenAITarget, TargetUnavailable
 from turboctx.eval.testing import WordTokenizer
@@ -92,11 +92,13 @@ def real_tok():
 
 def test_lengths_with_default_model_tokenizer(real_tok):
     count = lambda t: len(real_tok.encode(t))
-    for task in ("niah_single_1", "niah_single_2", "niah_multikey_3", "vt", "cwe", "fwe"):
+    for task in ruler.DEFAULT_TASKS:   # all 11 tasks that need no download
         s = ruler.generate(task, 4096, 1, 42, count, lambda b, p: b + p)[0]
         assert 0.98 * 4096 <= s.prompt_tokens + s.max_tokens <= 4096, task
-    for s in passkey.generate([1024, 8192], [0.5], 1, 0, count):
-        assert 0.98 * s.length <= s.prompt_tokens + s.max_tokens <= s.length
+        assert s.prompt_tokens == count(s.prompt)
+    for s in passkey.generate([1024, 8192], [0.5], 1, 0, count) + niah.generate(
+            [1024, 8192], [0.0, 1.0], 1, 0, count):
+        assert 0.98 * s.length <= s.prompt_tokens + s.max_tokens <= s.length, (s.task, s.length)
     wrap = lambda b, p: real_tok.apply_chat_template([{"role": "user", "content": b}]) + p
     s = ruler.generate("niah_single_2", 4096, 1, 42, count, wrap)[0]
     assert s.prompt.startswith("<|im_start|>") and 0.98 * 4096 <= s.prompt_tokens + 128 <= 4096

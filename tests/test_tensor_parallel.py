@@ -31,20 +31,21 @@ ENGINE = dict(device="cpu", dtype="float32", prefill_chunk_size=64, max_model_le
 BACKENDS = {
     "dca": dict(dca=True, dca_chunk_size=128, dca_local_size=16),     # a 300-token prompt spans 3 DCA chunks
     "sparse": dict(attention="sparse", sparse_threshold=128),         # chunks ending past 128 tokens run sparse
+    "dcasparse": dict(dca=True, dca_chunk_size=128, dca_local_size=16, attention="sparse", sparse_threshold=128),
 }
 SPARSE_BUDGETS = [[(4, 8), (16, 32), (64, 8), (8, 64)], [(8, 16), (2, 4), (32, 32), (4, 128)]]
 
 
 def _backend_options(name: str, folder) -> dict:
     opts = dict(BACKENDS[name])
-    if name == "sparse":
+    if "sparse" in name:
         from turboctx.attention.sparse_config import write_sparse_attention_config
         opts["sparse_config"] = str(write_sparse_attention_config(folder / "sparse.json", SPARSE_BUDGETS))
     return opts
 
 
 @pytest.fixture(scope="module", params=[*TP_CONFIGS, "default", "qwen2-4q2kv-bias+dca",
-                                        "qwen2-4q2kv-bias+sparse"])
+                                        "qwen2-4q2kv-bias+sparse", "qwen2-4q2kv-bias+dcasparse"])
 def engines(request, tmp_path_factory):
     """(tp=1 LLM, tp=2 LLM, vocab, tolerance). One tensor-parallel engine alive at a time."""
     name, _, backend = request.param.partition("+")

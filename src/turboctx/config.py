@@ -175,7 +175,9 @@ class EngineConfig:
     attention: str = "dense"                # "dense" | "sparse" | "auto"
     seed: int = 0
     enable_prefix_caching: bool = True      # reuse the KV of prompt prefixes seen before
-    cuda_graphs: bool = False               # decode steps replay captured CUDA graphs (CUDA, dense)
+    # decode steps replay captured CUDA graphs: None = wherever they run (CUDA, dense backend),
+    # True = asked for (a warning says why where they cannot run), False = never
+    cuda_graphs: bool | None = None
     tensor_parallel_size: int = 1           # ranks the model is split over (one process per rank)
 
     def __post_init__(self):

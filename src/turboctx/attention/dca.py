@@ -210,9 +210,14 @@ class DCAAttentionBackend(AttentionBackend):
         for s, plan in zip(batch.seqs, ex["plans"]):
             write_kv(k_cache, s.slots, s.start_pos, k[s.rows])
             write_kv(v_cache, s.slots, s.start_pos, v[s.rows])
-            out[s.rows] = self._attend_seq({kind: x[s.rows] for kind, x in qs.items()}, plan,
-                                           s.slots, k_cache, v_cache)
+            rows = {kind: x[s.rows] for kind, x in qs.items()}
+            out[s.rows] = self.attend_one(layer, s, q[s.rows], rows, plan, k_cache, v_cache)
         return out
+
+    def attend_one(self, layer, s, q, qs, plan, k_cache, v_cache) -> torch.Tensor:
+        """One sequence (its k/v already in the cache). q: [n, H, D] un-rotated (YaRN-scaled);
+        qs: kind -> the same rows rotated for that part kind. The sparse backend overrides this."""
+        return self._attend_seq(qs, plan, s.slots, k_cache, v_cache)
 
     def _attend_seq(self, qs, plan, slots, k_cache, v_cache) -> torch.Tensor:
         """qs: kind -> [n, H, D] rotated queries of one sequence; plan from plan_parts."""

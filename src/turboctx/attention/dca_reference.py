@@ -42,17 +42,19 @@ def reference_dca_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                             q_pos: torch.Tensor, k_pos: torch.Tensor, chunk_size: int,
                             local_size: int, inv_freq: torch.Tensor, scale: float,
                             rotary_scaling: float = 1.0,
-                            logit_scale: torch.Tensor | None = None
+                            logit_scale: torch.Tensor | None = None,
+                            mask: torch.Tensor | None = None
                             ) -> tuple[torch.Tensor, torch.Tensor]:
     """q: [n, H, D], k/v: [m, Hkv, D] un-rotated; q_pos [n], k_pos [m] absolute positions.
 
     inv_freq: [D/2] rotary inverse frequencies; rotary_scaling: the rotary's cos/sin multiplier
-    (logits get its square); logit_scale: [n] extra per-query logit multiplier (YaRN).
+    (logits get its square); logit_scale: [n] extra per-query logit multiplier (YaRN);
+    mask: [H, n, m] bool, an attended set within the causal one (sparse attention with DCA).
     Returns out [n, H, D] and lse [n, H] in float64.
     """
     n, H, D = q.shape
     G = H // k.shape[1]
-    qp, kp, mask = dca_position_matrices(q_pos, k_pos, chunk_size, local_size)
+    qp, kp, causal = dca_position_matrices(q_pos, k_pos, chunk_size, local_size)
     rel = (qp - kp).double()                                            # [n, m]
     q = q.double()
     kk, vv = k.double().repeat_interleave(G, 1), v.double().repeat_interleave(G, 1)  # [m, H, D]
@@ -68,7 +70,8 @@ def reference_dca_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         b = torch.einsum("hf,mhf->mhf", q1, k2) - torch.einsum("hf,mhf->mhf", q2, k1)
         s = (a * ang.cos()[:, None] + b * ang.sin()[:, None]).sum(-1).T  # [H, m]
         s = s * (scale * rotary_scaling ** 2 * mult[i])
-        s = s.masked_fill(~mask[i][None, :], float("-inf"))
+        ok = causal[i][None, :] if mask is None else causal[i][None, :] & mask[:, i]
+        s = s.masked_fill(~ok, float("-inf"))
         lse[i] = torch.logsumexp(s, -1)
         out[i] = torch.einsum("hm,mhd->hd", torch.exp(s - lse[i][:, None]), vv)
     return out, lse

@@ -1,15 +1,14 @@
 """Picks and builds the attention backend from the engine's options."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from turboctx.attention.backend import AttentionBackend
 from turboctx.attention.dca import DCAAttentionBackend, DCAConfig
 from turboctx.attention.dense import DenseAttentionBackend
 from turboctx.attention.sparse import SparseAttentionBackend
-from turboctx.attention.sparse_config import CONFIG_FILENAME as SPARSE_CONFIG_FILENAME, SparseConfig
+from turboctx.attention.sparse_config import SparseConfig
+from turboctx.attention.sparse_dca import DCASparseAttentionBackend
 from turboctx.config import EngineConfig, ModelConfig
 from turboctx.errors import InvalidRequestError
 from turboctx.models.layers import RotaryEmbedding
@@ -32,10 +31,9 @@ def make_attention_backend(m: ModelConfig, e: EngineConfig, options: dict,
                                   f"{', '.join(ENGINE_ATTENTION_OPTIONS)}")
     rotary = make_rotary(m, device)
     dca = dca_config(m, options)
-    sparse = sparse_config(e, options, model_dir)
+    sparse = sparse_config(e, options, model_dir, device)
     if dca is not None and sparse is not None:
-        raise InvalidRequestError("attention='sparse' together with DCA is not implemented yet; "
-                                  "use attention='dense' with DCA, or sparse without DCA (dca=False)")
+        return DCASparseAttentionBackend(rotary, m.head_dim, dca, sparse)
     if dca is not None:
         return DCAAttentionBackend(rotary, m.head_dim, dca)
     if sparse is not None:
@@ -43,17 +41,27 @@ def make_attention_backend(m: ModelConfig, e: EngineConfig, options: dict,
     return DenseAttentionBackend(rotary, m.head_dim)
 
 
-def sparse_config(e: EngineConfig, options: dict, model_dir: str | None) -> SparseConfig | None:
-    """'sparse': vertical-slash above the threshold; 'auto': the same when the checkpoint ships a
-    calibrated sparse_attention_config.json, else dense; 'dense': never."""
-    has_file = model_dir is not None and (Path(model_dir) / SPARSE_CONFIG_FILENAME).is_file()
-    if e.attention == "dense" or (e.attention == "auto" and not has_file):
-        if options.get("sparse_threshold") is not None and e.attention == "dense":
-            raise InvalidRequestError("sparse_threshold given but attention='dense'; add attention='sparse'")
+def sparse_config(e: EngineConfig, options: dict, model_dir: str | None,
+                  device: torch.device) -> SparseConfig | None:
+    """attention='dense': exact attention everywhere (sparse_threshold is then an error).
+    attention='sparse': vertical-slash prefill for every chunk whose sequence length at the
+    chunk's end reaches sparse_threshold (default 32768), on any device; dense below it and for
+    decode. attention='auto': the same on CUDA, where the kernels pay; dense on the CPU (there the
+    sparse path is the slow reference-grade one, kept for tests).
+    Budgets: sparse_attention_config.json beside the weights (Qwen2.5-*-1M ship one) or the
+    sparse_config file option, else 1000 vertical / 6096 slash lines per head."""
+    threshold = options.get("sparse_threshold")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int)
+                                  or threshold < 1):
+        raise InvalidRequestError(f"sparse_threshold={threshold!r} must be a positive int "
+                                  "(tokens), e.g. 32768")
+    if e.attention == "dense" or (e.attention == "auto" and device.type != "cuda"):
+        given = [k for k in ("sparse_threshold", "sparse_config") if options.get(k) is not None]
+        if given and e.attention == "dense":
+            raise InvalidRequestError(f"{', '.join(given)} given but attention='dense'; use "
+                                      "attention='sparse' (or 'auto' on a GPU)")
         return None
-    overrides = {}
-    if options.get("sparse_threshold") is not None:
-        overrides["threshold"] = options["sparse_threshold"]
+    overrides = {} if threshold is None else {"threshold": threshold}
     try:
         cfg = SparseConfig.for_model_dir(model_dir, **overrides)
         if options.get("sparse_config"):

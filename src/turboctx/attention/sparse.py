@@ -3,10 +3,11 @@
 Per prefill chunk and layer (when the sequence length at the chunk's end >= threshold):
 estimate the pattern from the chunk's last `last_q` queries against all keys (sparse_pattern),
 then attend only the selected set (sparse_attention). Decode steps and short sequences run the
-dense path unchanged. Achieved density (attended / causal entries, over all heads and layers of
-the sparse chunks) and pattern-estimation time accumulate in `self.stats` and are copied into
-`batch.extras["sparse"]` each step; `record_recall` keeps each head's attention recall
-exp(lse_sparse - lse_dense) at the last queries (what `turboctx calibrate` needs).
+dense path unchanged. `self.stats` accumulates the number of sparse (chunk, layer) pairs, the
+achieved density (attended / causal entries over all heads of the sparse chunks), and the time
+spent estimating patterns and attending: with `timing=True` (benchmarks) through CUDA events on
+the GPU, read once at the end; on the CPU always, with the wall clock. `record_recall` keeps
+each head's attention recall exp(lse_sparse - lse_dense) at the last queries (calibration).
 """
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ import torch
 
 from turboctx.attention.backend import AttentionBatch
 from turboctx.attention.dense import DenseAttentionBackend
-from turboctx.attention.sparse_attention import (causal_entries, count_attended, slash_block_table,
-                                                 vertical_slash_attention)
+from turboctx.attention.sparse_attention import vertical_slash_attention
+from turboctx.attention.sparse_blocks import causal_entries, count_attended
 from turboctx.attention.sparse_config import SparseConfig
-from turboctx.attention.sparse_pattern import estimate_vertical_slash
+from turboctx.attention.sparse_pattern import VSPattern, estimate_vertical_slash
 from turboctx.kv_cache import read_kv, write_kv
 
 
@@ -28,23 +29,80 @@ from turboctx.kv_cache import read_kv, write_kv
 class SparseStats:
     sparse_chunks: int = 0         # (chunk, layer) pairs that ran sparse
     dense_chunks: int = 0          # prefill (chunk, layer) pairs that ran dense (below threshold)
-    kept: float = 0.0              # attended entries summed over heads (sparse chunks only)
-    total: float = 0.0             # causal entries summed over heads (sparse chunks only)
-    estimate_s: float = 0.0        # wall time of pattern estimation (synced on CUDA if timing)
-    attend_s: float = 0.0          # wall time of the sparse attention itself (same)
-    recall: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [H] (record_recall)
-    _kept_t: list = field(default_factory=list, repr=False)
+    kept: float = 0.0              # attended entries summed over heads (where counted)
+    total: float = 0.0             # causal entries summed over heads (same chunks)
+    recall: dict[int, list] = field(default_factory=dict)  # layer -> [H] per sparse chunk (record_recall)
+    chunks: dict[int, list] = field(default_factory=dict, repr=False)  # chunk start -> [kept, total]
+    head_kept: dict[int, list] = field(default_factory=dict, repr=False)  # layer -> [([H], total)] (record_recall)
+    _kept_t: list = field(default_factory=list, repr=False)   # (chunk start, [H] device counts)
+    _seconds: dict = field(default_factory=lambda: {"estimate": 0.0, "attend": 0.0}, repr=False)
+    _events: list = field(default_factory=list, repr=False)   # (what, start, end) CUDA events
 
     @property
     def density(self) -> float:
-        """attended / causal entries over the sparse chunks (nan when none ran sparse)."""
+        """attended / causal entries over the counted sparse chunks (nan when none)."""
         self.flush()
         return self.kept / self.total if self.total else float("nan")
 
+    @property
+    def estimate_s(self) -> float:
+        """Time spent estimating patterns (scores, top-k)."""
+        self.flush()
+        return self._seconds["estimate"]
+
+    @property
+    def attend_s(self) -> float:
+        """Time spent in the sparse attention itself."""
+        self.flush()
+        return self._seconds["attend"]
+
+    def density_by_chunk(self) -> dict[int, float]:
+        """Chunk start position -> density of that chunk over all layers and heads."""
+        self.flush()
+        return {s: kt[0] / kt[1] for s, kt in sorted(self.chunks.items())}
+
     def flush(self) -> None:
-        if self._kept_t:   # device counters summed lazily: no sync per layer
-            self.kept += float(torch.stack([t.sum() for t in self._kept_t]).sum())
+        """Device counters and events are summed lazily: no sync per layer."""
+        if self._kept_t:
+            sums = torch.stack([t.sum() for _, t in self._kept_t]).tolist()
+            for (start, _), v in zip(self._kept_t, sums):
+                self.kept += v
+                self.chunks[start][0] += v
             self._kept_t.clear()
+        if self._events:
+            self._events[-1][2].synchronize()
+            for what, a, b in self._events:
+                self._seconds[what] += a.elapsed_time(b) / 1e3
+            self._events.clear()
+
+    def as_dict(self) -> dict:
+        return {"sparse_chunk_layers": self.sparse_chunks, "dense_chunk_layers": self.dense_chunks,
+                "density": self.density, "estimate_s": self.estimate_s, "attend_s": self.attend_s}
+
+
+class _Clock:
+    """Marks intervals: CUDA events when timing on the GPU, the wall clock on the CPU."""
+
+    def __init__(self, stats: SparseStats, device: torch.device, enabled: bool):
+        self.stats, self.cuda = stats, device.type == "cuda"
+        self.enabled = enabled or not self.cuda
+
+    def mark(self):
+        if not self.enabled:
+            return None
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            return ev
+        return time.perf_counter()
+
+    def add(self, what: str, a, b) -> None:
+        if a is None:
+            return
+        if self.cuda:
+            self.stats._events.append((what, a, b))
+        else:
+            self.stats._seconds[what] += b - a
 
 
 class SparseAttentionBackend(DenseAttentionBackend):
@@ -54,9 +112,10 @@ class SparseAttentionBackend(DenseAttentionBackend):
                  timing: bool = False, record_recall: bool = False):
         super().__init__(rotary, head_dim)
         self.config = sparse_config or SparseConfig()
-        self.timing = timing                 # synchronize around the timed parts (benchmarks)
+        self.timing = timing                 # time estimation / attention and count density on CUDA
         self.record_recall = record_recall
         self.stats = SparseStats()
+        self.last_pattern: VSPattern | None = None
         self._layer = 0
 
     def reset_stats(self) -> None:
@@ -83,55 +142,65 @@ class SparseAttentionBackend(DenseAttentionBackend):
         write_kv(v_cache, s.slots, start, v)
         m = start + n
         keys, vals = read_kv(k_cache, s.slots, 0, m), read_kv(v_cache, s.slots, 0, m)
-        out, lse = self.sparse_chunk(self._layer, q, keys, vals, start)
+        clock = _Clock(self.stats, q.device, self.timing)
+        t0 = clock.mark()
+        pattern = self.estimate(self._layer, q[-min(self.config.last_q, n):], keys, start, n)
+        t1 = clock.mark()
+        out, lse = vertical_slash_attention(q, keys, vals, pattern, start=start, scale=self.scale,
+                                            kernel=self.config.kernel)
+        t2 = clock.mark()
+        self.account(pattern, clock, t0, t1, t2, n, start)
         if self.record_recall:
             self._record_recall(q, keys, lse, start)
         return out
 
-    def sparse_chunk(self, layer: int, q, keys, vals, start: int, q_select=None, k_select=None):
-        """Estimate the pattern and attend. q: [n, H, D]; keys/vals: [Hkv, m, D], m = start + n.
+    def estimate(self, layer: int, q_last, keys, start: int, n: int) -> VSPattern:
+        """q_last: [L, H, D] (or DCA segments) at positions start + n - L ..; keys [Hkv, m, D]."""
+        cfg = self.config
+        L, H = (q_last if isinstance(q_last, torch.Tensor) else q_last[0][2]).shape[:2]
+        return estimate_vertical_slash(q_last, keys, start + n - L, cfg.budgets(layer, H),
+                                       scale=self.scale, block_size=cfg.block_size,
+                                       sink_tokens=cfg.sink_tokens,
+                                       local_diagonals=cfg.local_diagonals, kernel=cfg.estimator)
 
-        q_select/k_select (default q/keys): the tensors the pattern is estimated from; a DCA
-        backend passes q/k rotated with continuous positions here and DCA-rotated q/keys to attend.
-        """
-        cfg, n, H = self.config, q.shape[0], q.shape[1]
-        q_sel = q if q_select is None else q_select
-        k_sel = keys if k_select is None else k_select
-        L = min(cfg.last_q, n)
-        t0 = self._now(q)
-        pattern = estimate_vertical_slash(q_sel[-L:], k_sel, start + n - L, cfg.budgets(layer, H),
-                                          scale=self.scale, sink_tokens=cfg.sink_tokens,
-                                          local_diagonals=cfg.local_diagonals)
-        sel = slash_block_table(pattern.slash, n, start, cfg.block_size)
-        t1 = self._now(q)
-        out, lse = vertical_slash_attention(q, keys, vals, pattern, start=start,
-                                            block_size=cfg.block_size, scale=self.scale,
-                                            kernel=cfg.kernel, sel=sel)
-        t2 = self._now(q)
+    def account(self, pattern: VSPattern, clock: _Clock, t0, t1, t2, n: int, start: int) -> None:
         st = self.stats
         st.sparse_chunks += 1
-        st.estimate_s += t1 - t0
-        st.attend_s += t2 - t1
-        st._kept_t.append(count_attended(pattern, n, start, cfg.block_size, sel=sel))
-        st.total += H * causal_entries(n, start)
+        clock.add("estimate", t0, t1)
+        clock.add("attend", t1, t2)
+        if clock.enabled or self.record_recall:
+            kept = count_attended(pattern, n, start)                                 # [H]
+            st._kept_t.append((start, kept))
+            total = pattern.num_heads * causal_entries(n, start)
+            st.total += total
+            st.chunks.setdefault(start, [0.0, 0.0])[1] += total
+            if self.record_recall:
+                st.head_kept.setdefault(self._layer, []).append((kept, causal_entries(n, start)))
         self.last_pattern = pattern
-        return out, lse
 
     def _record_recall(self, q, keys, lse, start: int) -> None:
-        """exp(lse_sparse - lse_dense) averaged over the last queries, per head."""
-        n = q.shape[0]
-        L = min(self.config.last_q, n)
-        p0 = start + n - L
-        Hkv, m, D = keys.shape
-        qf = q[-L:].view(L, Hkv, -1, D).permute(1, 2, 0, 3).reshape(Hkv, -1, D).float()
-        s = torch.matmul(qf, keys.float().transpose(1, 2)) * self.scale
-        s = s.view(q.shape[1], L, m)
-        future = torch.arange(m, device=q.device)[None, :] > torch.arange(p0, p0 + L, device=q.device)[:, None]
-        dense = torch.logsumexp(s.masked_fill_(future, float("-inf")), -1)     # [H, L]
-        rec = torch.exp(lse[-L:].transpose(0, 1) - dense).mean(-1)
-        self.stats.recall[self._layer] = rec
+        L = min(self.config.last_q, q.shape[0])
+        dense = dense_lse(q[-L:], keys, start + q.shape[0] - L, 0, keys.shape[1], self.scale)
+        self.record(lse[-L:], dense)
 
-    def _now(self, x: torch.Tensor) -> float:
-        if self.timing and x.device.type == "cuda":
-            torch.cuda.synchronize(x.device)
-        return time.perf_counter()
+    def record(self, lse_sparse: torch.Tensor, lse_dense: torch.Tensor) -> None:
+        """Attention recall exp(lse_sparse - lse_dense) of the last queries, averaged per head."""
+        rec = torch.exp(lse_sparse - lse_dense).mean(0)                          # [H]
+        self.stats.recall.setdefault(self._layer, []).append(rec)
+
+
+def dense_lse(q: torch.Tensor, keys: torch.Tensor, q_pos0: int, k0: int, k1: int,
+              scale: float) -> torch.Tensor:
+    """Exact causal log-sum-exp of q [L, H, D] at positions q_pos0.. over keys [k0, k1) of
+    keys [Hkv, m, D] -> [L, H] float32 (-inf where no key). One kv head at a time: [G, L, k1-k0]."""
+    L, H, D = q.shape
+    Hkv = keys.shape[0]
+    G = H // Hkv
+    kpos = torch.arange(k0, k1, device=q.device)
+    future = kpos[None, :] > torch.arange(q_pos0, q_pos0 + L, device=q.device)[:, None]
+    out = []
+    for g in range(Hkv):
+        s = torch.matmul(q[:, g * G:(g + 1) * G].transpose(0, 1).float(),
+                         keys[g, k0:k1].float().T) * scale                       # [G, L, k1-k0]
+        out.append(torch.logsumexp(s.masked_fill_(future, float("-inf")), -1))
+    return torch.cat(out).T.contiguous()

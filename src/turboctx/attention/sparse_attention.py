@@ -1,21 +1,15 @@
-"""Vertical-slash sparse attention of one prefill chunk over all its keys.
+"""Vertical-slash sparse attention of one prefill chunk over its keys (attended set:
+sparse_blocks.py): slash bands as whole key blocks, vertical columns gathered into a compact key
+set, the two parts merged by log-sum-exp.
 
-The attended set, exactly (what every path here computes and the reference masks):
-  query row i of the chunk has position p_i = start + i; keys are 0 .. m-1 (m = start + n);
-  B = block_size; query block of row i: i // B; key block of key j: j // B (absolute index).
-  Slash blocks: key block kb is selected for (head h, query block qb) iff some diagonal
-    d in slash[h] passes through it within qb's rows: kb = (p - d) // B for a row position p of
-    qb with p - d >= 0. (A diagonal crossing a B-row block touches at most two key blocks.)
-  Entry (i, j) of head h is attended iff j <= p_i and
-    (key block j // B is selected for (h, i // B)  or  j is in vertical[h]).
-So slash lines are kept as whole blocks (MInference's PIT kernel does the same with 64x64
-blocks) and vertical columns token by token, gathered into a compact key set: scattered columns
-would otherwise touch a block each. The two parts are disjoint (a column inside a selected block
-belongs to the block part) and merge exactly by log-sum-exp.
+Every path takes an optional restriction to rows [lo, hi) of the chunk and keys [k0, k1): the
+attended set intersected with that rectangle. DCA runs one call per part (a key range with its
+own query rotation) and merges the parts by log-sum-exp. Rows with nothing to attend in the
+rectangle get out 0, lse -inf.
 
-Paths: `portable` (pure torch, tiles bounded in memory; CPU and CI), `flex` (FlexAttention with a
-BlockMask built by `BlockMask.from_kv_blocks`: never an n x m mask), `reference_vertical_slash`
-(float64, explicit [H, n, m] mask through attention/reference.py; small sizes only).
+Paths: `portable` (pure torch, tiles bounded in memory; CPU and CI), `flex` (FlexAttention with
+BlockMasks from `BlockMask.from_kv_blocks`: never an n x m mask nor an [H, nqb, nkb] table),
+`reference_vertical_slash` (float64, explicit [H, n, m] mask through attention/reference.py).
 """
 from __future__ import annotations
 
@@ -23,90 +17,25 @@ import torch
 
 from turboctx.attention.kernels import merge_attention
 from turboctx.attention.reference import reference_attention
+from turboctx.attention.sparse_blocks import (_BIG, band_table, covered, kv_block_lists,
+                                              query_blocks, slash_key_blocks, vertical_slash_mask)
 from turboctx.attention.sparse_pattern import VSPattern
 
 _TILE_ELEMS = 1 << 24   # score elements per tile of the portable path
 
 
-def _block_rows(n: int, start: int, B: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """First and last position of each query block: [nqb] int64 each."""
-    qb = torch.arange((n + B - 1) // B, device=device)
-    first = start + qb * B
-    last = start + torch.clamp((qb + 1) * B, max=n) - 1
-    return first, last
-
-
-def slash_block_table(slash: torch.Tensor, n: int, start: int, block_size: int) -> torch.Tensor:
-    """slash: [H, S] diagonal offsets (-1 = none) -> sel [H, nqb, nkb] bool (see module doc)."""
-    H = slash.shape[0]
-    B, m = block_size, start + n
-    first, last = _block_rows(n, start, B, slash.device)
-    nqb, nkb = first.numel(), (m + B - 1) // B
-    d = slash[:, :, None]                                              # [H, S, 1]
-    ok = (d >= 0) & (last - d >= 0)                                    # [H, S, nqb]
-    base = (torch.arange(H, device=slash.device)[:, None, None] * nqb
-            + torch.arange(nqb, device=slash.device)) * (nkb + 1)
-    sel = torch.zeros(H * nqb * (nkb + 1), dtype=torch.bool, device=slash.device)
-    for edge in (first, last):   # the key blocks of the diagonal at the block's first/last row
-        kb = torch.where(ok, torch.clamp(edge - d, min=0) // B, nkb)   # nkb: a dummy column
-        sel[(base + kb).flatten()] = True
-    return sel.view(H, nqb, nkb + 1)[..., :nkb]
-
-
-def _tri(y: torch.Tensor) -> torch.Tensor:
-    y = torch.clamp(y, min=0)
-    return y * (y + 1) // 2
-
-
-def count_attended(pattern: VSPattern, n: int, start: int, block_size: int,
-                   sel: torch.Tensor | None = None) -> torch.Tensor:
-    """Number of attended (query, key) entries per head: [H] int64, in closed form."""
-    B, m = block_size, start + n
-    if sel is None:
-        sel = slash_block_table(pattern.slash, n, start, B)
-    dev = sel.device
-    first, last = _block_rows(n, start, B, dev)                   # [nqb]
-    kb0 = torch.arange(sel.shape[2], device=dev) * B               # [nkb]
-    width = torch.clamp(m - kb0, max=B)
-    # sum over rows p in [first, last] of clamp(p + 1 - kb0, 0, width), via sums of relu
-    def relu_sum(x):   # sum_{p=first..last} max(p + 1 - x, 0)
-        return _tri(last[:, None] + 1 - x[None, :]) - _tri(first[:, None] - x[None, :])
-    c = relu_sum(kb0) - relu_sum(kb0 + width)                      # [nqb, nkb]
-    block_part = (sel.to(torch.int64) * c[None]).sum((1, 2))
-    vert = pattern.vertical                                        # [H, V]
-    ok = vert >= 0
-    vc = vert.clamp(min=0)
-    rows = torch.clamp(last[None, :, None] - vc[:, None, :] + 1, min=0)       # [H, nqb, V]
-    rows = torch.minimum(rows, (last - first + 1)[None, :, None])
-    covered = torch.gather(sel, 2, (vc // B)[:, None, :].expand(-1, sel.shape[1], -1))
-    vert_part = (rows * (ok[:, None, :] & ~covered)).sum((1, 2))
-    return block_part + vert_part
-
-
-def causal_entries(n: int, start: int) -> int:
-    """Entries of the causal chunk-vs-all-keys rectangle per head."""
-    return n * start + n * (n + 1) // 2
-
-
-def vertical_slash_mask(pattern: VSPattern, n: int, start: int, block_size: int) -> torch.Tensor:
-    """The attended set as an explicit [H, n, m] bool mask (for references and tests)."""
-    B, m = block_size, start + n
-    H, dev = pattern.num_heads, pattern.slash.device
-    sel = slash_block_table(pattern.slash, n, start, B)
-    qb = torch.arange(n, device=dev) // B
-    kb = torch.arange(m, device=dev) // B
-    blocks = sel[:, qb][:, :, kb]                                   # [H, n, m]
-    cols = torch.zeros(H, m + 1, dtype=torch.bool, device=dev)
-    cols.scatter_(1, torch.where(pattern.vertical >= 0, pattern.vertical, m), True)
-    causal = torch.arange(m, device=dev)[None, :] <= (start + torch.arange(n, device=dev))[:, None]
-    return (blocks | cols[:, None, :m]) & causal[None]
-
-
-def reference_vertical_slash(q, k, v, pattern: VSPattern, *, start: int, block_size: int,
+def reference_vertical_slash(q, k, v, pattern: VSPattern, *, start: int,
                              scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """float64 reference. q: [n, H, D]; k, v: [Hkv, m, D] -> out [n, H, D], lse [n, H]."""
-    mask = vertical_slash_mask(pattern, q.shape[0], start, block_size)
+    mask = vertical_slash_mask(pattern, q.shape[0], start)
     return reference_attention(q, k.transpose(0, 1), v.transpose(0, 1), mask, scale)
+
+
+def _restrict(n: int, start: int, rows, keys) -> tuple[int, int, int, int]:
+    lo, hi = rows if rows is not None else (0, n)
+    k0, k1 = keys if keys is not None else (0, start + n)
+    assert 0 <= lo < hi <= n and 0 <= k0 < k1 <= start + n, (rows, keys, n, start)
+    return lo, hi, k0, k1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,23 +49,27 @@ def _softmax_part(s: torch.Tensor, mask: torch.Tensor, vals: torch.Tensor, eq: s
     return torch.einsum(eq, p, vals), lse
 
 
-def _block_part(q, k, v, sel, start, B, scale):
-    n, H, D = q.shape
+def _block_part(q, k, v, pattern, start, lo, hi, k0, k1, scale):
+    """Slash blocks of rows [lo, hi) over keys [k0, k1) -> out [hi-lo, H, D] fp32, lse [hi-lo, H]."""
+    _, H, D = q.shape
     Hkv, m, _ = k.shape
-    nqb, nkb = sel.shape[1:]
-    kvh = torch.arange(H, device=q.device) // (H // Hkv)
-    pad = nkb * B - m
-    kp = torch.nn.functional.pad(k, (0, 0, 0, pad)).view(Hkv, nkb, B, D)
-    vp = torch.nn.functional.pad(v, (0, 0, 0, pad)).view(Hkv, nkb, B, D)
-    qp = torch.nn.functional.pad(q, (0, 0, 0, 0, 0, nqb * B - n)).view(nqb, B, H, D).permute(2, 0, 1, 3)
-    counts = sel.sum(-1)                                                    # [H, nqb]
-    order = torch.argsort(sel.to(torch.int8), dim=-1, descending=True, stable=True)
-    c = max(int(counts.max()), 1)
-    idx, valid = order[..., :c], torch.arange(c, device=q.device) < counts[..., None]   # [H, nqb, c]
-    out = torch.empty(H, nqb, B, D, dtype=torch.float32, device=q.device)
-    lse = torch.empty(H, nqb, B, dtype=torch.float32, device=q.device)
+    B, dev = pattern.block_size, q.device
+    qa0, nqb, pad = query_blocks(start, lo, hi, B)
+    qa = torch.arange(qa0, qa0 + nqb, device=dev)
+    kb_hi = (k1 + B - 1) // B
+    x = slash_key_blocks(pattern.bands, qa, k0 // B, kb_hi)                  # [H, nqb, C]
+    c = max(int((x < _BIG).sum(-1).max()), 1)
+    x = x[..., :c]
+    valid, idx = x < _BIG, torch.where(x < _BIG, x, 0)
+    kvh = torch.arange(H, device=dev) // (H // Hkv)
+    kp = torch.nn.functional.pad(k[:, :k1], (0, 0, 0, kb_hi * B - k1)).view(Hkv, kb_hi, B, D)
+    vp = torch.nn.functional.pad(v[:, :k1], (0, 0, 0, kb_hi * B - k1)).view(Hkv, kb_hi, B, D)
+    qp = torch.nn.functional.pad(q[lo:hi], (0, 0, 0, 0, pad, nqb * B - pad - (hi - lo)))
+    qp = qp.view(nqb, B, H, D).permute(2, 0, 1, 3)                            # [H, nqb, B, D]
+    out = torch.empty(H, nqb, B, D, dtype=torch.float32, device=dev)
+    lse = torch.empty(H, nqb, B, dtype=torch.float32, device=dev)
     tile = max(1, _TILE_ELEMS // (H * B * c * B))
-    offs = torch.arange(B, device=q.device)
+    offs = torch.arange(B, device=dev)
     for t0 in range(0, nqb, tile):
         t1 = min(nqb, t0 + tile)
         ib = idx[:, t0:t1]                                                  # [H, T, c]
@@ -144,41 +77,45 @@ def _block_part(q, k, v, sel, start, B, scale):
         vg = vp[kvh[:, None, None], ib].flatten(2, 3).float()
         s = torch.einsum("htqd,htkd->htqk", qp[:, t0:t1].float(), kg) * scale
         kpos = (ib[..., None] * B + offs).flatten(2)                        # [H, T, c*B]
-        qpos = start + (torch.arange(t0, t1, device=q.device)[:, None] * B + offs)  # [T, B]
-        ok = (valid[:, t0:t1, :, None].expand(-1, -1, -1, B).flatten(2))[:, :, None, :] \
-            & (kpos[:, :, None, :] <= qpos[None, :, :, None])
+        qpos = qa[t0:t1, None] * B + offs                                   # [T, B]
+        kok = valid[:, t0:t1, :, None].expand(-1, -1, -1, B).flatten(2) & (kpos >= k0) & (kpos < k1)
+        ok = kok[:, :, None, :] & (kpos[:, :, None, :] <= qpos[None, :, :, None])
         out[:, t0:t1], lse[:, t0:t1] = _softmax_part(s, ok, vg, "htqk,htkd->htqd")
-    out = out.permute(1, 2, 0, 3).reshape(nqb * B, H, D)[:n]
-    return out, lse.permute(1, 2, 0).reshape(nqb * B, H)[:n]
+    out = out.permute(1, 2, 0, 3).reshape(nqb * B, H, D)[pad:pad + hi - lo]
+    return out, lse.permute(1, 2, 0).reshape(nqb * B, H)[pad:pad + hi - lo]
 
 
-def _vertical_part(q, k, v, vert, sel, start, B, scale):
-    n, H, D = q.shape
+def _vertical_part(q, k, v, pattern, start, lo, hi, k0, k1, scale):
+    _, H, D = q.shape
     Hkv = k.shape[0]
-    kvh = torch.arange(H, device=q.device) // (H // Hkv)
+    B, dev, vert = pattern.block_size, q.device, pattern.vertical
+    kvh = torch.arange(H, device=dev) // (H // Hkv)
     vc = vert.clamp(min=0)                                                   # [H, V]
     kg, vg = k[kvh[:, None], vc].float(), v[kvh[:, None], vc].float()       # [H, V, D]
-    out = torch.empty(n, H, D, dtype=torch.float32, device=q.device)
-    lse = torch.empty(n, H, dtype=torch.float32, device=q.device)
-    rows = max(1, _TILE_ELEMS // (H * vert.shape[1]))
+    bt = band_table(pattern.bands)
+    heads = torch.arange(H, device=dev)[:, None, None]
+    n = hi - lo
+    out = torch.empty(n, H, D, dtype=torch.float32, device=dev)
+    lse = torch.empty(n, H, dtype=torch.float32, device=dev)
+    rows = max(1, _TILE_ELEMS // (H * max(1, vert.shape[1])))
+    ok_col = (vert >= k0) & (vert < k1)                                      # -1 pads fail k0 >= 0
     for r0 in range(0, n, rows):
         r1 = min(n, r0 + rows)
-        s = torch.einsum("nhd,hvd->hnv", q[r0:r1].float(), kg) * scale      # [H, r, V]
-        qi = torch.arange(r0, r1, device=q.device)
-        covered = torch.gather(sel[:, qi // B], 2, (vc // B)[:, None, :].expand(-1, r1 - r0, -1))
-        ok = (vert >= 0)[:, None, :] & (vert[:, None, :] <= (start + qi)[None, :, None]) & ~covered
+        s = torch.einsum("nhd,hvd->hnv", q[lo + r0:lo + r1].float(), kg) * scale   # [H, r, V]
+        pos = start + lo + torch.arange(r0, r1, device=dev)
+        cov = covered(bt, heads, (pos // B)[None, :, None], (vc // B)[:, None, :])
+        ok = ok_col[:, None, :] & (vert[:, None, :] <= pos[None, :, None]) & ~cov
         o, l = _softmax_part(s, ok, vg, "hnv,hvd->nhd")
         out[r0:r1], lse[r0:r1] = o, l.transpose(0, 1)
     return out, lse
 
 
-def vertical_slash_attention_portable(q, k, v, pattern: VSPattern, *, start: int, block_size: int,
-                                      scale: float, sel: torch.Tensor | None = None):
-    """q: [n, H, D]; k, v: [Hkv, m, D] (m = start + n) -> out [n, H, D] (q.dtype), lse [n, H] fp32."""
-    if sel is None:
-        sel = slash_block_table(pattern.slash, q.shape[0], start, block_size)
-    ob, lb = _block_part(q, k, v, sel, start, block_size, scale)
-    ov, lv = _vertical_part(q, k, v, pattern.vertical, sel, start, block_size, scale)
+def vertical_slash_attention_portable(q, k, v, pattern: VSPattern, *, start: int, scale: float,
+                                      rows=None, keys=None):
+    """q: [n, H, D]; k, v: [Hkv, m, D] (m = start + n) -> out [hi-lo, H, D] (q.dtype), lse fp32."""
+    lo, hi, k0, k1 = _restrict(q.shape[0], start, rows, keys)
+    ob, lb = _block_part(q, k, v, pattern, start, lo, hi, k0, k1, scale)
+    ov, lv = _vertical_part(q, k, v, pattern, start, lo, hi, k0, k1, scale)
     out, lse = merge_attention(ob, lb, ov, lv)
     return out.to(q.dtype), lse
 
@@ -194,7 +131,7 @@ def _flex_fn(compiled: bool):
     if not compiled:
         return flex_attention
     if "flex" not in _COMPILED:
-        _COMPILED["flex"] = torch.compile(flex_attention)
+        _COMPILED["flex"] = torch.compile(flex_attention, dynamic=True)
     return _COMPILED["flex"]
 
 
@@ -209,74 +146,85 @@ def _flex_call(fn, q4, k4, v4, block_mask, scale, gqa, kernel_options):
                   return_lse=True, kernel_options=kernel_options)
 
 
-def vertical_slash_attention_flex(q, k, v, pattern: VSPattern, *, start: int, block_size: int,
-                                  scale: float, sel: torch.Tensor | None = None,
-                                  compiled: bool | None = None):
+def _block_mask(kv_num, kv_idx, full_num, full_idx, B, mask_mod, seq_lengths):
+    from torch.nn.attention.flex_attention import BlockMask
+    try:
+        return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=B,
+                                        mask_mod=mask_mod, seq_lengths=seq_lengths,
+                                        compute_q_blocks=False)   # inference: no backward tables
+    except TypeError:
+        return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=B,
+                                        mask_mod=mask_mod, seq_lengths=seq_lengths)
+
+
+def vertical_slash_attention_flex(q, k, v, pattern: VSPattern, *, start: int, scale: float,
+                                  rows=None, keys=None, compiled: bool | None = None):
     """Same contract as the portable path, on FlexAttention (compiled on CUDA).
 
-    Slash part: a BlockMask from `BlockMask.from_kv_blocks` over (n queries, m keys); blocks wholly
-    below the causal boundary are "full" (no mask_mod evaluated), the rest are partial. Vertical
-    part: the columns gathered per query head into [H, V] keys, every block partial. mask_mod
-    encodes the exact set too, because eager (uncompiled) flex_attention ignores block sparsity.
+    Rows are front-padded to the absolute block boundary (no copy when aligned, as in the engine),
+    keys are the view from block k0 // B. Slash part: key blocks strictly below the diagonal and
+    inside [k0, k1) are "full" (no mask_mod evaluated); the diagonal and edge blocks are partial.
+    Vertical part: the columns gathered per query head into [H, Vp] keys, every block partial.
+    The mask_mods encode the whole set too, because eager flex_attention ignores block lists.
+    Offsets reach the mask_mods as tensors, so a compiled kernel serves every chunk.
     """
-    from torch.nn.attention.flex_attention import BlockMask
     n, H, D = q.shape
     Hkv, m, _ = k.shape
-    B, dev = block_size, q.device
+    lo, hi, k0, k1 = _restrict(n, start, rows, keys)
+    B, dev = pattern.block_size, q.device
     compiled = dev.type == "cuda" if compiled is None else compiled
     kopts = {"BLOCK_M": B, "BLOCK_N": B} if (compiled and dev.type == "cuda" and B < 128) else None
     fn = _flex_fn(compiled)
-    if sel is None:
-        sel = slash_block_table(pattern.slash, n, start, B)
-    nqb, nkb = sel.shape[1:]
-    first, _ = _block_rows(n, start, B, dev)
-    kb = torch.arange(nkb, device=dev)
-    full_vis = ((kb[None, :] + 1) * B - 1 <= first[:, None]) & ((kb[None, :] + 1) * B <= m)
-    full, part = sel & full_vis[None], sel & ~full_vis[None]
-
-    def as_blocks(x):   # [H, nqb, nkb] bool -> counts [1, H, nqb], indices [1, H, nqb, nkb] int32
-        order = torch.argsort(x.to(torch.int8), dim=-1, descending=True, stable=True)
-        return x.sum(-1).to(torch.int32)[None], order.to(torch.int32)[None]
-
-    start_t = torch.tensor(start, device=dev)
+    qa0, nqb, pad = query_blocks(start, lo, hi, B)
+    kb_lo = k0 // B
+    pn, pi, fn_, fi = kv_block_lists(pattern, start, lo, hi, k0, k1)
+    bt = band_table(pattern.bands)
+    q_base = torch.tensor(qa0 * B, device=dev)           # absolute position of padded row 0
+    k_base = torch.tensor(kb_lo * B, device=dev)         # absolute index of view key 0
+    k_lo, k_hi = torch.tensor(k0, device=dev), torch.tensor(k1, device=dev)
 
     def slash_mask(b, h, q_idx, kv_idx):
-        return (kv_idx <= q_idx + start_t) & sel[h, q_idx // B, kv_idx // B]
+        p, j = q_idx + q_base, kv_idx + k_base
+        return (j <= p) & (j >= k_lo) & covered(bt, h, p // B, j // B)
 
-    pn, pi = as_blocks(part)
-    fn_, fi = as_blocks(full)
-    bm = BlockMask.from_kv_blocks(pn, pi, fn_, fi, BLOCK_SIZE=B, mask_mod=slash_mask, seq_lengths=(n, m))
-    q4 = q.transpose(0, 1)[None]
-    ob, lb = _flex_call(fn, q4, k[None], v[None], bm, scale, H != Hkv, kopts)
+    rows_q = q[lo:hi]
+    if pad:
+        rows_q = torch.nn.functional.pad(rows_q, (0, 0, 0, 0, pad, 0))
+    nq = rows_q.shape[0]
+    bm = _block_mask(pn, pi, fn_, fi, B, slash_mask, (nq, k1 - kb_lo * B))
+    q4 = rows_q.transpose(0, 1)[None]
+    kv = (k[None, :, kb_lo * B:k1], v[None, :, kb_lo * B:k1])
+    ob, lb = _flex_call(fn, q4, *kv, bm, scale, H != Hkv, kopts)
 
     # vertical columns, padded to whole blocks with -1
     V = pattern.vertical.shape[1]
-    Vp = (V + B - 1) // B * B
-    vert = torch.nn.functional.pad(pattern.vertical, (0, Vp - V), value=-1)       # [H, Vp]
+    Vp = max(1, (V + B - 1) // B) * B
+    vert = torch.nn.functional.pad(pattern.vertical, (0, Vp - V), value=-1)    # [H, Vp]
     vc = vert.clamp(min=0)
     kvh = torch.arange(H, device=dev) // (H // Hkv)
-    kg, vg = k[kvh[:, None], vc][None], v[kvh[:, None], vc][None]                 # [1, H, Vp, D]
+    kg, vg = k[kvh[:, None], vc][None], v[kvh[:, None], vc][None]             # [1, H, Vp, D]
     vblk = vc // B
 
     def vert_mask(b, h, q_idx, kv_idx):
-        j = vert[h, kv_idx]
-        return (j >= 0) & (j <= q_idx + start_t) & ~sel[h, q_idx // B, vblk[h, kv_idx]]
+        p, j = q_idx + q_base, vert[h, kv_idx]
+        return (j >= k_lo) & (j < k_hi) & (j <= p) & ~covered(bt, h, p // B, vblk[h, kv_idx])
 
     nvb = Vp // B
     vn = torch.full((1, H, nqb), nvb, dtype=torch.int32, device=dev)
     vi = torch.arange(nvb, dtype=torch.int32, device=dev).expand(1, H, nqb, nvb).contiguous()
-    vbm = BlockMask.from_kv_blocks(vn, vi, BLOCK_SIZE=B, mask_mod=vert_mask, seq_lengths=(n, Vp))
+    vbm = _block_mask(vn, vi, None, None, B, vert_mask, (nq, Vp))
     ov, lv = _flex_call(fn, q4, kg, vg, vbm, scale, False, kopts)
-    out, lse = merge_attention(ob[0].transpose(0, 1), lb[0].transpose(0, 1).float(),
-                               ov[0].transpose(0, 1), lv[0].transpose(0, 1).float())
+    sl = slice(pad, pad + hi - lo)
+    out, lse = merge_attention(ob[0, :, sl].transpose(0, 1), lb[0, :, sl].transpose(0, 1).float(),
+                               ov[0, :, sl].transpose(0, 1), lv[0, :, sl].transpose(0, 1).float())
     return out.to(q.dtype), lse
 
 
-def vertical_slash_attention(q, k, v, pattern: VSPattern, *, start: int, block_size: int,
-                             scale: float, kernel: str = "auto", sel: torch.Tensor | None = None):
+def vertical_slash_attention(q, k, v, pattern: VSPattern, *, start: int, scale: float,
+                             kernel: str = "auto", rows=None, keys=None):
     """Dispatch: kernel 'flex' | 'portable' | 'auto' (flex on CUDA, portable elsewhere)."""
     if kernel == "flex" or (kernel == "auto" and q.device.type == "cuda"):
-        return vertical_slash_attention_flex(q, k, v, pattern, start=start, block_size=block_size,
-                                             scale=scale, sel=sel)
-    return vertical_slash_attention_portable(q, k, v, pattern, start=start, block_size=block_size,
-                                             scale=scale, sel=sel)
+        return vertical_slash_attention_flex(q, k, v, pattern, start=start, scale=scale,
+                                             rows=rows, keys=keys)
+    return vertical_slash_attention_portable(q, k, v, pattern, start=start, scale=scale,
+                                             rows=rows, keys=keys)

@@ -4,7 +4,10 @@ Defaults follow MInference (arXiv 2407.02490, microsoft/MInference `vertical_and
 the Qwen2.5-1M serving code (vLLM's dual-chunk flash-attention backend, v0.8-v0.10):
 1000 vertical / 6096 slash lines per head, pattern estimated from the last 64 queries,
 the first 30 key columns and the 100 diagonals nearest the main one always kept, sparse only
-above 32768 tokens.
+above 32768 tokens. Slash lines are selected in aligned bands of `block_size` (128) diagonals:
+6096 lines buy ceil(6096 / 128) = 48 bands, each computed as 2 key blocks per query block
+(sparse_pattern.py says why), i.e. at most 96 x 128 = 12288 keys per query, plus the 1000
+gathered vertical columns.
 
 `sparse_attention_config.json` (Qwen2.5-*-1M, MInference `best_pattern`): a JSON list with one
 entry per layer; each entry maps the query-head index (a string) to
@@ -30,10 +33,11 @@ class SparseConfig:
     vertical_size: int = 1000       # default key columns kept per head
     slash_size: int = 6096          # default diagonals kept per head
     last_q: int = 64                # queries of each chunk that estimate the pattern
-    block_size: int = 64            # granularity of slash blocks (queries x keys)
+    block_size: int = 128           # kernel block and slash band width (queries x keys)
     sink_tokens: int = 30           # first key columns always kept
     local_diagonals: int = 100      # diagonals nearest the main one always kept
     kernel: Literal["auto", "flex", "portable"] = "auto"   # auto: flex on CUDA, else portable
+    estimator: Literal["auto", "triton", "torch"] = "auto"  # auto: triton on CUDA, else torch
     # head_budgets[layer][head] = (vertical_size, slash_size); None: the defaults everywhere
     head_budgets: list[list[Budget]] | None = field(default=None, repr=False)
     head_scores: list[list[float]] | None = field(default=None, repr=False)
@@ -49,6 +53,13 @@ class SparseConfig:
             raise ValueError("SparseConfig.local_diagonals must be >= 1: every query needs its own key")
         if self.kernel not in ("auto", "flex", "portable"):
             raise ValueError(f"SparseConfig.kernel={self.kernel!r}; use 'auto', 'flex' or 'portable'")
+        if self.estimator not in ("auto", "triton", "torch"):
+            raise ValueError(f"SparseConfig.estimator={self.estimator!r}; use 'auto', 'triton' or 'torch'")
+        if self.block_size not in (16, 32, 64, 128, 256):
+            raise ValueError(f"SparseConfig.block_size={self.block_size} must be one of 16, 32, 64, "
+                             "128, 256 (a kernel tile)")
+        if not 1 <= self.last_q <= 128:
+            raise ValueError(f"SparseConfig.last_q={self.last_q} must be in [1, 128]")
         if self.head_budgets is not None:
             self.head_budgets = [[(int(v), int(s)) for v, s in layer] for layer in self.head_budgets]
             for li, layer in enumerate(self.head_budgets):

@@ -10,6 +10,7 @@ bench_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_excep
 
 PREFILL_COLUMNS = ["engine", "length", "ttft_s", "ttft_min_s", "ttft_max_s", "tokens_per_s", "tflops",
                    "fraction_of_matmul_ceiling", "over_floor", "peak_memory_gib", "usd_per_mtok"]
+SPARSE_COLUMNS = ["density", "estimate_s", "estimate_fraction", "sparse_attend_s"]
 DECODE_COLUMNS = ["engine", "context", "ms_per_token", "ms_min", "ms_max", "gb_per_s", "floor_ms",
                   "peak_memory_gib"]
 PER_RANK_COLUMN = "peak_memory_gib_per_rank"     # shown when tensor parallelism is on
@@ -17,11 +18,11 @@ TensorParallel = Annotated[int, typer.Option("--tensor-parallel-size", min=1,
                                              help="split the model over this many GPUs (one process each)")]
 
 
-def _setup(model, device, dtype, max_len, attention, prefill_chunk_size, extra, cuda_graphs=False,
+def _setup(model, device, dtype, max_len, attention, prefill_chunk_size, extra, cuda_graphs=None,
            tensor_parallel_size: int = 1):
     from turboctx import LLM
-    if cuda_graphs:
-        extra = {**extra, "cuda_graphs": True}
+    if cuda_graphs is not None:
+        extra = {**extra, "cuda_graphs": cuda_graphs}
     # no prefix caching: repeated runs of one prompt must each compute it
     return LLM(model, device=device, dtype=dtype, max_model_len=max_len, kv_cache_tokens=max_len,
                prefill_chunk_size=prefill_chunk_size, max_num_seqs=1, attention=attention,
@@ -54,7 +55,8 @@ def prefill(model: Annotated[str, typer.Option("--model", "-m")] = "random:qwen2
             lengths: Annotated[str, typer.Option(help="prompt lengths, e.g. 32k,128k,1m")] = "32k,128k",
             repeat: Annotated[int, typer.Option(min=1)] = 3,
             device: Optional[str] = None, dtype: Optional[str] = None,
-            attention: Annotated[str, typer.Option(help="dense | sparse | auto")] = "dense",
+            attention: Annotated[str, typer.Option(help="dense | sparse | auto (sparse: vertical-slash from --sparse-threshold on)")] = "dense",
+            sparse_threshold: Annotated[Optional[int], typer.Option(help="tokens; default 32768")] = None,
             dca: Annotated[Optional[bool], typer.Option("--dca/--no-dca")] = None,
             prefill_chunk_size: Optional[int] = None,
             compare: Annotated[Optional[str], typer.Option(help="'hf': HF transformers in the same run")] = None,
@@ -75,8 +77,10 @@ def prefill(model: Annotated[str, typer.Option("--model", "-m")] = "random:qwen2
     ns = parse_sizes(lengths)
     if compare not in (None, "hf"):
         raise typer.BadParameter(f"--compare {compare!r}: only 'hf' is supported")
+    extra = _dca_flags(dca) | ({} if sparse_threshold is None else {"sparse_threshold": sparse_threshold})
+
     def make_llm(n):
-        return _setup(model, device, dtype, n + 16, attention, prefill_chunk_size, _dca_flags(dca),
+        return _setup(model, device, dtype, n + 16, attention, prefill_chunk_size, extra,
                       tensor_parallel_size=tensor_parallel_size)
 
     # the ceilings need only the model's shape: no engine (under TP, no worker processes) for them
@@ -101,7 +105,7 @@ def prefill(model: Annotated[str, typer.Option("--model", "-m")] = "random:qwen2
     print_table(f"prefill: {model} ({str(torch_dtype).replace('torch.', '')}, {attention}) on "
                 f"{gpus}{env.get('gpu', env['device'])} - matmul {ceilings['matmul_tflops']:.0f} TFLOP/s, "
                 f"attention {ceilings['attention_tflops']:.0f} TFLOP/s (per device)", rows,
-                _columns(PREFILL_COLUMNS, rows))
+                _columns(PREFILL_COLUMNS + (SPARSE_COLUMNS if any("density" in r for r in rows) else []), rows))
     if json_path:
         write_json(json_path, {"kind": "prefill", "model": model, "attention": attention,
                                "tensor_parallel_size": tensor_parallel_size,
@@ -118,8 +122,9 @@ def decode(model: Annotated[str, typer.Option("--model", "-m")] = "random:qwen2.
            device: Optional[str] = None, dtype: Optional[str] = None,
            dca: Annotated[Optional[bool], typer.Option("--dca/--no-dca")] = None,
            compare: Annotated[Optional[str], typer.Option(help="'hf': HF transformers in the same run")] = None,
-           cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs/--no-cuda-graphs",
-                                                     help="replay decode steps as CUDA graphs")] = False,
+           cuda_graphs: Annotated[Optional[bool], typer.Option(
+               "--cuda-graphs/--no-cuda-graphs",
+               help="replay decode steps as CUDA graphs (default: wherever they run)")] = None,
            json_path: Annotated[Optional[Path], typer.Option("--json")] = None,
            tensor_parallel_size: TensorParallel = 1,
            seed: int = 0):
@@ -132,7 +137,8 @@ def decode(model: Annotated[str, typer.Option("--model", "-m")] = "random:qwen2.
                  tensor_parallel_size)
     ceilings = _ceilings(llm)
     rows = bench_decode(llm, ns, steps, repeat, seed, ceilings)
-    if llm.engine.runner.graphs is not None and llm.engine.runner.graphs.graphs:
+    graphs_used = llm.engine.runner.graphs is not None and bool(llm.engine.runner.graphs.graphs)
+    if graphs_used:
         for r in rows:
             r["engine"] = "turboctx+graphs"     # said only when decode really replayed graphs
     env = environment(llm.engine.device)
@@ -145,7 +151,7 @@ def decode(model: Annotated[str, typer.Option("--model", "-m")] = "random:qwen2.
     print_table(f"decode: {model} on {env.get('gpu', env['device'])} - copy {ceilings['copy_gbps']:.0f} GB/s",
                 rows, _columns(DECODE_COLUMNS, rows))
     if json_path:
-        write_json(json_path, {"kind": "decode", "model": model, "cuda_graphs": cuda_graphs, "env": env,
+        write_json(json_path, {"kind": "decode", "model": model, "cuda_graphs": graphs_used, "env": env,
                                "ceilings": ceilings, "rows": rows})
 
 

@@ -42,7 +42,7 @@ class LLMEngine:
                  kv_cache_tokens: int | None = None, max_num_seqs: int = 64, block_size: int = 256,
                  gpu_memory_utilization: float = 0.92, attention: str = "dense", seed: int = 0,
                  compile_kernels: bool = True, enable_prefix_caching: bool = True,
-                 cuda_graphs: bool = False, tensor_parallel_size: int = 1, **backend_options):
+                 cuda_graphs: bool | None = None, tensor_parallel_size: int = 1, **backend_options):
         self.device = resolve_device(device)
         ckpt = open_checkpoint(model)
         self.checkpoint, self.tokenizer = ckpt, ckpt.tokenizer

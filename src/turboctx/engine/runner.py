@@ -46,16 +46,17 @@ def model_input(chunks: list[ScheduledChunk]) -> ModelInput:
 
 class ModelRunner:
     def __init__(self, model, backend: AttentionBackend, kv_cache: KVCache, device, dtype,
-                 cuda_graphs: bool = False, max_model_len: int | None = None, executor=None):
+                 cuda_graphs: bool | None = None, max_model_len: int | None = None, executor=None):
         self.model, self.backend, self.kv_cache = model, backend, kv_cache
         self.device, self.dtype = torch.device(device), dtype
         self.executor = executor          # rank 0 under tensor parallelism: sends each step to the others
         self._slots: dict[str, SeqSlots] = {}   # on the other ranks: block tables seen last step
         model.set_attention_backend(backend)
-        self.graphs = self._graph_runner(max_model_len) if cuda_graphs else None
+        self.graphs = None if cuda_graphs is False else self._graph_runner(max_model_len, cuda_graphs)
 
-    def _graph_runner(self, max_model_len: int | None):
-        """CUDA graphs for decode steps (engine/cuda_graph.py): CUDA and the dense backend only."""
+    def _graph_runner(self, max_model_len: int | None, asked: bool | None):
+        """CUDA graphs for decode steps (engine/cuda_graph.py): CUDA and the dense backend only.
+        asked=None (the default) uses them where they run and says nothing where they do not."""
         from turboctx.attention.dense import DenseAttentionBackend
         why = ("the device is not CUDA" if self.device.type != "cuda" else
                f"the {self.backend.name} attention backend decodes eagerly"
@@ -66,7 +67,8 @@ class ModelRunner:
             except ImportError as err:
                 why = f"Triton is not available ({err})"
         if why is not None:
-            log.warning("cuda_graphs=True ignored: %s", why)
+            if asked:
+                log.warning("cuda_graphs=True ignored: %s", why)
             return None
         max_len = min(max_model_len or self.kv_cache.num_slots, self.kv_cache.num_slots)
         return DecodeGraphRunner(self.model, self.backend, self.kv_cache, self.device, self.dtype, max_len)

@@ -35,8 +35,9 @@ class Worker:
         self.model = load_model(ckpt, self.model_config, config, device, compile_kernels, self.shard, group)
         model_dir = ckpt.source if ckpt.kind == "hf" else None
         self.backend = make_attention_backend(self.model_config, config, backend_options, device, model_dir)
-        if self.shard is not None and isinstance(getattr(self.backend, "config", None), SparseConfig):
-            self.backend.config = shard_sparse_config(self.backend.config, self.shard)
+        sparse = getattr(self.backend, "sparse", self.backend)   # DCA+sparse holds a sparse backend
+        if self.shard is not None and isinstance(getattr(sparse, "config", None), SparseConfig):
+            sparse.config = shard_sparse_config(sparse.config, self.shard)   # this rank's heads' budgets
         self.kv_cache: KVCache | None = None
         self.runner: ModelRunner | None = None
 
@@ -51,8 +52,9 @@ class Worker:
         self.kv_cache = KVCache(m.num_hidden_layers, m.num_key_value_heads, m.head_dim,
                                 num_blocks, cfg.block_size, cfg.dtype, self.device)
         graphs = cfg.cuda_graphs
-        if graphs and self.group is not None:
-            log.warning("cuda_graphs=True ignored: not implemented with tensor parallelism")
+        if self.group is not None:     # a graph would replay rank 0's step alone: the others must run it too
+            if graphs:
+                log.warning("cuda_graphs=True ignored: not implemented with tensor parallelism")
             graphs = False
         self.runner = ModelRunner(self.model, self.backend, self.kv_cache, self.device, cfg.dtype,
                                   cuda_graphs=graphs, max_model_len=cfg.max_model_len, executor=executor)

@@ -1,9 +1,11 @@
-"""`turboctx eval ...`: passkey, niah, ruler, ppl against the local engine or an OpenAI server.
+"""`turboctx eval ...`: passkey, niah, ruler, ppl against the local engine, HF transformers
+(--target hf) or an OpenAI-compatible server (--base-url).
 
     turboctx eval passkey --lengths 1k,2k,4k,8k --trials 6 --out runs/passkey
     turboctx eval niah --model path/to/model --dca --lengths 4k,16k,64k --out runs/niah
     turboctx eval ruler --lengths 4k --samples 20 --tasks niah_single_1,vt,cwe --out runs/ruler
     turboctx eval ruler --base-url http://localhost:8000/v1 --api-key K --chat ...
+    turboctx eval ruler --target hf --dtype float32 ...   (HF transformers on the same prompts)
     turboctx eval ppl --lengths 32k --setting dca=false --setting dca=true --out runs/ppl
 """
 from __future__ import annotations
@@ -26,8 +28,11 @@ _EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 # Common options (typer has no option groups: the same declarations on each command).
 ModelOpt = typer.Option(None, "--model", help="Model spec: HF folder, .gguf, random:<preset>; "
                         "default: the default model.")
+TargetOpt = typer.Option("engine", "--target", help="What runs --model: engine (turboctx, in "
+                         "process) | hf (Hugging Face transformers, the reference).")
 DcaOpt = typer.Option(None, "--dca/--no-dca", help="Dual Chunk Attention (engine flag).")
-AttnOpt = typer.Option(None, "--attention", help="Attention backend: dense | sparse (engine flag).")
+AttnOpt = typer.Option(None, "--attention", help="Attention backend: dense | sparse | auto (engine "
+                       "flag); --sparse-threshold N passes through like any other engine flag.")
 MaxLenOpt = typer.Option(None, "--max-model-len", help="Engine max_model_len, e.g. 128k.")
 DeviceOpt = typer.Option(None, "--device", help="cpu | cuda | cuda:1 (engine flag).")
 DtypeOpt = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (engine flag).")
@@ -88,13 +93,37 @@ def engine_flags(dca, attention, max_model_len, device, dtype, extra: list[str])
     return flags
 
 
+HF_FLAGS = ("device", "dtype", "max_model_len")
+
+
 def make_target(model, flags, base_url, api_key, chat, served_model, tokenizer, concurrency,
-                batch_size):
+                batch_size, kind: str = "engine"):
+    if kind not in ("engine", "hf"):
+        raise typer.BadParameter(f"--target {kind!r}: use engine or hf")
     if base_url:
+        if kind == "hf":
+            raise typer.BadParameter("--target hf runs the model in process; drop --base-url")
         tok = load_tokenizer(tokenizer or model) if (tokenizer or model) else None
         return OpenAITarget(base_url, api_key, model=served_model, chat=chat,
                             concurrency=concurrency, tokenizer=tok)
+    if kind == "hf":
+        return make_hf_target(model, flags, batch_size)
     return LocalTarget(model, batch_size=batch_size, **flags)
+
+
+def make_hf_target(model, flags: dict, batch_size: int = 1):
+    """HFTarget from the same flags; engine-only flags (dca, attention, ...) are refused."""
+    from turboctx.eval.hf_target import HFTarget
+    other = {k: v for k, v in flags.items() if k not in HF_FLAGS
+             and not (k == "dca" and v is False) and not (k == "attention" and v == "dense")}
+    if other:
+        raise typer.BadParameter(f"--target hf takes only --device, --dtype, --max-model-len; "
+                                 f"engine flags {sorted(other)} do not apply to transformers")
+    try:
+        return HFTarget(model, batch_size=batch_size, **{k: v for k, v in flags.items()
+                                                         if k in HF_FLAGS})
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
 
 
 def make_wrap(target, template: str):
@@ -132,6 +161,7 @@ def _run(samples, target, out: Path, save_prompts: bool, meta: dict, heat: bool 
 
 @eval_app.command(context_settings=_EXTRA)
 def passkey(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[bool] = DcaOpt,
+            target_kind: str = TargetOpt,
             attention: Optional[str] = AttnOpt, max_model_len: Optional[str] = MaxLenOpt,
             device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt,
             base_url: Optional[str] = BaseUrlOpt, api_key: Optional[str] = ApiKeyOpt,
@@ -147,7 +177,7 @@ def passkey(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[b
     """Passkey retrieval over lengths x depths (the classic prompt); heatmap PNG."""
     flags = engine_flags(dca, attention, max_model_len, device, dtype, ctx.args)
     target = make_target(model, flags, base_url, api_key, chat, served_model, tokenizer,
-                         concurrency, batch_size)
+                         concurrency, batch_size, kind=target_kind)
     wrap = make_wrap(target, template)
     samples = passkey_mod.generate(parse_sizes(lengths), parse_floats(depths), trials, seed,
                                    target.count_tokens, wrap=lambda p: wrap(p, ""), digits=digits)
@@ -157,6 +187,7 @@ def passkey(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[b
 
 @eval_app.command(context_settings=_EXTRA)
 def niah(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[bool] = DcaOpt,
+         target_kind: str = TargetOpt,
          attention: Optional[str] = AttnOpt, max_model_len: Optional[str] = MaxLenOpt,
          device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt,
          base_url: Optional[str] = BaseUrlOpt, api_key: Optional[str] = ApiKeyOpt,
@@ -175,7 +206,7 @@ def niah(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[bool
     """Needle in a haystack over lengths x depths; heatmap PNG (depth rows, length columns)."""
     flags = engine_flags(dca, attention, max_model_len, device, dtype, ctx.args)
     target = make_target(model, flags, base_url, api_key, chat, served_model, tokenizer,
-                         concurrency, batch_size)
+                         concurrency, batch_size, kind=target_kind)
     samples = niah_mod.generate(
         parse_sizes(lengths), parse_floats(depths), trials, seed, target.count_tokens,
         wrap=make_wrap(target, template), needle=needle, question=question,
@@ -188,6 +219,7 @@ def niah(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[bool
 
 @eval_app.command(context_settings=_EXTRA)
 def ruler(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[bool] = DcaOpt,
+          target_kind: str = TargetOpt,
           attention: Optional[str] = AttnOpt, max_model_len: Optional[str] = MaxLenOpt,
           device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt,
           base_url: Optional[str] = BaseUrlOpt, api_key: Optional[str] = ApiKeyOpt,
@@ -204,7 +236,7 @@ def ruler(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[boo
     from turboctx.eval import ruler as ruler_mod
     flags = engine_flags(dca, attention, max_model_len, device, dtype, ctx.args)
     target = make_target(model, flags, base_url, api_key, chat, served_model, tokenizer,
-                         concurrency, batch_size)
+                         concurrency, batch_size, kind=target_kind)
     names = ruler_mod.ALL_TASKS if tasks == "all" else [t.strip() for t in tasks.split(",") if t.strip()]
     qa_files = {k: str(v) for k, v in (("squad", squad), ("hotpotqa", hotpotqa)) if v}
     wrap = make_wrap(target, template)
@@ -227,6 +259,7 @@ def ruler(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[boo
 
 @eval_app.command(context_settings=_EXTRA)
 def ppl(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[bool] = DcaOpt,
+        target_kind: str = TargetOpt,
         attention: Optional[str] = AttnOpt, max_model_len: Optional[str] = MaxLenOpt,
         device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt,
         base_url: Optional[str] = BaseUrlOpt, api_key: Optional[str] = ApiKeyOpt,
@@ -248,6 +281,8 @@ def ppl(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[bool]
     if base_url:
         targets = {"remote": make_target(model, flags, base_url, api_key, False, served_model,
                                          tokenizer, 1, 1)}
+    elif target_kind == "hf":
+        targets = {"hf": make_hf_target(model, flags)}
     else:
         settings = setting or [",".join(f"{k}={v}" for k, v in flags.items()) or "default"]
         targets = {}

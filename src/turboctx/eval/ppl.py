@@ -24,7 +24,7 @@ def bin_label(lo: int, hi: int) -> str:
 
 def windows(encode, length: int, n: int, text_path: str | None = None) -> list[list[int]]:
     """n windows of `length` tokens, spread over the text (wrapping round it if short)."""
-    text = hs.load_text(text_path)
+    text = hs.load_ppl_text(text_path)
     chars = min(len(text), int(length * 6 * max(1, n)))
     while True:
         ids = list(encode(text[:chars]))
@@ -64,6 +64,8 @@ def run_ppl(targets: dict[str, object], encode, length: int, n_windows: int = 1,
             if bar is not None:
                 bar.update(1)
         results[name] = nll_by_bin(lps, length)
+        if hasattr(target, "close"):   # one engine at a time: each may take most of the GPU
+            target.close()
     if bar is not None:
         bar.close()
     return results

@@ -91,6 +91,18 @@ class LocalTarget(TokenizerMixin):
     def tokenizer(self):
         return self.llm.tokenizer
 
+    def close(self) -> None:
+        """Frees the engine (its KV cache takes most of a GPU): the next call builds it again."""
+        if self._llm is None:
+            return
+        self._llm = None
+        import gc
+
+        import torch
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     @property
     def max_model_len(self) -> int | None:
         engine = getattr(self.llm, "engine", None)

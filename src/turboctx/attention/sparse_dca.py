@@ -1,0 +1,133 @@
+"""DCA + vertical-slash sparse prefill (the Qwen2.5-1M recipe, GUIDE §2).
+
+Selection uses continuous positions; attention uses DCA positions:
+  - The cache holds keys rotated at their in-chunk offset r = j % chunk_len (dca.py). For keys
+    of DCA chunk c, a query rotated at p - c * chunk_len gives exactly the product of q and k
+    rotated at their true positions p and j. So the pattern is estimated per DCA chunk (a key
+    segment, sparse_pattern.Segment) with the last queries rotated accordingly, one softmax over
+    all segments: the scores are those of ordinary attention at continuous positions.
+  - The attended set (sparse_blocks.py) is then intersected with each DCA part (a key range
+    with its own query rotation, dca.plan_parts) and the parts are merged by log-sum-exp.
+Sequences below the sparse threshold, and decode steps, run plain DCA.
+"""
+from __future__ import annotations
+
+import torch
+
+from turboctx.attention.dca import INTRA, DCAAttentionBackend, DCAConfig
+from turboctx.attention.kernels import merge_attention
+from turboctx.attention.sparse import SparseAttentionBackend, _Clock, dense_lse
+from turboctx.attention.sparse_attention import vertical_slash_attention
+from turboctx.attention.sparse_config import SparseConfig
+from turboctx.kv_cache import read_kv
+from turboctx.models.layers import apply_rotary
+
+
+def merged_parts(plan) -> list[tuple[int, int, int, int, int]]:
+    """dca.plan_parts -> (row_lo, row_hi, kind, key_lo, key_hi), with the parts of one row range
+    and kind over adjacent key ranges joined (the sparse path masks causally by itself)."""
+    out: list[list[int]] = []
+    for lo, hi, kind, k0, k1, _ in plan:
+        prev = out[-1] if out else None
+        if prev and prev[:3] == [lo, hi, kind] and (prev[4] == k0 or prev[3] == k1):
+            prev[3], prev[4] = min(prev[3], k0), max(prev[4], k1)
+        else:
+            out.append([lo, hi, kind, k0, k1])
+    return [tuple(p) for p in out]
+
+
+class DCASparseAttentionBackend(DCAAttentionBackend):
+    name = "dca+sparse"
+
+    def __init__(self, rotary, head_dim: int, dca_config: DCAConfig,
+                 sparse_config: SparseConfig | None = None, *, timing: bool = False,
+                 record_recall: bool = False):
+        super().__init__(rotary, head_dim, dca_config)
+        self.sparse = SparseAttentionBackend(rotary, head_dim, sparse_config, timing=timing,
+                                             record_recall=record_recall)
+
+    @property
+    def stats(self):
+        return self.sparse.stats
+
+    @property
+    def config(self) -> SparseConfig:
+        return self.sparse.config
+
+    @property
+    def timing(self) -> bool:
+        return self.sparse.timing
+
+    @timing.setter
+    def timing(self, on: bool) -> None:
+        self.sparse.timing = on
+
+    @property
+    def record_recall(self) -> bool:
+        return self.sparse.record_recall
+
+    @record_recall.setter
+    def record_recall(self, on: bool) -> None:
+        self.sparse.record_recall = on
+
+    @property
+    def last_pattern(self):
+        return self.sparse.last_pattern
+
+    def reset_stats(self) -> None:
+        self.sparse.reset_stats()
+
+    def prepare(self, batch, dtype) -> None:
+        super().prepare(batch, dtype)
+        batch.extras["sparse"] = self.sparse.stats
+
+    def attend_one(self, layer, s, q, qs, plan, k_cache, v_cache) -> torch.Tensor:
+        sp, start, n = self.sparse, s.start_pos, q.shape[0]
+        if not sp.use_sparse(start, n):
+            if n > 1:
+                sp.stats.dense_chunks += 1
+            return super().attend_one(layer, s, q, qs, plan, k_cache, v_cache)
+        sp._layer = layer
+        m = start + n
+        keys, vals = read_kv(k_cache, s.slots, 0, m), read_kv(v_cache, s.slots, 0, m)
+        clock = _Clock(sp.stats, q.device, sp.timing)
+        t0 = clock.mark()
+        pattern = sp.estimate(layer, self.selection_segments(q, start, m), keys, start, n)
+        t1 = clock.mark()
+        out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)           # [n, H, D]
+        lse = torch.full(q.shape[:2], float("-inf"), dtype=torch.float32, device=q.device)
+        parts = merged_parts(plan)
+        for lo, hi, kind, k0, k1 in parts:
+            o, l = vertical_slash_attention(qs[kind], keys, vals, pattern, start=start,
+                                            scale=self.scale, kernel=sp.config.kernel,
+                                            rows=(lo, hi), keys=(k0, k1))
+            out[lo:hi], lse[lo:hi] = merge_attention(out[lo:hi], lse[lo:hi], o, l)
+        t2 = clock.mark()
+        sp.account(pattern, clock, t0, t1, t2, n, start)
+        if sp.record_recall:
+            L = min(sp.config.last_q, n)
+            sp.record(lse[-L:], self.dense_lse_last(qs, parts, keys, start, n, L))
+        return out.to(q.dtype)
+
+    def selection_segments(self, q: torch.Tensor, start: int, m: int):
+        """The last queries, rotated per DCA chunk of keys so that scores are continuous-position
+        scores: [(key_lo, key_hi, q_last [L, H, D])]."""
+        cl = self.cfg.chunk_len
+        L = min(self.config.last_q, q.shape[0])
+        pos = torch.arange(m - L, m, device=q.device)
+        segs = []
+        for c in range((m + cl - 1) // cl):
+            cos, sin = self.rotary.cos_sin(pos - c * cl, q.dtype)
+            segs.append((c * cl, min(m, (c + 1) * cl), apply_rotary(q[-L:], cos, sin)))
+        return segs
+
+    def dense_lse_last(self, qs, parts, keys, start: int, n: int, L: int) -> torch.Tensor:
+        """Exact DCA log-sum-exp of the last L rows (every key, DCA positions): [L, H]."""
+        first = n - L
+        lse = torch.full((L, qs[INTRA].shape[1]), float("-inf"), device=keys.device)
+        for lo, hi, kind, k0, k1 in parts:
+            a = max(lo, first)
+            if a < hi:
+                part = dense_lse(qs[kind][a:hi], keys, start + a, k0, k1, self.scale)
+                lse[a - first:hi - first] = torch.logaddexp(lse[a - first:hi - first], part)
+        return lse

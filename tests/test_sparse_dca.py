@@ -1,0 +1,104 @@
+"""DCA + sparse prefill: selection at continuous positions, attention at DCA positions, against
+the float64 DCA reference restricted to the attended set."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from turboctx.attention.backend import AttentionBatch, SeqChunk
+from turboctx.attention.dca import DCAConfig
+from turboctx.attention.dca_reference import reference_dca_attention, yarn_logit_scale
+from turboctx.attention.sparse_blocks import causal_entries, vertical_slash_mask
+from turboctx.attention.sparse_config import SparseConfig
+from turboctx.attention.sparse_dca import DCASparseAttentionBackend, merged_parts
+from turboctx.attention.dca import plan_parts
+from turboctx.attention.sparse_pattern import vertical_slash_scores_torch
+from turboctx.kv_cache import KVCache, SeqSlots
+from turboctx.models.layers import RotaryEmbedding, apply_rotary
+
+
+def test_merged_parts_join_adjacent_key_ranges():
+    cfg = DCAConfig(chunk_size=24, local_size=8, original_max_position_embeddings=24)   # cl 16
+    for start, n in ((0, 40), (10, 23), (33, 30), (16, 5)):
+        parts = merged_parts(plan_parts(cfg, start, n))
+        for i in range(n):   # each row's key ranges still cover [0, position] exactly once
+            cover = sorted((k0, k1) for lo, hi, _, k0, k1 in parts if lo <= i < hi)
+            flat = [k for k0, k1 in cover for k in range(k0, k1)]
+            assert flat[:start + i + 1] == list(range(start + i + 1))
+
+
+CASES = [  # H, Hkv, D, chunk_size, local, prefill chunks, block, yarn
+    (7, 1, 64, 48, 16, [100, 93], 16, False),     # boundaries inside DCA chunks, 7:1
+    (6, 2, 64, 40, 8, [64, 64, 71], 16, True),     # chunk edges on DCA edges, 3:1, YaRN
+    (6, 2, 128, 64, 0, [150, 61], 32, False),      # no local window, odd lengths
+]
+
+
+@pytest.mark.parametrize("H, Hkv, D, cs, local, chunks, B, yarn", CASES)
+def test_dca_sparse_backend_equals_reference(H, Hkv, D, cs, local, chunks, B, yarn):
+    total = sum(chunks)
+    rotary = RotaryEmbedding(D, theta=500.0)
+    dca = DCAConfig(cs, local, cs, yarn_scaling=yarn)
+    sparse = SparseConfig(threshold=chunks[0] + 1, vertical_size=12, slash_size=3 * B, last_q=32,
+                          block_size=B, sink_tokens=3, local_diagonals=B, kernel="portable")
+    backend = DCASparseAttentionBackend(rotary, D, dca, sparse, record_recall=True)
+    g = torch.Generator().manual_seed(total)
+    q, k, v = (torch.randn(total, h, D, generator=g) for h in (H, Hkv, Hkv))
+    cache = KVCache(1, Hkv, D, num_blocks=60, block_size=8, dtype=torch.float32, device="cpu")
+    slots = SeqSlots(block_table=list(range(59, 0, -1)), block_size=8)
+    start = 0
+    for n in chunks:
+        m = start + n
+        batch = AttentionBatch([SeqChunk(0, n, start, slots)], torch.arange(start, m), cache)
+        backend.prepare(batch, torch.float32)
+        out = backend.forward(0, q[start:m], k[start:m], v[start:m], batch)
+        mult = torch.full((n,), yarn_logit_scale(m, cs) if yarn else 1.0, dtype=torch.float64)
+        mask = None
+        if m >= sparse.threshold:
+            pat = backend.last_pattern
+            mask = vertical_slash_mask(pat, n, start)
+            assert mask.sum() < H * causal_entries(n, start)
+            _check_selection_is_continuous(backend, q[:m] * mult[0].item(), k[:m], rotary, start, n)
+        want, _ = reference_dca_attention(q[start:m], k[:m], v[:m], torch.arange(start, m),
+                                          torch.arange(m), cs, local, rotary.inv_freq, D ** -0.5,
+                                          rotary.attention_scaling, mult, mask=mask)
+        assert (out.double() - want).abs().max().item() < 1e-4
+        start = m
+    st = backend.stats
+    assert st.sparse_chunks == len(chunks) - 1 and st.dense_chunks == 1
+    rec = torch.stack(st.recall[0])
+    assert rec.shape == (len(chunks) - 1, H) and bool(((rec > 0) & (rec <= 1 + 1e-5)).all())
+
+
+def _check_selection_is_continuous(backend, q, k, rotary, start, n):
+    """The scores the backend selected from equal ordinary attention scores at true positions."""
+    m = start + n
+    L = backend.config.last_q
+    cos, sin = rotary.cos_sin(torch.arange(m), torch.float32)
+    qr, kr = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin).transpose(0, 1)
+    B = backend.config.block_size
+    want = vertical_slash_scores_torch(qr[m - L:], kr, m - L, scale=backend.scale, block_size=B)
+    cache_keys = apply_rotary(k, *rotary.cos_sin(torch.arange(m) % backend.cfg.chunk_len,
+                                                  torch.float32)).transpose(0, 1)
+    segs = backend.selection_segments(q[start:], start, m)
+    got = vertical_slash_scores_torch(segs, cache_keys, m - L, scale=backend.scale, block_size=B)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_dca_sparse_below_threshold_is_plain_dca():
+    from turboctx.attention.dca import DCAAttentionBackend
+    H, Hkv, D, total = 6, 2, 64, 90
+    rotary = RotaryEmbedding(D, theta=500.0)
+    dca = DCAConfig(32, 8, 32, yarn_scaling=False)
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(total, h, D, generator=g) for h in (H, Hkv, Hkv))
+    outs = []
+    for backend in (DCASparseAttentionBackend(rotary, D, dca, SparseConfig(threshold=10**6)),
+                    DCAAttentionBackend(rotary, D, dca)):
+        cache = KVCache(1, Hkv, D, num_blocks=12, block_size=8, dtype=torch.float32, device="cpu")
+        slots = SeqSlots(block_table=list(range(12)), block_size=8)
+        batch = AttentionBatch([SeqChunk(0, total, 0, slots)], torch.arange(total), cache)
+        backend.prepare(batch, torch.float32)
+        outs.append(backend.forward(0, q, k, v, batch))
+    assert torch.equal(outs[0], outs[1])

@@ -1,0 +1,103 @@
+"""Sparse prefill through the engine: options, full budgets == dense, the benchmark's columns."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from turboctx import LLM, SamplingParams
+from turboctx.attention.dense import DenseAttentionBackend
+from turboctx.attention.sparse import SparseAttentionBackend
+from turboctx.attention.sparse_config import write_sparse_attention_config
+from turboctx.attention.sparse_dca import DCASparseAttentionBackend
+from turboctx.errors import InvalidRequestError
+
+from hf_reference import make_tiny_hf
+
+MODEL = "random:smollm2-135m"     # 30 layers, 9 query heads, 3 kv heads (3:1)
+LAYERS, HEADS = 2, 14             # the tiny folder: qwen2, 14 query heads, 2 kv heads (7:1)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sparse")
+    make_tiny_hf("qwen2-gqa7-bias-untied", d)
+    return d
+
+
+def _llm(model=MODEL, **kw):
+    return LLM(str(model), device="cpu", max_model_len=1024, prefill_chunk_size=256,
+               enable_prefix_caching=False, **kw)
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(attention="dense", sparse_threshold=64), "attention='dense'"),
+    (dict(attention="sparse", sparse_threshold=0), "sparse_threshold=0"),
+    (dict(attention="sparse", sparse_threshold="4k"), "positive int"),
+    (dict(attention="fast"), "attention='fast'"),
+    (dict(attention="sparse", sparse_config="/no/such/file.json"), "sparse attention config"),
+])
+def test_attention_options_are_checked(kw, words):
+    with pytest.raises(InvalidRequestError, match=words):
+        _llm(**kw)
+
+
+def _backend(attention="dense", device="cpu", **options):
+    from turboctx.attention.factory import make_attention_backend
+    from turboctx.config import EngineConfig
+    from turboctx.weights import open_checkpoint
+    m = open_checkpoint(MODEL).config
+    return make_attention_backend(m, EngineConfig(attention=attention), options, torch.device(device))
+
+
+def test_attention_choices_pick_the_backend():
+    assert isinstance(_backend("sparse"), SparseAttentionBackend)
+    assert _backend("sparse").config.threshold == 32768
+    assert _backend("sparse", sparse_threshold=300).config.threshold == 300
+    assert type(_backend("auto")) is DenseAttentionBackend          # auto on the CPU: dense
+    assert type(_backend()) is DenseAttentionBackend
+    assert isinstance(_backend("sparse", dca=True), DCASparseAttentionBackend)
+
+
+@pytest.mark.parametrize("dca", [False, True])
+def test_full_budgets_equal_dense_through_the_engine(folder, tmp_path, dca):
+    """Budgets covering every key make sparse prefill exact: same logprobs as dense."""
+    path = write_sparse_attention_config(tmp_path / "full.json", [[(10**6, 10**6)] * HEADS] * LAYERS)
+    ids = torch.randint(3, 512, (700,), generator=torch.Generator().manual_seed(0)).tolist()
+    sp = SamplingParams(max_tokens=3, temperature=0, logprobs=5, ignore_eos=True)
+    extra = dict(dca=True, dca_chunk_size=512, dca_local_size=64) if dca else {}
+    dense = _llm(folder, **extra).generate(ids, sp)[0]
+    llm = _llm(folder, attention="sparse", sparse_threshold=300, sparse_config=str(path), **extra)
+    sparse = llm.generate(ids, sp)[0]
+    assert sparse.token_ids == dense.token_ids
+    for a, b in zip(sparse.logprobs, dense.logprobs):
+        assert a.keys() == b.keys()
+        assert max(abs(a[t] - b[t]) for t in a) < 1e-4
+    st = llm.engine.backend.stats
+    assert st.sparse_chunks == LAYERS * 2 and st.dense_chunks == LAYERS
+    assert st.density == pytest.approx(1.0)
+
+
+def test_budgets_file_beside_the_weights_is_read(folder, tmp_path):
+    import shutil
+    d = tmp_path / "model"
+    shutil.copytree(folder, d)
+    write_sparse_attention_config(d, [[(7, 200)] * HEADS, [(9, 300)] * HEADS])
+    cfg = _llm(d, attention="sparse").engine.backend.config
+    assert cfg.budgets(1, HEADS) == [(9, 300)] * HEADS
+
+
+def test_bench_prefill_reports_density_and_estimation(folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from turboctx.bench.cli import bench_app
+    out = tmp_path / "p.json"
+    r = CliRunner().invoke(bench_app, ["prefill", "--model", str(folder), "--lengths", "640", "--repeat", "1",
+                                       "--device", "cpu", "--attention", "sparse", "--sparse-threshold",
+                                       "300", "--prefill-chunk-size", "256", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["engine"] == "turboctx+sparse" and 0 < row["density"] <= 1
+    assert row["estimate_s"] > 0 and 0 < row["estimate_fraction"] < 1
+    assert row["sparse_chunk_layers"] == LAYERS * 2 and row["dense_chunk_layers"] == LAYERS
