@@ -13,9 +13,11 @@ TINY_CONFIGS = {
 }
 
 
-def make_tiny_hf(name: str, folder, seed: int = 0, vocab: int = 512, layers: int = 2):
+def make_tiny_hf(name: str, folder, seed: int = 0, vocab: int = 512, layers: int = 2,
+                 spec: tuple | None = None):
+    """spec: (family, heads, kv_heads, head_dim, bias, tied) for a config not in TINY_CONFIGS."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-    family, heads, kv, hd, bias, tied = TINY_CONFIGS[name]
+    family, heads, kv, hd, bias, tied = spec or TINY_CONFIGS[name]
     common = dict(vocab_size=vocab, hidden_size=heads * hd,
                   intermediate_size=96, num_hidden_layers=layers, num_attention_heads=heads,
                   num_key_value_heads=kv, head_dim=hd, max_position_embeddings=4096,

@@ -22,15 +22,17 @@ MaxTokens = Annotated[int, typer.Option(help="tokens to generate")]
 Temperature = Annotated[float, typer.Option(help="0 = greedy")]
 Seed = Annotated[Optional[int], typer.Option(help="sampling seed")]
 AsJson = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+TensorParallel = Annotated[int, typer.Option("--tensor-parallel-size", min=1, help="split the model over this many processes (GPUs), Megatron-style")]
 Attention = Annotated[str, typer.Option(help="dense | sparse | auto: vertical-slash prefill once the "
                                              "sequence reaches --sparse-threshold (auto: on GPUs only)")]
 SparseThreshold = Annotated[Optional[int], typer.Option(help="tokens; sparse prefill from this length on (default 32768)")]
 
 
 def engine_kwargs(model, device, dtype, max_model_len, prefill_chunk_size, attention="dense",
-                  sparse_threshold=None) -> dict:
+                  sparse_threshold=None, tensor_parallel_size=1) -> dict:
     kw = dict(model=model, device=device, dtype=dtype, max_model_len=max_model_len,
-              prefill_chunk_size=prefill_chunk_size, attention=attention)
+              prefill_chunk_size=prefill_chunk_size, attention=attention,
+              tensor_parallel_size=tensor_parallel_size)
     if sparse_threshold is not None:
         kw["sparse_threshold"] = sparse_threshold
     return kw
@@ -81,13 +83,13 @@ def generate(prompt: Annotated[Optional[str], typer.Argument(help="the prompt te
              max_tokens: MaxTokens = 64, temperature: Temperature = 0.0, seed: Seed = None,
              logprobs: Annotated[Optional[int], typer.Option(help="top-k logprobs per token (with --json)")] = None,
              attention: Attention = "dense", sparse_threshold: SparseThreshold = None,
-             as_json: AsJson = False):
+             tensor_parallel_size: TensorParallel = 1, as_json: AsJson = False):
     """Continue a prompt (no chat template)."""
     text = _read_prompt(prompt, prompt_file)
     params = _params(max_tokens, temperature, seed, logprobs)
-    llm = load_llm(**engine_kwargs(model, device, dtype, max_model_len, prefill_chunk_size,
-                                   attention, sparse_threshold))
-    _stream_print(llm, text, params, chat=False, as_json=as_json)
+    with load_llm(**engine_kwargs(model, device, dtype, max_model_len, prefill_chunk_size,
+                                  attention, sparse_threshold, tensor_parallel_size)) as llm:
+        _stream_print(llm, text, params, chat=False, as_json=as_json)
 
 
 @app.command()
@@ -97,14 +99,14 @@ def ask(question: Annotated[str, typer.Argument(help="the question about the doc
         max_model_len: MaxModelLen = None, prefill_chunk_size: ChunkSize = None,
         max_tokens: MaxTokens = 256, temperature: Temperature = 0.0, seed: Seed = None,
         attention: Attention = "dense", sparse_threshold: SparseThreshold = None,
-        as_json: AsJson = False):
+        tensor_parallel_size: TensorParallel = 1, as_json: AsJson = False):
     """Answer a question about a whole document (chat template applied)."""
     doc = _read_file(file)
     params = _params(max_tokens, temperature, seed)
-    llm = load_llm(**engine_kwargs(model, device, dtype, max_model_len, prefill_chunk_size,
-                                   attention, sparse_threshold))
-    prompt = llm.chat_prompt([{"role": "user", "content": f"{doc}\n\nQuestion: {question}"}])
-    _stream_print(llm, prompt, params, chat=True, as_json=as_json)
+    with load_llm(**engine_kwargs(model, device, dtype, max_model_len, prefill_chunk_size,
+                                  attention, sparse_threshold, tensor_parallel_size)) as llm:
+        prompt = llm.chat_prompt([{"role": "user", "content": f"{doc}\n\nQuestion: {question}"}])
+        _stream_print(llm, prompt, params, chat=True, as_json=as_json)
 
 
 @app.command()
@@ -112,11 +114,16 @@ def chat(model: Model = None, device: Device = None, dtype: Dtype = None,
          max_model_len: MaxModelLen = None, prefill_chunk_size: ChunkSize = None,
          max_tokens: MaxTokens = 512, temperature: Temperature = 0.7, seed: Seed = None,
          system: Annotated[Optional[str], typer.Option(help="system prompt")] = None,
-         attention: Attention = "dense", sparse_threshold: SparseThreshold = None):
+         attention: Attention = "dense", sparse_threshold: SparseThreshold = None,
+         tensor_parallel_size: TensorParallel = 1):
     """Interactive chat on the terminal (/exit or Ctrl-D to leave, /reset to clear)."""
     params = _params(max_tokens, temperature, seed)
-    llm = load_llm(**engine_kwargs(model, device, dtype, max_model_len, prefill_chunk_size,
-                                   attention, sparse_threshold))
+    with load_llm(**engine_kwargs(model, device, dtype, max_model_len, prefill_chunk_size,
+                                  attention, sparse_threshold, tensor_parallel_size)) as llm:
+        _chat_loop(llm, params, system)
+
+
+def _chat_loop(llm, params, system: str | None) -> None:
     history = [{"role": "system", "content": system}] if system else []
     typer.echo("chat: /exit to leave, /reset to clear the history", err=True)
     while True:

@@ -178,6 +178,7 @@ class EngineConfig:
     # decode steps replay captured CUDA graphs: None = wherever they run (CUDA, dense backend),
     # True = asked for (a warning says why where they cannot run), False = never
     cuda_graphs: bool | None = None
+    tensor_parallel_size: int = 1           # ranks the model is split over (one process per rank)
 
     def __post_init__(self):
         if self.max_model_len < 1:
@@ -199,3 +200,7 @@ class EngineConfig:
                 f"enable_prefix_caching={self.enable_prefix_caching!r} must be True or False")
         if self.kv_cache_tokens is not None and self.kv_cache_tokens < 1:
             raise InvalidRequestError(f"kv_cache_tokens={self.kv_cache_tokens} must be >= 1")
+        tp = self.tensor_parallel_size
+        if not isinstance(tp, int) or isinstance(tp, bool) or tp < 1:
+            raise InvalidRequestError(
+                f"tensor_parallel_size={tp!r} must be an int >= 1 (1 = one process, no parallelism)")

@@ -34,3 +34,7 @@ class PromptTooLongError(InvalidRequestError):
 
 class OutOfCacheError(TurboctxError):
     """The KV cache cannot hold a request even when empty."""
+
+
+class TensorParallelError(TurboctxError):
+    """A tensor-parallel rank failed (or could not start); every rank has been stopped."""

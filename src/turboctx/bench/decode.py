@@ -8,25 +8,21 @@ from __future__ import annotations
 
 import statistics
 
-import torch
-
 from turboctx.bench.flops import decode_bytes
-from turboctx.bench.prefill import random_prompt, reset_peak
+from turboctx.bench.prefill import random_prompt
 
 
 def bench_decode(llm, lengths: list[int], steps: int, repeat: int, seed: int, ceilings: dict) -> list[dict]:
     from turboctx import SamplingParams
     eng = llm.engine
     m, dev = eng.model_config, eng.device
-    g = torch.Generator(device=dev).manual_seed(seed)
-    for t in (eng.kv_cache.k, eng.kv_cache.v):
-        t.normal_(0, 1, generator=g)
+    eng.collective_rpc("fill_kv_cache_random", seed)   # every rank's cache
     rows = []
     for n in lengths:
         ids = random_prompt(m.vocab_size, n, seed + n)
         per_token = []
         for r in range(repeat + 1):                       # the first run warms up
-            reset_peak(dev)
+            eng.collective_rpc("reset_peak_memory")
             req = eng.make_request(ids, SamplingParams(max_tokens=steps + 1, temperature=0, ignore_eos=True))
             req.num_computed_tokens = n - 1               # synthetic context: the cache holds it
             eng.add_request(req)
@@ -37,9 +33,14 @@ def bench_decode(llm, lengths: list[int], steps: int, repeat: int, seed: int, ce
             if r:
                 per_token.append(1.0 / out.metrics.decode_tokens_per_s)
         t = statistics.median(per_token)
-        rows.append({"engine": "turboctx", "context": n, "steps": steps, "repeat": repeat,
+        tp = eng.config.tensor_parallel_size
+        peaks = [b / 2 ** 30 for b in eng.collective_rpc("peak_memory")] if dev.type == "cuda" else None
+        rows.append({"engine": "turboctx" if tp == 1 else f"turboctx tp={tp}", "context": n, "steps": steps,
+                     "repeat": repeat,
                      "ms_per_token": t * 1e3, "ms_min": min(per_token) * 1e3, "ms_max": max(per_token) * 1e3,
                      "gb_per_s": decode_bytes(m, n, eng.config.dtype) / t / 1e9,
-                     "floor_ms": decode_bytes(m, n, eng.config.dtype) / (ceilings["copy_gbps"] * 1e9) * 1e3, "peak_memory_gib": (torch.cuda.max_memory_allocated(dev) / 2 ** 30
-                                                           if dev.type == "cuda" else None)})
+                     # each rank reads its share of the weights and KV
+                     "floor_ms": decode_bytes(m, n, eng.config.dtype) / (tp * ceilings["copy_gbps"] * 1e9) * 1e3,
+                     "peak_memory_gib": max(peaks) if peaks else None,
+                     "peak_memory_gib_per_rank": peaks if tp > 1 else None})
     return rows

@@ -50,7 +50,10 @@ def warmup_length(llm, n: int) -> int:
 def bench_prefill(make_llm, lengths: list[int], repeat: int, seed: int, ceilings: dict) -> list[dict]:
     """make_llm(n) -> an LLM whose KV cache holds n tokens (so peak memory is that of length n).
     With sparse attention, also the achieved density and the time spent estimating patterns
-    and in the sparse attention (CUDA events, read after each run)."""
+    and in the sparse attention (CUDA events, read after each run).
+    With tensor parallelism the ceilings (measured on one device) count once per rank, peak
+    memory is reported per rank (`peak_memory_gib_per_rank`; `peak_memory_gib` is the largest),
+    and the sparse figures are rank 0's (its heads)."""
     import gc
 
     from turboctx import SamplingParams
@@ -59,33 +62,39 @@ def bench_prefill(make_llm, lengths: list[int], repeat: int, seed: int, ceilings
     for n in lengths:
         llm = make_llm(n)
         eng = llm.engine
-        m, dev = eng.model_config, eng.device
+        m, dev, tp = eng.model_config, eng.device, eng.config.tensor_parallel_size
         sparse = sparse_backend(llm)
         llm.generate(random_prompt(m.vocab_size, warmup_length(llm, n), seed), sp, use_tqdm=False)
         ids = random_prompt(m.vocab_size, n, seed + n)
         times, peaks, stats = [], [], []
         for _ in range(repeat):
-            reset_peak(dev)
+            eng.collective_rpc("reset_peak_memory")
             if sparse is not None:
                 sparse.timing = True
                 sparse.reset_stats()
             out = llm.generate(ids, sp, use_tqdm=False)[0]
             times.append(out.metrics.ttft_s)
-            peaks.append(out.metrics.peak_memory_bytes)
+            peaks.append(eng.collective_rpc("peak_memory"))          # bytes, by rank
             if sparse is not None:
                 stats.append(sparse.stats.as_dict())
         ttft = statistics.median(times)
         lin, att = prefill_flops(m, n)
-        floor = lin / (ceilings["matmul_tflops"] * 1e12) + att / (ceilings["attention_tflops"] * 1e12)
+        floor = (lin / (ceilings["matmul_tflops"] * 1e12) + att / (ceilings["attention_tflops"] * 1e12)) / tp
+        per_rank = [max(p[r] for p in peaks) / 2 ** 30 for r in range(tp)]
+        sparse_cols = sparse_columns(stats, ttft)
+        engine = sparse_cols.pop("engine", "turboctx") + (f" tp={tp}" if tp > 1 else "")
         rows.append({
-            "engine": "turboctx", "length": n, "repeat": repeat, "ttft_s": ttft,
+            "engine": engine, "length": n, "repeat": repeat,
+            "tensor_parallel_size": tp, "ttft_s": ttft,
             "ttft_min_s": min(times), "ttft_max_s": max(times),
             "tokens_per_s": n / ttft, "tflops": (lin + att) / ttft / 1e12,
-            "fraction_of_matmul_ceiling": (lin + att) / ttft / 1e12 / ceilings["matmul_tflops"],
+            "fraction_of_matmul_ceiling": (lin + att) / ttft / 1e12 / (tp * ceilings["matmul_tflops"]),
             "floor_s": floor, "over_floor": ttft / floor,
-            "peak_memory_gib": max(peaks) / 2 ** 30 if peaks[0] else None,
-            **sparse_columns(stats, ttft),
+            "peak_memory_gib": max(per_rank) if per_rank[0] else None,
+            "peak_memory_gib_per_rank": per_rank if tp > 1 else None,
+            **sparse_cols,
         })
+        llm.shutdown()
         del llm, eng
         gc.collect()
         if dev.type == "cuda":

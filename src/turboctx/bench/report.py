@@ -23,6 +23,8 @@ def environment(device: torch.device) -> dict:
 def fmt(v) -> str:
     if v is None:
         return "-"
+    if isinstance(v, (list, tuple)):
+        return " / ".join(fmt(x) for x in v)
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
     return str(v)

@@ -21,7 +21,11 @@ class LLM:
     model: a local HF folder, a .gguf file, None (the default model) or "random:<preset>".
     Engine options: dca, dca_chunk_size, dca_local_size, original_max_position_embeddings,
     attention ("dense" | "sparse" | "auto"), sparse_threshold, kv_cache_tokens, max_num_seqs,
-    enable_prefix_caching (default True: a prompt reuses the KV of a prefix seen before), ...
+    enable_prefix_caching (default True: a prompt reuses the KV of a prefix seen before),
+    tensor_parallel_size (default 1: the model split over that many processes, one per GPU), ...
+
+    With tensor_parallel_size > 1 the LLM owns worker processes: `shutdown()` (or leaving a
+    `with LLM(...) as llm:` block) stops them; so do garbage collection and interpreter exit.
     """
 
     def __init__(self, model: str | None = None, *, device=None, dtype=None,
@@ -29,6 +33,16 @@ class LLM:
                  **engine_options):
         self.engine = LLMEngine(model, device=device, dtype=dtype, max_model_len=max_model_len,
                                 prefill_chunk_size=prefill_chunk_size, **engine_options)
+
+    def shutdown(self) -> None:
+        """Stops the engine's other tensor-parallel ranks (a no-op with one); idempotent."""
+        self.engine.shutdown()
+
+    def __enter__(self) -> "LLM":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
 
     @property
     def tokenizer(self):

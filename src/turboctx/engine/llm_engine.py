@@ -4,22 +4,20 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+import weakref
 
 import torch
 
-from turboctx.attention.factory import make_attention_backend
 from turboctx.config import EngineConfig, ModelConfig, parse_dtype
-from turboctx.engine.memory import peak_memory, plan_kv_tokens
+from turboctx.engine.memory import peak_memory
 from turboctx.engine.outputs import RequestOutput
 from turboctx.engine.request import Request
-from turboctx.engine.runner import ModelRunner
 from turboctx.engine.sampler import sample
 from turboctx.engine.sampling_params import SamplingParams
 from turboctx.engine.scheduler import Scheduler
+from turboctx.engine.worker import Worker
 from turboctx.errors import InvalidRequestError, PromptTooLongError
-from turboctx.kv_cache import BlockAllocator, KVCache
-from turboctx.models import build_model
-from turboctx.models.layers import FusedOps
+from turboctx.kv_cache import BlockAllocator
 from turboctx.weights import open_checkpoint
 
 log = logging.getLogger("turboctx")
@@ -44,7 +42,7 @@ class LLMEngine:
                  kv_cache_tokens: int | None = None, max_num_seqs: int = 64, block_size: int = 256,
                  gpu_memory_utilization: float = 0.92, attention: str = "dense", seed: int = 0,
                  compile_kernels: bool = True, enable_prefix_caching: bool = True,
-                 cuda_graphs: bool | None = None, **backend_options):
+                 cuda_graphs: bool | None = None, tensor_parallel_size: int = 1, **backend_options):
         self.device = resolve_device(device)
         ckpt = open_checkpoint(model)
         self.checkpoint, self.tokenizer = ckpt, ckpt.tokenizer
@@ -58,39 +56,62 @@ class LLMEngine:
                 GPU_PREFILL_CHUNK if self.device.type == "cuda" else CPU_PREFILL_CHUNK),
             block_size=block_size, max_num_seqs=max_num_seqs, kv_cache_tokens=kv_cache_tokens,
             gpu_memory_utilization=gpu_memory_utilization, attention=attention, seed=seed,
-            enable_prefix_caching=enable_prefix_caching, cuda_graphs=cuda_graphs)
-        self.model = self._load_model(ckpt, dt, seed, compile_kernels)
-        model_dir = ckpt.source if ckpt.kind == "hf" else None
-        self.backend = make_attention_backend(m, self.config, backend_options, self.device, model_dir)
+            enable_prefix_caching=enable_prefix_caching, cuda_graphs=cuda_graphs,
+            tensor_parallel_size=tensor_parallel_size)
         cfg = self.config
-        kv_tokens = plan_kv_tokens(m, cfg, self.device)
-        num_blocks = -(-kv_tokens // cfg.block_size)
-        self.kv_cache = KVCache(m.num_hidden_layers, m.num_key_value_heads, m.head_dim,
-                                num_blocks, cfg.block_size, dt, self.device)
+        self.executor = self._start_ranks(model, backend_options, compile_kernels)
+        group = self.executor.group if self.executor is not None else None
+        if group is not None:
+            self.device = group.device
+        try:
+            self.worker = Worker(ckpt, cfg, self.device, backend_options, compile_kernels, group)
+            kv_tokens = self.worker.plan_kv_tokens()
+            if self.executor is not None:
+                kv_tokens = self.executor.agree_kv_tokens(kv_tokens)
+            num_blocks = self.worker.init_cache(kv_tokens, self.executor)
+            if self.executor is not None:
+                self.executor.ready()
+        except BaseException as e:
+            if self.executor is None or self.executor.stopped is not None:
+                raise
+            err = self.executor.fail(e, "while starting")    # rank 0 failed: stop the others
+            if err is e:
+                raise
+            raise err from e
+        w = self.worker
+        self.model, self.backend, self.kv_cache, self.runner = w.model, w.backend, w.kv_cache, w.runner
         self.allocator = BlockAllocator(num_blocks)
         self.scheduler = Scheduler(self.allocator, cfg.block_size, cfg.prefill_chunk_size, cfg.max_num_seqs,
                                    cfg.enable_prefix_caching)
-        self.runner = ModelRunner(self.model, self.backend, self.kv_cache, self.device, dt,
-                                  cuda_graphs=cfg.cuda_graphs, max_model_len=cfg.max_model_len)
         self.eos_token_ids = sorted(set(m.eos_token_ids) | set(
             self.tokenizer.eos_token_ids if self.tokenizer else []))
         self.requests: dict[str, Request] = {}
         self._ids = itertools.count()
 
-    def _load_model(self, ckpt, dtype, seed, compile_kernels):
-        with torch.device("meta"):
-            model = build_model(ckpt.config)
-        model = model.to(dtype).to_empty(device=self.device)
-        if ckpt.config.tie_word_embeddings:
-            model.lm_head.weight = model.model.embed_tokens.weight
-        if ckpt.kind == "random":
-            model.init_random_(seed)
-        else:
-            model.load_weights(ckpt.iter_tensors())
-        model.set_split_matmuls(self.device.type == "cpu")
-        if self.device.type == "cuda" and compile_kernels:
-            FusedOps.enable_compiled()
-        return model.eval().requires_grad_(False)
+    def _start_ranks(self, model, backend_options: dict, compile_kernels: bool):
+        """Tensor parallelism: the other ranks, started (or joined, under torchrun) and stopped
+        with this engine. Under torchrun, ranks > 0 never return from here."""
+        if self.config.tensor_parallel_size == 1:
+            return None
+        from turboctx.distributed.executor import TPExecutor
+        from turboctx.distributed.partition import check_tensor_parallel
+        from turboctx.distributed.worker import RankSpec
+        check_tensor_parallel(self.model_config, self.config.tensor_parallel_size)
+        spec = RankSpec(model, self.config, dict(backend_options), compile_kernels)
+        executor = TPExecutor.launch(spec, self.device)
+        weakref.finalize(self, executor.shutdown)    # also runs at interpreter exit
+        return executor
+
+    def shutdown(self) -> None:
+        """Stops the other tensor-parallel ranks (nothing to do with one rank); idempotent."""
+        if self.executor is not None:
+            self.executor.shutdown()
+
+    def collective_rpc(self, method: str, *args) -> list:
+        """Worker.<method>(*args) on every rank; the results, by rank."""
+        if self.executor is None:
+            return [getattr(self.worker, method)(*args)]
+        return self.executor.collective_rpc(method, args, getattr(self.worker, method))
 
     # -- requests ---------------------------------------------------------------------------
     def make_request(self, prompt: str | list[int], params: SamplingParams,

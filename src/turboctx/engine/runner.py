@@ -2,24 +2,55 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 
 from turboctx.attention.backend import AttentionBackend, AttentionBatch, SeqChunk
 from turboctx.engine.sampler import top_logprobs
 from turboctx.engine.scheduler import ScheduledChunk
-from turboctx.kv_cache import KVCache
+from turboctx.kv_cache import KVCache, SeqSlots
 
 log = logging.getLogger("turboctx")
 
 LOGITS_ROWS = 1024   # prompt logprobs are computed this many positions at a time
 
 
+@dataclass
+class SeqInput:
+    request_id: str
+    num_new: int           # tokens computed this step
+    start_pos: int         # tokens already in the cache
+    seq_len: int           # the length YaRN scaling (DCA) sees: the whole prompt, so chunking does not change it
+    block_table: list[int]
+
+
+@dataclass
+class ModelInput:
+    """What every rank needs to run the model for one step (rank 0 broadcasts it under tensor
+    parallelism): plain Python values, small when pickled."""
+    token_ids: list[int]   # [N] the new tokens of every sequence, back to back
+    seqs: list[SeqInput]
+
+
+def model_input(chunks: list[ScheduledChunk]) -> ModelInput:
+    ids: list[int] = []
+    seqs: list[SeqInput] = []
+    for c in chunks:
+        r, start = c.request, c.request.num_computed_tokens
+        ids.extend(r.token_ids_slice(start, start + c.num_tokens))
+        seqs.append(SeqInput(r.request_id, c.num_tokens, start,
+                             max(r.num_prompt_tokens, start + c.num_tokens), r.slots.block_table))
+    return ModelInput(ids, seqs)
+
+
 class ModelRunner:
     def __init__(self, model, backend: AttentionBackend, kv_cache: KVCache, device, dtype,
-                 cuda_graphs: bool | None = None, max_model_len: int | None = None):
+                 cuda_graphs: bool | None = None, max_model_len: int | None = None, executor=None):
         self.model, self.backend, self.kv_cache = model, backend, kv_cache
         self.device, self.dtype = torch.device(device), dtype
+        self.executor = executor          # rank 0 under tensor parallelism: sends each step to the others
+        self._slots: dict[str, SeqSlots] = {}   # on the other ranks: block tables seen last step
         model.set_attention_backend(backend)
         self.graphs = None if cuda_graphs is False else self._graph_runner(max_model_len, cuda_graphs)
 
@@ -49,22 +80,12 @@ class ModelRunner:
             logits = self.graphs.run(chunks)
             if logits is not None:
                 return logits
-        ids: list[int] = []
-        pos: list[torch.Tensor] = []
-        seqs: list[SeqChunk] = []
-        for c in chunks:
-            r, start = c.request, c.request.num_computed_tokens
-            seqs.append(SeqChunk(len(ids), len(ids) + c.num_tokens, start, r.slots))
-            ids.extend(r.token_ids_slice(start, start + c.num_tokens))
-            pos.append(torch.arange(start, start + c.num_tokens))
-        input_ids = torch.tensor(ids, dtype=torch.long).to(self.device, non_blocking=True)
-        positions = torch.cat(pos).to(self.device, non_blocking=True)
-        batch = AttentionBatch(seqs, positions, self.kv_cache)
-        # the length YaRN scaling (DCA) sees: the whole prompt, so chunking does not change it
-        batch.extras["seq_lens"] = [max(c.request.num_prompt_tokens, s.start_pos + s.num_new)
-                                    for c, s in zip(chunks, seqs)]
-        self.backend.prepare(batch, self.dtype)
-        hidden = self.model(input_ids, batch)                       # [N, hidden]
+        inp = model_input(chunks)
+        slots = [c.request.slots for c in chunks]
+        if self.executor is None:
+            hidden, seqs = self.forward(inp, slots)
+        else:   # every rank runs the same step; rank 0 alone goes on to logits
+            hidden, seqs = self.executor.execute_model(inp, lambda: self.forward(inp, slots))
         for c, s in zip(chunks, seqs):
             if c.request.prompt_logprobs is not None and c.request.is_prefill:
                 self._prompt_logprobs(c, hidden[s.rows])
@@ -72,6 +93,38 @@ class ModelRunner:
         if not rows:
             return None
         return self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)])
+
+    @torch.inference_mode()
+    def forward(self, inp: ModelInput, slots: list[SeqSlots] | None = None
+                ) -> tuple[torch.Tensor, list[SeqChunk]]:
+        """The model over one step's tokens -> final hidden states [N, hidden] and the sequences.
+        slots: each sequence's cache slots (rank 0 has them; other ranks rebuild them)."""
+        if slots is None:
+            slots = self._slots_of(inp)
+        pos: list[torch.Tensor] = []
+        seqs: list[SeqChunk] = []
+        row = 0
+        for s, sl in zip(inp.seqs, slots):
+            seqs.append(SeqChunk(row, row + s.num_new, s.start_pos, sl))
+            pos.append(torch.arange(s.start_pos, s.start_pos + s.num_new))
+            row += s.num_new
+        input_ids = torch.tensor(inp.token_ids, dtype=torch.long).to(self.device, non_blocking=True)
+        positions = torch.cat(pos).to(self.device, non_blocking=True)
+        batch = AttentionBatch(seqs, positions, self.kv_cache)
+        batch.extras["seq_lens"] = [s.seq_len for s in inp.seqs]
+        self.backend.prepare(batch, self.dtype)
+        return self.model(input_ids, batch), seqs                  # [N, hidden]
+
+    def _slots_of(self, inp: ModelInput) -> list[SeqSlots]:
+        """SeqSlots per sequence, reused while a request's block table stays the same (they cache
+        slot indices); only the requests of the last step are remembered."""
+        kept: dict[str, SeqSlots] = {}
+        for s in inp.seqs:
+            old = self._slots.get(s.request_id)
+            kept[s.request_id] = old if old is not None and old.block_table == s.block_table else \
+                SeqSlots(list(s.block_table), self.kv_cache.block_size)
+        self._slots = kept
+        return [kept[s.request_id] for s in inp.seqs]
 
     def _prompt_logprobs(self, c: ScheduledChunk, hidden: torch.Tensor) -> None:
         """Appends, for prompt positions j in (start, start+n], the logprob of token j + top-k."""

@@ -162,3 +162,25 @@ class LlamaForCausalLM(nn.Module):
                 p.fill_(1.0)
             else:
                 p.normal_(0.0, std, generator=gen)
+
+
+@torch.no_grad()
+def random_hf_tensors(cfg: ModelConfig, seed: int, dtype: torch.dtype, device, std: float = 0.02):
+    """The weights `init_random_` gives the whole model, as HF-named checkpoint tensors, one at a
+    time (a tensor-parallel rank slices its part of each: every rank then holds the same model)."""
+    with torch.device("meta"):
+        full = LlamaForCausalLM(cfg)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    fused_names = {dst for dst, _ in _FUSED.values()}
+    for name, p in full.named_parameters():
+        if name.endswith("layernorm.weight") or name.endswith("norm.weight"):
+            yield name, torch.ones(p.shape, dtype=dtype, device=device)
+            continue
+        t = torch.empty(p.shape, dtype=dtype, device=device).normal_(0.0, std, generator=gen)
+        fused = next((dst for dst in fused_names if f".{dst}." in name), None)
+        if fused is None:
+            yield name, t
+            continue
+        parts = [src for src, (dst, _) in _FUSED.items() if dst == fused]      # in shard order
+        for src, part in zip(parts, t.split(full._shard_sizes(fused), dim=0)):
+            yield name.replace(fused, src), part

@@ -26,11 +26,13 @@ def served_names(model: str | None, engine, served_model_name: list[str] | None)
 
 def build_engine(model, *, device=None, dtype=None, max_model_len=None, prefill_chunk_size=None,
                  kv_cache_tokens=None, max_num_seqs=64, attention="dense", dca=None,
-                 enable_prefix_caching=True, sparse_threshold=None):
+                 enable_prefix_caching=True, sparse_threshold=None, tensor_parallel_size=1):
     from turboctx.engine.llm_engine import LLMEngine
     extra = {} if dca is None else {"dca": dca}
     if sparse_threshold is not None:
         extra["sparse_threshold"] = sparse_threshold
+    if tensor_parallel_size != 1:
+        extra["tensor_parallel_size"] = tensor_parallel_size
     return LLMEngine(model, device=device, dtype=dtype, max_model_len=max_model_len,
                      prefill_chunk_size=prefill_chunk_size, kv_cache_tokens=kv_cache_tokens,
                      max_num_seqs=max_num_seqs, attention=attention,
@@ -57,14 +59,10 @@ def serve(model: Annotated[Optional[str], typer.Option("--model", "-m", help="HF
           max_body_bytes: Annotated[int, typer.Option(min=1024, help="request body size limit")] = 64 << 20,
           shutdown_timeout: Annotated[float, typer.Option(min=0, help="seconds running requests may finish after SIGTERM/SIGINT before they are cancelled")] = 30.0,
           threads: Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads (fewer than cores avoids oversubscription)")] = None,
+          tensor_parallel_size: Annotated[int, typer.Option("--tensor-parallel-size", min=1, help="split the model over this many processes (GPUs), Megatron-style")] = 1,
           log_level: Annotated[str, typer.Option(help="debug | info | warning")] = "info"):
     """OpenAI-compatible server: /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics."""
     import torch
-    import uvicorn
-
-    from turboctx.server.app import create_app
-    from turboctx.server.engine_loop import EngineLoop
-    from turboctx.server.metrics import ServerMetrics
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if threads:
@@ -74,7 +72,22 @@ def serve(model: Annotated[Optional[str], typer.Option("--model", "-m", help="HF
     engine = build_engine(model, device=device, dtype=dtype, max_model_len=max_model_len,
                           prefill_chunk_size=prefill_chunk_size, kv_cache_tokens=kv_cache_tokens,
                           max_num_seqs=max_num_seqs, attention=attention, dca=dca,
-                          enable_prefix_caching=prefix_caching, sparse_threshold=sparse_threshold)
+                          enable_prefix_caching=prefix_caching, sparse_threshold=sparse_threshold,
+                          tensor_parallel_size=tensor_parallel_size)
+    try:
+        _run_server(engine, model, served_model_name, host, port, api_key, max_waiting, max_body_bytes,
+                    shutdown_timeout, log_level)
+    finally:
+        engine.shutdown()           # every tensor-parallel rank ends with the server
+
+
+def _run_server(engine, model, served_model_name, host, port, api_key, max_waiting, max_body_bytes,
+                shutdown_timeout, log_level) -> None:
+    import uvicorn
+
+    from turboctx.server.app import create_app
+    from turboctx.server.engine_loop import EngineLoop
+    from turboctx.server.metrics import ServerMetrics
     names = served_names(model, engine, served_model_name)
     loop = EngineLoop(engine, ServerMetrics(), max_waiting=max_waiting)
     app = create_app(loop, model_names=names, api_key=api_key, max_body_bytes=max_body_bytes)

@@ -16,6 +16,7 @@ from typing import AsyncIterator
 
 from turboctx.engine.outputs import RequestOutput
 from turboctx.engine.request import Request
+from turboctx.errors import TensorParallelError
 
 log = logging.getLogger("turboctx.server")
 
@@ -199,6 +200,8 @@ class EngineLoop:
         eng = self.engine
         try:
             outs = eng.step()
+        except TensorParallelError:
+            raise                         # the ranks are stopped: the loop ends, /health says why
         except Exception as e:
             log.exception("engine step failed; failing the requests in flight")
             self._fail_all(f"engine step failed: {type(e).__name__}: {e}", 500)

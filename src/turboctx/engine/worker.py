@@ -1,0 +1,105 @@
+"""One rank's share of an engine: its weights, attention backend, KV cache and model runner.
+
+Without tensor parallelism the engine has one Worker holding the whole model. With it, every rank
+builds a Worker from the same EngineConfig and its TPShard (distributed/partition.py): local heads,
+local MLP rows, and a KV cache for its own KV heads. Rank 0's Worker lives in the LLMEngine; the
+others run in worker processes (distributed/worker.py).
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from turboctx.attention.factory import make_attention_backend
+from turboctx.attention.sparse_config import SparseConfig
+from turboctx.config import EngineConfig, ModelConfig
+from turboctx.engine.memory import peak_memory, plan_kv_tokens
+from turboctx.engine.runner import ModelRunner
+from turboctx.kv_cache import KVCache
+from turboctx.models import build_model
+from turboctx.models.layers import FusedOps
+from turboctx.weights import Checkpoint
+
+log = logging.getLogger("turboctx")
+
+
+class Worker:
+    def __init__(self, ckpt: Checkpoint, config: EngineConfig, device: torch.device,
+                 backend_options: dict, compile_kernels: bool = True, group=None):
+        from turboctx.distributed.partition import local_model_config, plan_shard, shard_sparse_config
+        self.config, self.device, self.group = config, device, group
+        m = ckpt.config
+        self.shard = plan_shard(m, group.rank, group.world_size) if group is not None else None
+        self.model_config: ModelConfig = m if self.shard is None else local_model_config(m, self.shard)
+        self.model = load_model(ckpt, self.model_config, config, device, compile_kernels, self.shard, group)
+        model_dir = ckpt.source if ckpt.kind == "hf" else None
+        self.backend = make_attention_backend(self.model_config, config, backend_options, device, model_dir)
+        sparse = getattr(self.backend, "sparse", self.backend)   # DCA+sparse holds a sparse backend
+        if self.shard is not None and isinstance(getattr(sparse, "config", None), SparseConfig):
+            sparse.config = shard_sparse_config(sparse.config, self.shard)   # this rank's heads' budgets
+        self.kv_cache: KVCache | None = None
+        self.runner: ModelRunner | None = None
+
+    def plan_kv_tokens(self) -> int:
+        """Cache tokens this rank's memory allows (for its own KV heads)."""
+        return plan_kv_tokens(self.model_config, self.config, self.device)
+
+    def init_cache(self, kv_tokens: int, executor=None) -> int:
+        """Allocates the KV cache and the runner; returns the number of blocks."""
+        cfg, m = self.config, self.model_config
+        num_blocks = -(-kv_tokens // cfg.block_size)
+        self.kv_cache = KVCache(m.num_hidden_layers, m.num_key_value_heads, m.head_dim,
+                                num_blocks, cfg.block_size, cfg.dtype, self.device)
+        graphs = cfg.cuda_graphs
+        if self.group is not None:     # a graph would replay rank 0's step alone: the others must run it too
+            if graphs:
+                log.warning("cuda_graphs=True ignored: not implemented with tensor parallelism")
+            graphs = False
+        self.runner = ModelRunner(self.model, self.backend, self.kv_cache, self.device, cfg.dtype,
+                                  cuda_graphs=graphs, max_model_len=cfg.max_model_len, executor=executor)
+        return num_blocks
+
+    # -- what rank 0 can ask of every rank (LLMEngine.collective_rpc) ---------------------------
+    def reset_peak_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak_memory(self) -> int:
+        return peak_memory(self.device)
+
+    def fill_kv_cache_random(self, seed: int) -> None:
+        """Random (never zero) cache contents, for decode benchmarks on a synthetic context."""
+        g = torch.Generator(device=self.device).manual_seed(seed + (self.group.rank if self.group else 0))
+        for t in (self.kv_cache.k, self.kv_cache.v):
+            t.normal_(0, 1, generator=g)
+
+
+def load_model(ckpt: Checkpoint, m: ModelConfig, config: EngineConfig, device: torch.device,
+               compile_kernels: bool = True, shard=None, group=None):
+    """Builds the model of config m (the rank's local one under tensor parallelism) and loads it."""
+    with torch.device("meta"):
+        model = build_model(m)
+        if shard is not None:
+            from turboctx.distributed.parallel_layers import parallelize_model
+            parallelize_model(model, shard, group.device_group)
+    model = model.to(config.dtype).to_empty(device=device)
+    if m.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    if shard is None:
+        if ckpt.kind == "random":
+            model.init_random_(config.seed)
+        else:
+            model.load_weights(ckpt.iter_tensors())
+    else:
+        from turboctx.distributed.partition import shard_tensors
+        from turboctx.models.llama import random_hf_tensors
+        full = ckpt.config
+        tensors = (random_hf_tensors(full, config.seed, config.dtype, device) if ckpt.kind == "random"
+                   else ckpt.iter_tensors())
+        model.load_weights(shard_tensors(tensors, full, shard))
+    model.set_split_matmuls(device.type == "cpu")
+    if device.type == "cuda" and compile_kernels:
+        FusedOps.enable_compiled()
+    return model.eval().requires_grad_(False)
