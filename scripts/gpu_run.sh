@@ -39,6 +39,16 @@ case "${1:-tests}" in
         --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --out "$OUT/passkey_$(echo $s | tr -d ' -')" 2>&1 | \
         grep -v -i warn | grep -v "sample/s" | tail -8
     done ;;
+  sparse-speed)  # random:qwen2.5-7b, default budgets (1000 vertical / 6096 slash per head)
+    timeout 170 tb prefill --model random:qwen2.5-7b --attention sparse --lengths 128k,256k,512k \
+      --repeat 2 --json "$OUT/prefill_7b_sparse.json" 2>&1 | tee "$OUT/sparse.log" | tail -6
+    timeout 150 tb prefill --model random:qwen2.5-7b --attention sparse --lengths 1m --repeat 1 \
+      --json "$OUT/prefill_7b_sparse_1m.json" 2>&1 | tee -a "$OUT/sparse.log" | tail -4
+    timeout 60 python3 scripts/sparse_gpu.py micro --out "$OUT" 2>&1 | tail -12
+    timeout 60 python3 scripts/sparse_gpu.py check --out "$OUT" 2>&1 | tail -12 ;;
+  hf-32k)  # TTFT and peak memory against HF at 32K in the same run
+    timeout 120 tb prefill --model random:qwen2.5-7b --lengths 32k --repeat 3 --compare hf \
+      --json "$OUT/prefill_7b_32k_hf.json" 2>&1 | tail -6 ;;
   prefill-1m)
     tb prefill --model random:qwen2.5-7b --lengths 1m --repeat 1 \
       --price-per-gpu-hour 3.5 --json "$OUT/prefill_7b_1m.json" 2>&1 | tee "$OUT/prefill_1m.log" ;;
