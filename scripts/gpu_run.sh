@@ -27,27 +27,29 @@ case "${1:-tests}" in
         --json "$OUT/prefill_7b_128k${d#--}.json" 2>&1 | tee -a "$OUT/dca_cost.log"
     done ;;
   dca-eval)  # default model (GGUF=path): NLL by position over 64K tokens, passkey 8K-128K
+    RES=/root/res; mkdir -p $RES
     te() { timeout "$1" python3 -m turboctx.cli eval "${@:2}" --model "$GGUF" --device cuda; }
     te 150 ppl --dtype float32 --lengths 64k --max-model-len 65600 --setting dca=false \
       --setting dca=true,dca_chunk_size=8192,dca_local_size=1024,dca_yarn=false \
       --setting dca=true,dca_chunk_size=8192,dca_local_size=1024,dca_yarn=true \
       --setting dca=true,dca_chunk_size=6144,dca_local_size=512,dca_yarn=false \
       --setting dca=true,dca_chunk_size=6144,dca_local_size=512,dca_yarn=true \
-      --out "$OUT/ppl64k" 2>&1 | grep -v -i warn | tail -12
+      --out "$RES/ppl64k" 2>&1 | grep -v -i warn | tail -12
     for s in "--no-dca" "--dca --dca-yarn false" "--dca --dca-yarn true"; do
       te 100 passkey $s --dtype bfloat16 --max-model-len 132000 --lengths 8k,16k,32k,64k,128k \
-        --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --out "$OUT/passkey_$(echo $s | tr -d ' -')" 2>&1 | \
+        --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --out "$RES/passkey_$(echo $s | tr -d ' -')" 2>&1 | \
         grep -v -i warn | grep -v "sample/s" | tail -8
-    done ;;
+    done
+    tar czf "$OUT/dca_eval.tgz" -C $RES . ;;
   sparse-speed)  # random:qwen2.5-7b, default budgets (1000 vertical / 6096 slash per head)
-    timeout 170 tb prefill --model random:qwen2.5-7b --attention sparse --lengths 128k,256k,512k \
+    timeout 170 python3 -m turboctx.cli bench prefill --model random:qwen2.5-7b --attention sparse --lengths 128k,256k,512k \
       --repeat 2 --json "$OUT/prefill_7b_sparse.json" 2>&1 | tee "$OUT/sparse.log" | tail -6
-    timeout 150 tb prefill --model random:qwen2.5-7b --attention sparse --lengths 1m --repeat 1 \
+    timeout 150 python3 -m turboctx.cli bench prefill --model random:qwen2.5-7b --attention sparse --lengths 1m --repeat 1 \
       --json "$OUT/prefill_7b_sparse_1m.json" 2>&1 | tee -a "$OUT/sparse.log" | tail -4
     timeout 60 python3 scripts/sparse_gpu.py micro --out "$OUT" 2>&1 | tail -12
     timeout 60 python3 scripts/sparse_gpu.py check --out "$OUT" 2>&1 | tail -12 ;;
   hf-32k)  # TTFT and peak memory against HF at 32K in the same run
-    timeout 120 tb prefill --model random:qwen2.5-7b --lengths 32k --repeat 3 --compare hf \
+    timeout 120 python3 -m turboctx.cli bench prefill --model random:qwen2.5-7b --lengths 32k --repeat 3 --compare hf \
       --json "$OUT/prefill_7b_32k_hf.json" 2>&1 | tail -6 ;;
   prefill-1m)
     tb prefill --model random:qwen2.5-7b --lengths 1m --repeat 1 \
