@@ -187,7 +187,9 @@ def test_abort_drops_references_and_keeps_what_was_computed(folder, cold):
 
 
 def test_dca_reuses_only_under_the_same_yarn_scale(folder):
-    opts = dict(dca=True, dca_chunk_size=128, dca_local_size=16, original_max_position_embeddings=128)
+    # vLLM's rule (one YaRN scale from the prompt's length); per position, every prefix is reusable
+    opts = dict(dca=True, dca_chunk_size=128, dca_local_size=16, original_max_position_embeddings=128,
+                dca_yarn_per_position=False)
     cold_dca, llm = _llm(folder, enable_prefix_caching=False, **opts), _llm(folder, **opts)
     doc = _ids(300, 5)
     llm.generate(doc + _ids(10, 6), SP)
@@ -197,3 +199,16 @@ def test_dca_reuses_only_under_the_same_yarn_scale(folder):
         out = llm.generate(prompt, SP)[0]
         assert out.metrics.num_cached_tokens == cached
         _same(out, cold_dca.generate(prompt, SP)[0])
+
+
+def test_dca_per_position_yarn_reuses_any_prefix(folder):
+    """The default YaRN rule scales each query by its own position, so a cached prefix is valid
+    under any prompt length."""
+    opts = dict(dca=True, dca_chunk_size=128, dca_local_size=16, original_max_position_embeddings=128)
+    cold_dca, llm = _llm(folder, enable_prefix_caching=False, **opts), _llm(folder, **opts)
+    doc = _ids(300, 5)
+    llm.generate(doc + _ids(10, 6), SP)
+    prompt = doc + _ids(20, 8)
+    out = llm.generate(prompt, SP)[0]
+    assert out.metrics.num_cached_tokens == 288
+    _same(out, cold_dca.generate(prompt, SP)[0])

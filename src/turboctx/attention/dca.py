@@ -108,6 +108,12 @@ class DCAConfig:
                 max(trained, values["chunk_size"])
         else:
             values = {"chunk_size": trained, "original_max_position_embeddings": trained}
+        # YaRN's s from each query's own position (s = (p + 1) / trained length), not from the
+        # whole prompt's length (vLLM's rule): measured on the default model over 16K tokens of
+        # the ASV, the prompt-length rule raised NLL by 0.6 nats at 0-2K (where s <= 1 for every
+        # query) and 0.34 at 8-16K; the per-position rule keeps 0-8K exact and gave 2.217 at 8-16K
+        # (docs/BENCHMARKS.md). dca_yarn_per_position=False restores vLLM's rule.
+        values["yarn_per_position"] = True
         known = {f.name for f in fields(cls)}
         for key, val in (overrides or {}).items():
             if key not in known:

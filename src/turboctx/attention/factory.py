@@ -14,7 +14,7 @@ from turboctx.errors import InvalidRequestError
 from turboctx.models.layers import RotaryEmbedding
 
 
-ENGINE_ATTENTION_OPTIONS = ("dca", "dca_chunk_size", "dca_local_size", "dca_yarn",
+ENGINE_ATTENTION_OPTIONS = ("dca", "dca_chunk_size", "dca_local_size", "dca_yarn", "dca_yarn_per_position",
                             "original_max_position_embeddings", "sparse_threshold", "sparse_config")
 
 
@@ -78,14 +78,16 @@ def dca_config(m: ModelConfig, options: dict) -> DCAConfig | None:
     if on is None:
         on = m.dual_chunk_attention_config is not None
     if not on:
-        extra = [k for k in ("dca_chunk_size", "dca_local_size", "dca_yarn") if options.get(k) is not None]
+        extra = [k for k in ("dca_chunk_size", "dca_local_size", "dca_yarn", "dca_yarn_per_position")
+                 if options.get(k) is not None]
         if extra:
             raise InvalidRequestError(f"{', '.join(extra)} given but DCA is off; add dca=True")
         return None
     overrides = {"chunk_size": options.get("dca_chunk_size"),
                  "local_size": options.get("dca_local_size"),
                  "original_max_position_embeddings": options.get("original_max_position_embeddings"),
-                 "yarn_scaling": options.get("dca_yarn")}
+                 "yarn_scaling": options.get("dca_yarn"),
+                 "yarn_per_position": options.get("dca_yarn_per_position")}
     try:
         return DCAConfig.from_model(m, overrides)
     except ValueError as err:
