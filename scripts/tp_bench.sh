@@ -23,6 +23,7 @@ assert torch.cuda.device_count() >= 2, f"{torch.cuda.device_count()} GPUs visibl
 sp = SamplingParams(max_tokens=32, temperature=0, logprobs=5, ignore_eos=True)
 prompt = "The history of the printing press begins"
 a = LLM(None, max_model_len=4096).generate(prompt, sp)[0]
+torch.cuda.empty_cache()
 with LLM(None, max_model_len=4096, tensor_parallel_size=2) as llm:
     b = llm.generate(prompt, sp)[0]
 diff = max(abs(x[t] - y[t]) for x, y in zip(a.logprobs, b.logprobs) for t in x if t in y)

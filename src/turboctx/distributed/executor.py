@@ -185,8 +185,8 @@ class TPExecutor:
                                       f"create a new LLM")
 
     def _guarded(self, fn, stage: str):
-        self.check_running()
         with self._lock:
+            self.check_running()
             try:
                 return fn()
             except BaseException as e:
