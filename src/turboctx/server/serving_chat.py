@@ -6,14 +6,14 @@ from typing import AsyncIterator
 from starlette.requests import Request as HTTPRequest
 
 from turboctx.engine.outputs import RequestOutput
-from turboctx.server.engine_loop import RequestStream, StreamError
+from turboctx.server.engine_loop import RequestStream
 from turboctx.server.errors import APIError
 from turboctx.server.protocol import (ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest,
                                       ChatCompletionResponse, ChatLogprobs, DeltaMessage, ResponseMessage,
                                       TokenLogprob, TopLogprob)
-from turboctx.server.serving_common import (SSE_DONE, ServerState, SSEResponse, TextHoldback, final_output,
-                                            refuse_unsupported, sampling_params, sse, sse_error, submit,
-                                            tokenize, top_sorted, usage_of)
+from turboctx.server.serving_common import (ServerState, SSEResponse, final_output, refuse_unsupported,
+                                            sampling_params, sse, stream_sse, submit, tokenize, top_sorted,
+                                            usage_of)
 
 
 def _messages(body: ChatCompletionRequest) -> list[dict]:
@@ -65,34 +65,16 @@ async def create_chat_completion(state: ServerState, body: ChatCompletionRequest
                             finish_reason=out.finish_reason)])
 
 
-async def _stream(state: ServerState, body: ChatCompletionRequest, stream: RequestStream, stop: list[str],
-                  k: int | None, include_usage: bool) -> AsyncIterator[str]:
+def _stream(state: ServerState, body: ChatCompletionRequest, stream: RequestStream, stop: list[str],
+            k: int | None, include_usage: bool) -> AsyncIterator[str]:
     rid, model = stream.request_id, body.model
 
-    def chunk(delta: DeltaMessage, lp=None, finish=None) -> str:
+    def chunk(text: str, lp=None, finish=None, role: str | None = None) -> str:
         return sse(ChatCompletionChunk(id=rid, model=model, choices=[
-            ChatChunkChoice(delta=delta, logprobs=lp, finish_reason=finish)]))
+            ChatChunkChoice(delta=DeltaMessage(role=role, content=text), logprobs=lp, finish_reason=finish)]))
 
-    held = TextHoldback(stop)
-    sent_tokens = 0
-    last = None
-    try:
-        yield chunk(DeltaMessage(role="assistant", content=""))
-        async for item in stream:
-            if isinstance(item, StreamError):
-                yield sse_error(item.message, item.status)
-                break
-            last = item
-            text = held.delta(item.text, item.finished)
-            n = len(item.token_ids)
-            lp = _logprobs(state, item, sent_tokens, n, k) if k is not None and n > sent_tokens else None
-            sent_tokens = n
-            finish = item.finish_reason if item.finished else None
-            if text or lp or finish:
-                yield chunk(DeltaMessage(content=text), lp, finish)
-        if include_usage and last is not None and last.finished:
-            yield sse(ChatCompletionChunk(id=rid, model=model, choices=[], usage=usage_of(last)))
-        yield SSE_DONE
-    finally:
-        if not stream.finished:
-            state.engine_loop.abort(rid)
+    return stream_sse(
+        state, stream, stop, chunk,
+        lambda usage: sse(ChatCompletionChunk(id=rid, model=model, choices=[], usage=usage)),
+        None if k is None else (lambda out, lo, hi: _logprobs(state, out, lo, hi, k)),
+        first=chunk("", role="assistant"), include_usage=include_usage)

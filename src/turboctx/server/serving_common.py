@@ -196,6 +196,39 @@ def sse_error(message: str, status: int) -> str:
     return f"data: {json.dumps(error_body(message, status))}\n\n"
 
 
+async def stream_sse(state: ServerState, stream: RequestStream, stop: list[str], chunk, usage_chunk,
+                     logprobs_of=None, first: str | None = None,
+                     include_usage: bool = False) -> AsyncIterator[str]:
+    """The SSE body of a streamed response, for both endpoints: `first` (if any), then a chunk per
+    engine update with the new text (past the stop holdback), the new tokens' logprobs
+    (`logprobs_of(output, start, end)`) and the finish reason; the usage chunk if asked; [DONE].
+    chunk(text, logprobs, finish) and usage_chunk(usage) build the endpoint's SSE lines. A request
+    whose client goes away mid-stream is aborted."""
+    held = TextHoldback(stop)
+    sent_tokens, last = 0, None
+    try:
+        if first is not None:
+            yield first
+        async for item in stream:
+            if isinstance(item, StreamError):
+                yield sse_error(item.message, item.status)
+                break
+            last = item
+            text = held.delta(item.text, item.finished)
+            n = len(item.token_ids)
+            lp = logprobs_of(item, sent_tokens, n) if logprobs_of is not None and n > sent_tokens else None
+            sent_tokens = n
+            finish = item.finish_reason if item.finished else None
+            if text or lp or finish:
+                yield chunk(text, lp, finish)
+        if include_usage and last is not None and last.finished:
+            yield usage_chunk(usage_of(last))
+        yield SSE_DONE
+    finally:
+        if not stream.finished:
+            state.engine_loop.abort(stream.request_id)
+
+
 class TextHoldback:
     """Streams a growing text without ever sending what may still change: a trailing partial UTF-8
     character ('\\ufffd') or a tail that could be the start of a stop string (it would be cut)."""

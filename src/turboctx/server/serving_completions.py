@@ -6,12 +6,12 @@ from typing import AsyncIterator
 from starlette.requests import Request as HTTPRequest
 
 from turboctx.engine.outputs import RequestOutput
-from turboctx.server.engine_loop import RequestStream, StreamError
+from turboctx.server.engine_loop import RequestStream
 from turboctx.server.errors import APIError
 from turboctx.server.protocol import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse
-from turboctx.server.serving_common import (SSE_DONE, ServerState, SSEResponse, TextHoldback, final_output,
-                                            refuse_unsupported, sampling_params, sse, sse_error, submit,
-                                            tokenize, top_sorted, usage_of)
+from turboctx.server.serving_common import (ServerState, SSEResponse, final_output, refuse_unsupported,
+                                            sampling_params, sse, stream_sse, submit, tokenize, top_sorted,
+                                            usage_of)
 
 
 def _single_prompt(prompt) -> str | list[int]:
@@ -71,34 +71,15 @@ async def create_completion(state: ServerState, body: CompletionRequest, http: H
         CompletionChoice(text=echo + out.text, logprobs=lp, finish_reason=out.finish_reason)])
 
 
-async def _stream(state: ServerState, body: CompletionRequest, stream: RequestStream, stop: list[str],
-                  lpb: _LogprobBuilder | None, echo: str, include_usage: bool) -> AsyncIterator[str]:
+def _stream(state: ServerState, body: CompletionRequest, stream: RequestStream, stop: list[str],
+            lpb: _LogprobBuilder | None, echo: str, include_usage: bool) -> AsyncIterator[str]:
     rid, model = stream.request_id, body.model
 
     def chunk(text: str, lp=None, finish=None) -> str:
         return sse(CompletionResponse(id=rid, model=model, choices=[
             CompletionChoice(text=text, logprobs=lp, finish_reason=finish)]))
 
-    held = TextHoldback(stop)
-    sent_tokens, last = 0, None
-    try:
-        if echo:
-            yield chunk(echo)
-        async for item in stream:
-            if isinstance(item, StreamError):
-                yield sse_error(item.message, item.status)
-                break
-            last = item
-            text = held.delta(item.text, item.finished)
-            n = len(item.token_ids)
-            lp = lpb.build(item, sent_tokens, n) if lpb and n > sent_tokens else None
-            sent_tokens = n
-            finish = item.finish_reason if item.finished else None
-            if text or lp or finish:
-                yield chunk(text, lp, finish)
-        if include_usage and last is not None and last.finished:
-            yield sse(CompletionResponse(id=rid, model=model, choices=[], usage=usage_of(last)))
-        yield SSE_DONE
-    finally:
-        if not stream.finished:
-            state.engine_loop.abort(rid)
+    return stream_sse(
+        state, stream, stop, chunk,
+        lambda usage: sse(CompletionResponse(id=rid, model=model, choices=[], usage=usage)),
+        lpb.build if lpb else None, first=chunk(echo) if echo else None, include_usage=include_usage)
