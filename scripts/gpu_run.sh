@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU measurements on the H200 machine (no network there; the package runs from src/).
-# usage: scripts/gpu_run.sh tests|bench|prefill-1m|decode|dca-cost   (JSON/PNG/logs under $OUT)
+# usage: scripts/gpu_run.sh tests|bench|prefill-1m|decode|dca-cost|dca-eval|sparse-eval|suite|ttft-sparse
+# (JSON/PNG/logs under $OUT; dca-eval, sparse-eval and suite need $GGUF: scripts/gpu_stage.sh)
 set -uo pipefail
 export PYTHONPATH="$PWD/src:$PWD/tests:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -26,21 +27,42 @@ case "${1:-tests}" in
       tb prefill --model random:qwen2.5-7b --lengths 128k --repeat 2 $d \
         --json "$OUT/prefill_7b_128k${d#--}.json" 2>&1 | tee -a "$OUT/dca_cost.log"
     done ;;
-  dca-eval)  # default model (GGUF=path): NLL by position over 64K tokens, passkey 8K-128K
-    RES=/root/res; mkdir -p $RES
+  dca-eval)  # default model (GGUF=path): NLL by position over 64K tokens, passkey 8K-128K (issue #4)
+    RES=/root/res/dca; mkdir -p $RES
     te() { timeout "$1" python3 -m turboctx.cli eval "${@:2}" --model "$GGUF" --device cuda; }
-    te 150 ppl --dtype float32 --lengths 64k --max-model-len 65600 --setting dca=false \
-      --setting dca=true,dca_chunk_size=8192,dca_local_size=1024,dca_yarn=false \
-      --setting dca=true,dca_chunk_size=8192,dca_local_size=1024,dca_yarn=true \
-      --setting dca=true,dca_chunk_size=6144,dca_local_size=512,dca_yarn=false \
-      --setting dca=true,dca_chunk_size=6144,dca_local_size=512,dca_yarn=true \
-      --out "$RES/ppl64k" 2>&1 | grep -v -i warn | tail -12
-    for s in "--no-dca" "--dca --dca-yarn false" "--dca --dca-yarn true"; do
-      te 100 passkey $s --dtype bfloat16 --max-model-len 132000 --lengths 8k,16k,32k,64k,128k \
-        --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --out "$RES/passkey_$(echo $s | tr -d ' -')" 2>&1 | \
-        grep -v -i warn | grep -v "sample/s" | tail -8
+    te 200 ppl --dtype float32 --lengths 64k --max-model-len 65600 --setting dca=false \
+      --setting dca=true,dca_yarn=false --setting dca=true \
+      --setting dca=true,dca_yarn_per_position=false --out "$RES/ppl64k" 2>&1 | grep -v -i warn | tail -14
+    for s in --no-dca --dca; do
+      te 230 passkey $s --dtype bfloat16 --max-model-len 132000 --lengths 8k,16k,32k,64k,128k \
+        --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --out "$RES/passkey${s#-}" 2>&1 | \
+        grep -v -i warn | grep -v "sample/s" | tail -9
     done
     tar czf "$OUT/dca_eval.tgz" -C $RES . ;;
+  sparse-eval)  # default model + DCA: calibration (heatmap), NLL sparse vs dense, passkey (issue #5)
+    RES=/root/res/sparse; mkdir -p $RES/cal
+    timeout 150 python3 -m turboctx.cli calibrate --model "$GGUF" --dca --length 32k --dtype float32 \
+      --device cuda --sparse-threshold 4096 --vertical-size 1000 --slash-size 2000 --out $RES/cal \
+      --plot $RES/cal/heatmap.png --json $RES/cal/calibration.json 2>&1 | grep -v -i warn | tail -12
+    timeout 200 python3 scripts/sparse_gpu.py fidelity --gguf "$GGUF" --out $RES/fid \
+      --budgets 1000x2000,300x600 --extra-config $RES/cal/sparse_attention_config.json 2>&1 | tail -14
+    timeout 150 python3 -m turboctx.cli eval passkey --model "$GGUF" --device cuda --dca \
+      --attention sparse --sparse-threshold 4096 --dtype bfloat16 --max-model-len 132000 \
+      --lengths 16k,32k,64k,128k --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 \
+      --out $RES/passkey_sparse 2>&1 | grep -v -i warn | grep -v "sample/s" | tail -8
+    tar czf "$OUT/sparse_eval.tgz" -C $RES . ;;
+  suite)  # issue #6: engine, HF and the server on the same prompts (resumes when rerun)
+    timeout "${SUITE_TIMEOUT:-420}" python3 scripts/eval_suite.py /root/suite --model "$GGUF" \
+      --device cuda --doc /root/suite/EVAL.md 2>&1 | grep -v -i warn | tail -25
+    tar czf "$OUT/suite.tgz" -C /root/suite . ;;
+  ttft-sparse)  # random:qwen2.5-7b, default budgets; LENGTHS / REPEAT, dense beside it via DENSE
+    timeout "${TTFT_TIMEOUT:-300}" python3 -m turboctx.cli bench prefill --model random:qwen2.5-7b \
+      --attention sparse --lengths "${LENGTHS:-1m}" --repeat "${REPEAT:-2}" \
+      --json "$OUT/prefill_7b_sparse_${LENGTHS:-1m}.json" 2>&1 | grep -v -i warn | tail -6
+    if [ -n "${DENSE:-}" ]; then
+      timeout 200 python3 -m turboctx.cli bench prefill --model random:qwen2.5-7b --attention dense \
+        --lengths "$DENSE" --repeat 2 --json "$OUT/prefill_7b_dense_$DENSE.json" 2>&1 | grep -v -i warn | tail -5
+    fi ;;
   sparse-speed)  # random:qwen2.5-7b, default budgets (1000 vertical / 6096 slash per head)
     timeout 170 python3 -m turboctx.cli bench prefill --model random:qwen2.5-7b --attention sparse --lengths 128k,256k,512k \
       --repeat 2 --json "$OUT/prefill_7b_sparse.json" 2>&1 | tee "$OUT/sparse.log" | tail -6

@@ -3,9 +3,11 @@
 # 64 MiB. Prepare here (once):
 #   scripts/gpu_stage.sh prepare       # .gpu/part-a* (the GGUF, split) and .whl/ (wheels)
 # Then two device calls made back to back (an idle machine is given back after ~30 s):
-#   call 1, carry [".gpu/part-aa"]:  source scripts/gpu_stage.sh first; ...
-#   call 2, carry [".whl", ".gpu/part-ab"]:  source scripts/gpu_stage.sh second; ...
-# After `second`, $GGUF is the default model's file and PYTHONPATH holds the wheels and src/.
+#   call 1, carry [".whl", ".gpu/part-ab"]:  source scripts/gpu_stage.sh stage; ...   (wheels now)
+#   call 2, carry [".gpu/part-aa"]:          source scripts/gpu_stage.sh stage; ...   (joins the GGUF)
+# `stage` installs carried wheels, keeps carried parts under /root/stage and joins the GGUF once
+# both parts are there; `env` only sets the variables (later calls on the same machine).
+# Then $GGUF is the default model's file and PYTHONPATH holds the wheels and src/.
 STAGE=/root/stage
 export GGUF=$STAGE/model.gguf PYTHONUNBUFFERED=1
 export PYTHONPATH="$STAGE/site:$PWD/src:$PWD/tests:${PYTHONPATH:-}"
@@ -22,12 +24,18 @@ case "${1:-}" in
       --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
       --platform manylinux2014_x86_64 -d .whl $WHEELS
     ls -la .gpu .whl ;;
-  first)
-    mkdir -p $STAGE && cp .gpu/part-aa $STAGE/ ;;
-  second)
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target $STAGE/site .whl/*.whl
-    cat $STAGE/part-aa .gpu/part-ab > $GGUF
-    echo "$SHA  $GGUF" | sha256sum -c - || { echo "GGUF parts did not join"; return 1 2>/dev/null || exit 1; } ;;
-  *) echo "usage: scripts/gpu_stage.sh prepare|first|second"; return 2 2>/dev/null || exit 2 ;;
+  stage|first|second)
+    mkdir -p $STAGE
+    if ls .whl/*.whl >/dev/null 2>&1 && [ ! -d $STAGE/site ]; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target $STAGE/site .whl/*.whl && echo "wheels installed"
+    fi
+    cp .gpu/part-* $STAGE/ 2>/dev/null
+    if [ -f $STAGE/part-aa ] && [ -f $STAGE/part-ab ] && [ ! -f $GGUF ]; then
+      cat $STAGE/part-aa $STAGE/part-ab > $GGUF
+      echo "$SHA  $GGUF" | sha256sum -c - || { rm -f $GGUF; echo "GGUF parts did not join"; }
+    fi
+    ls $STAGE ;;
+  env) ;;
+  *) echo "usage: scripts/gpu_stage.sh prepare|stage|env"; return 2 2>/dev/null || exit 2 ;;
 esac

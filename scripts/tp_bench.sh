@@ -2,7 +2,7 @@
 # Tensor-parallel prefill on 2 GPUs (issue #8, "what it must show" 2). Run from the repo root on the
 # 2 x H200 machine (the package runs from src/; worker ranks inherit PYTHONPATH and this environment).
 # usage: scripts/tp_bench.sh [all|check|7b|14b-dense|14b-sparse]   (JSON + logs under $OUT)
-#   check       2 GPUs visible; tp=2 gives tp=1's tokens on the default model (bf16, short prompt)
+#   check       2 GPUs visible; tp=2 gives tp=1's tokens and logprobs (random:qwen2.5-0.5b, fp32)
 #   7b          random:qwen2.5-7b at 128K, tp=1 then tp=2 (target: tp=2 >= 1.7x faster)
 #   14b-dense   random:qwen2.5-14b dense at 256K, tp=2
 #   14b-sparse  random:qwen2.5-14b sparse prefill at 1M, tp=2 (target: TTFT <= 60 s)
@@ -15,19 +15,20 @@ OUT=${OUT:-/tmp/out/tp}; mkdir -p "$OUT"
 tb() { python3 -m turboctx.cli bench prefill "$@"; }
 nvidia-smi --query-gpu=index,name,memory.total,memory.used --format=csv,noheader
 
-check() {
+check() {   # random weights (no model files on that machine), fp32, token ids as the prompt
   python3 - <<'EOF' 2>&1 | tee "$OUT/check.log"
 import torch
 from turboctx import LLM, SamplingParams
 assert torch.cuda.device_count() >= 2, f"{torch.cuda.device_count()} GPUs visible"
-sp = SamplingParams(max_tokens=32, temperature=0, logprobs=5, ignore_eos=True)
-prompt = "The history of the printing press begins"
-a = LLM(None, max_model_len=4096).generate(prompt, sp)[0]
+sp = SamplingParams(max_tokens=16, temperature=0, logprobs=5, ignore_eos=True)
+prompt = [(7 * i) % 50000 + 100 for i in range(3000)]
+kw = dict(max_model_len=4096, dtype="float32", prefill_chunk_size=1024)
+a = LLM("random:qwen2.5-0.5b", **kw).generate([prompt], sp, use_tqdm=False)[0]
 torch.cuda.empty_cache()
-with LLM(None, max_model_len=4096, tensor_parallel_size=2) as llm:
-    b = llm.generate(prompt, sp)[0]
+with LLM("random:qwen2.5-0.5b", tensor_parallel_size=2, **kw) as llm:
+    b = llm.generate([prompt], sp, use_tqdm=False)[0]
 diff = max(abs(x[t] - y[t]) for x, y in zip(a.logprobs, b.logprobs) for t in x if t in y)
-print("same tokens:", a.token_ids == b.token_ids, "| max logprob diff (bf16):", f"{diff:.3g}")
+print("same tokens:", a.token_ids == b.token_ids, "| max logprob diff (fp32, NCCL):", f"{diff:.3g}")
 EOF
 }
 

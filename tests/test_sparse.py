@@ -18,8 +18,9 @@ from turboctx.attention.sparse_blocks import (causal_entries, count_attended, kv
                                               query_blocks, slash_key_blocks, vertical_slash_mask)
 from turboctx.attention.sparse_config import (SparseConfig, load_sparse_attention_config,
                                               write_sparse_attention_config)
-from turboctx.attention.sparse_pattern import (VSPattern, diagonal_sums, estimate_vertical_slash,
-                                               select_vertical_slash, vertical_slash_scores_torch)
+from turboctx.attention.sparse_pattern import (VSPattern, block_diagonal_sums, estimate_vertical_slash,
+                                               forced_bands, select_vertical_slash,
+                                               vertical_slash_scores_torch)
 from turboctx.kv_cache import KVCache, SeqSlots
 from turboctx.models.layers import RotaryEmbedding, apply_rotary
 
@@ -72,7 +73,7 @@ def test_config_file_roundtrip_and_qwen_format(tmp_path):
 @pytest.mark.parametrize("kwargs, words", [
     (dict(threshold=0), "threshold"), (dict(block_size=0), "block_size"),
     (dict(block_size=48), "block_size"), (dict(estimator="cuda"), "estimator"),
-    (dict(local_diagonals=0), "local_diagonals"), (dict(kernel="triton"), "kernel"),
+    (dict(local_diagonals=0), "local_diagonals"), (dict(kernel="cuda"), "kernel"),
     (dict(head_budgets=[[(10, 0)]]), "layer 0 head 0"),
 ])
 def test_config_errors_say_what_to_change(kwargs, words):
@@ -82,13 +83,16 @@ def test_config_errors_say_what_to_change(kwargs, words):
 
 # ---------------------------------------------------------------- pattern estimation
 
-def test_diagonal_sums_brute_force():
-    p = torch.rand(3, 5, 17)
-    got = diagonal_sums(p, 10)
-    want = torch.zeros(3, 17)
-    for i in range(5):
-        for j in range(11 + i):
-            want[:, 10 + i - j] += p[:, i, j]
+@pytest.mark.parametrize("q_pos0, L, B", [(10, 5, 4), (13, 7, 16), (0, 9, 4)])
+def test_block_diagonal_sums_brute_force(q_pos0, L, B):
+    m = q_pos0 + L + 3
+    p = torch.rand(3, L, m, dtype=torch.float64)
+    p[:, torch.arange(m)[None, :] > q_pos0 + torch.arange(L)[:, None]] = 0     # causal, as softmax gives
+    got = block_diagonal_sums(p, q_pos0, B)
+    want = torch.zeros(3, (m + B - 1) // B, dtype=torch.float64)
+    for i in range(L):
+        for j in range(q_pos0 + i + 1):
+            want[:, (q_pos0 + i) // B - j // B] += p[:, i, j]
     torch.testing.assert_close(got, want)
 
 
@@ -102,7 +106,7 @@ def test_scores_brute_force(H, Hkv, m, L, B):
     s = s.masked_fill(torch.arange(m)[None, :] > pos[:, None], float("-inf"))
     p = torch.softmax(s, -1)
     torch.testing.assert_close(vert.double(), p.sum(1), atol=1e-5, rtol=1e-5)
-    d = (pos[:, None] - torch.arange(m)[None, :]).clamp(min=0) // B            # band of each entry
+    d = (pos[:, None] // B - torch.arange(m)[None, :] // B).clamp(min=0)      # block diagonal of each entry
     want = torch.zeros(H, (m + B - 1) // B, dtype=torch.float64)
     want.scatter_add_(1, d.flatten().expand(H, -1), p.flatten(1))
     torch.testing.assert_close(band.double(), want, atol=1e-5, rtol=1e-5)
@@ -121,32 +125,42 @@ def test_estimation_finds_planted_column_and_diagonal(H, Hkv):
         for i in range(L):
             pos = m - L + i
             q[i, h] = 8 * kv[pos - diags[h]] + 8 * kv[cols[h]]
+    # the diagonal's entries of the last L rows lie in two block diagonals (by the rows'
+    # in-block offsets); the one holding most of them beats everything else
+    pos = m - L + torch.arange(L)
     pat = estimate_vertical_slash(q, k, m - L, [(1, 2 * B)] * H, scale=1.0, block_size=B,
                                   sink_tokens=0, local_diagonals=1)
     for h in range(H):
         assert pat.vertical[h].tolist() == [cols[h]]
-        assert pat.bands[h].tolist() == [0, diags[h] // B]     # band 0 is always kept
-    # forced columns and bands are always there and count as part of larger budgets
+        t = pos // B - (pos - diags[h]) // B                    # block diagonal of each row's entry
+        counts = torch.bincount(t)
+        assert pat.bands[h][0] == 0                             # t = 0 is always kept
+        assert counts[pat.bands[h][1]] == counts.max()          # a tie may go either way
+    # forced columns and block diagonals are always there and count as part of larger budgets
     pat = estimate_vertical_slash(q, k, m - L, [(40, 120)] * H, scale=1.0, block_size=B,
                                   sink_tokens=30, local_diagonals=40)
     for h in range(H):
         vert, bands = pat.vertical[h].tolist(), pat.bands[h].tolist()
+        counts = torch.bincount(pos // B - (pos - diags[h]) // B)
         assert set(range(30)) <= set(vert) and cols[h] in vert and len(vert) == 40
-        assert {0, 1, 2} <= set(bands) and diags[h] // B in bands and len(bands) == 8
+        assert {0, 1, 2, 3} <= set(bands) and len(bands) == 8
+        assert max(counts[t] for t in bands if t < len(counts)) == counts.max()
 
 
-def test_selection_budgets_in_bands():
-    """s slash lines buy ceil(max(s, local) / B) bands; v columns max(v, sinks); clipped to m."""
+def test_selection_budgets_in_block_diagonals():
+    """s slash lines buy max(ceil(s / B), forced) block diagonals; v columns max(v, sinks);
+    clipped to m. forced: those holding the local diagonals for every row."""
+    assert [forced_bands(d, 64) for d in (1, 64, 65, 100, 129, 130)] == [1, 2, 2, 3, 3, 4]
     H, m, B = 3, 1000, 64
     g = torch.Generator().manual_seed(0)
     vert, band = torch.rand(H, m, generator=g), torch.rand(H, (m + B - 1) // B, generator=g)
     pat = select_vertical_slash(vert, band, [(0, 1), (100, 6096), (5000, 130)], block_size=B,
                                 sink_tokens=30, local_diagonals=100)
     assert [(pat.vertical[h] >= 0).sum().item() for h in range(H)] == [30, 100, 1000]
-    assert [(pat.bands[h] >= 0).sum().item() for h in range(H)] == [2, 16, 3]
+    assert [(pat.bands[h] >= 0).sum().item() for h in range(H)] == [3, 16, 3]
     for h in range(H):
         b = pat.bands[h][pat.bands[h] >= 0]
-        assert b[:2].tolist() == [0, 1] and bool((b.diff() > 0).all())
+        assert b[:3].tolist() == [0, 1, 2] and bool((b.diff() > 0).all())
 
 
 # ---------------------------------------------------------------- the attended set
@@ -163,22 +177,22 @@ def test_slash_key_blocks_match_definition():
         for h in range(H):
             bands = [b for b in pat.bands[h].tolist() if b >= 0]
             for t, a in enumerate(qa.tolist()):
-                want = sorted({a - b - e for b in bands for e in (0, 1)
-                               if kb_lo <= a - b - e < kb_hi and a - b - e <= a})
+                want = sorted({a - b for b in bands if kb_lo <= a - b < kb_hi})
                 got = [v for v in x[h, t].tolist() if v < (1 << 60)]
                 assert got == want
 
 
-def test_every_line_of_a_selected_band_is_attended():
+def test_every_entry_of_a_selected_block_diagonal_is_attended_and_nothing_else():
     H, B, start, n = 2, 16, 70, 90
     pat = _random_pattern(H, start + n, 1, 4, B, seed=5)
+    pat = VSPattern(torch.full((H, 1), -1), pat.bands, B)          # slash part alone
     mask = vertical_slash_mask(pat, n, start)
     for h in range(H):
-        for b in pat.bands[h][pat.bands[h] >= 0].tolist():
-            for d in range(b * B, (b + 1) * B):
-                for i in range(n):
-                    if start + i - d >= 0:
-                        assert mask[h, i, start + i - d]
+        sel = set(pat.bands[h][pat.bands[h] >= 0].tolist())
+        for i in range(n):
+            p = start + i
+            for j in range(start + n):
+                assert bool(mask[h, i, j]) == (j <= p and p // B - j // B in sel)
 
 
 @pytest.mark.parametrize("start, n, lo, hi, k0, k1", [

@@ -7,8 +7,9 @@ attended set intersected with that rectangle. DCA runs one call per part (a key 
 own query rotation) and merges the parts by log-sum-exp. Rows with nothing to attend in the
 rectangle get out 0, lse -inf.
 
-Paths: `portable` (pure torch, tiles bounded in memory; CPU and CI), `flex` (FlexAttention with
-BlockMasks from `BlockMask.from_kv_blocks`: never an n x m mask nor an [H, nqb, nkb] table),
+Paths: `triton` (one fused kernel, sparse_triton.py; the CUDA default), `portable` (pure torch,
+tiles bounded in memory; CPU and CI), `flex` (FlexAttention with BlockMasks from
+`BlockMask.from_kv_blocks`: never an n x m mask nor an [H, nqb, nkb] table),
 `reference_vertical_slash` (float64, explicit [H, n, m] mask through attention/reference.py).
 """
 from __future__ import annotations
@@ -223,8 +224,12 @@ def vertical_slash_attention_flex(q, k, v, pattern: VSPattern, *, start: int, sc
 
 def vertical_slash_attention(q, k, v, pattern: VSPattern, *, start: int, scale: float,
                              kernel: str = "auto", rows=None, keys=None):
-    """Dispatch: kernel 'flex' | 'portable' | 'auto' (flex on CUDA, portable elsewhere)."""
-    if kernel == "flex" or (kernel == "auto" and q.device.type == "cuda"):
+    """Dispatch: kernel 'triton' | 'flex' | 'portable' | 'auto' (triton on CUDA, else portable)."""
+    if kernel == "triton" or (kernel == "auto" and q.device.type == "cuda"):
+        from turboctx.attention.sparse_triton import vertical_slash_attention_triton
+        return vertical_slash_attention_triton(q, k, v, pattern, start=start, scale=scale,
+                                               rows=rows, keys=keys)
+    if kernel == "flex":
         return vertical_slash_attention_flex(q, k, v, pattern, start=start, scale=scale,
                                              rows=rows, keys=keys)
     return vertical_slash_attention_portable(q, k, v, pattern, start=start, scale=scale,

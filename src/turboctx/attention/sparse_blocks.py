@@ -4,11 +4,8 @@ explicit mask (what references take), and counted in closed form (density).
 Definition (B = pattern.block_size; positions absolute, keys 0 .. m-1, m = start + n):
   query row i of the chunk has position p_i = start + i and query block qa(i) = p_i // B;
   key j has key block j // B. Blocks are aligned to absolute positions, not to the chunk.
-  Slash: key block kb is selected for (head h, query block qa) iff qa - kb = b or qa - kb = b + 1
-    for a selected band b of h (band b = diagonals [b*B, (b+1)*B)). Every diagonal of the band
-    lies in those two blocks for every row of qa: p = qa*B + r, d = b*B + e (0 <= r, e < B) gives
-    key p - d in block qa - b - 1 (r < e) or qa - b (r >= e). So a band costs exactly 2 key
-    blocks per query block, half of them on its own lines.
+  Slash: key block kb is selected for (head h, query block qa) iff qa - kb = t for a selected
+    block diagonal t of h (pattern.bands[h]): one key block per query block each.
   Entry (i, j) of head h is attended iff j <= p_i and
     (j // B is selected for (h, qa(i))  or  j is in vertical[h]).
 Vertical columns are attended token by token from a compact gathered key set; the two parts are
@@ -39,9 +36,7 @@ def covered(bt: torch.Tensor, h, qa, kb):
     """Is key block kb selected for (head h, query block qa)? Broadcasts; bt from band_table."""
     t = qa - kb
     size = bt.shape[1]
-    in0 = (t >= 0) & (t < size)
-    in1 = (t >= 1) & (t <= size)
-    return (in0 & bt[h, t.clamp(0, size - 1)]) | (in1 & bt[h, (t - 1).clamp(0, size - 1)])
+    return (t >= 0) & (t < size) & bt[h, t.clamp(0, size - 1)]
 
 
 def query_blocks(start: int, lo: int, hi: int, B: int) -> tuple[int, int, int]:
@@ -55,17 +50,12 @@ def query_blocks(start: int, lo: int, hi: int, B: int) -> tuple[int, int, int]:
 def slash_key_blocks(bands: torch.Tensor, qa: torch.Tensor, kb_lo: int, kb_hi: int) -> torch.Tensor:
     """Selected key blocks per (head, query block), restricted to [kb_lo, kb_hi) and causal.
 
-    bands: [H, NB]; qa: [nqb] absolute query blocks -> [H, nqb, 2*NB] int64, ascending, each block
-    once, then _BIG. Computed from the band list directly: no [H, nqb, nkb] table.
+    bands: [H, NB] block diagonals (distinct, -1 pads); qa: [nqb] absolute query blocks ->
+    [H, nqb, NB] int64, ascending, then _BIG. From the band list directly: no [H, nqb, nkb] table.
     """
-    c = qa[None, :, None] - bands[:, None, :]                                  # [H, nqb, NB]
-    x = torch.stack((c - 1, c), -1).flatten(2)                                  # [H, nqb, 2NB]
-    ok = (bands >= 0).repeat_interleave(2, -1)[:, None, :] & (x >= kb_lo) & \
-        (x < kb_hi) & (x <= qa[None, :, None])
-    x = torch.where(ok, x, _BIG).sort(-1).values
-    dup = torch.zeros_like(ok)
-    dup[..., 1:] = x[..., 1:] == x[..., :-1]
-    return x.masked_fill_(dup, _BIG).sort(-1).values
+    x = qa[None, :, None] - bands[:, None, :]                                  # [H, nqb, NB]
+    ok = (bands >= 0)[:, None, :] & (x >= kb_lo) & (x < kb_hi)
+    return torch.where(ok, x, _BIG).sort(-1).values
 
 
 def as_kv_lists(x: torch.Tensor, take: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,10 +4,9 @@ Defaults follow MInference (arXiv 2407.02490, microsoft/MInference `vertical_and
 the Qwen2.5-1M serving code (vLLM's dual-chunk flash-attention backend, v0.8-v0.10):
 1000 vertical / 6096 slash lines per head, pattern estimated from the last 64 queries,
 the first 30 key columns and the 100 diagonals nearest the main one always kept, sparse only
-above 32768 tokens. Slash lines are selected in aligned bands of `block_size` (128) diagonals:
-6096 lines buy ceil(6096 / 128) = 48 bands, each computed as 2 key blocks per query block
-(sparse_pattern.py says why), i.e. at most 96 x 128 = 12288 keys per query, plus the 1000
-gathered vertical columns.
+above 32768 tokens. Slash lines are selected as block diagonals of `block_size` (128): 6096
+lines buy ceil(6096 / 128) = 48 of them, one key block per query block each (sparse_pattern.py
+says why), i.e. 6144 keys per query, plus the 1000 gathered vertical columns.
 
 `sparse_attention_config.json` (Qwen2.5-*-1M, MInference `best_pattern`): a JSON list with one
 entry per layer; each entry maps the query-head index (a string) to
@@ -33,10 +32,10 @@ class SparseConfig:
     vertical_size: int = 1000       # default key columns kept per head
     slash_size: int = 6096          # default diagonals kept per head
     last_q: int = 64                # queries of each chunk that estimate the pattern
-    block_size: int = 128           # kernel block and slash band width (queries x keys)
+    block_size: int = 128           # kernel block (queries x keys) = slash block-diagonal width
     sink_tokens: int = 30           # first key columns always kept
     local_diagonals: int = 100      # diagonals nearest the main one always kept
-    kernel: Literal["auto", "flex", "portable"] = "auto"   # auto: flex on CUDA, else portable
+    kernel: Literal["auto", "triton", "flex", "portable"] = "auto"   # auto: triton on CUDA, else portable
     estimator: Literal["auto", "triton", "torch"] = "auto"  # auto: triton on CUDA, else torch
     # head_budgets[layer][head] = (vertical_size, slash_size); None: the defaults everywhere
     head_budgets: list[list[Budget]] | None = field(default=None, repr=False)
@@ -51,8 +50,9 @@ class SparseConfig:
                 raise ValueError(f"SparseConfig.{name}={getattr(self, name)} must be >= 0")
         if self.local_diagonals < 1:
             raise ValueError("SparseConfig.local_diagonals must be >= 1: every query needs its own key")
-        if self.kernel not in ("auto", "flex", "portable"):
-            raise ValueError(f"SparseConfig.kernel={self.kernel!r}; use 'auto', 'flex' or 'portable'")
+        if self.kernel not in ("auto", "triton", "flex", "portable"):
+            raise ValueError(f"SparseConfig.kernel={self.kernel!r}; use 'auto', 'triton', 'flex' or "
+                             "'portable'")
         if self.estimator not in ("auto", "triton", "torch"):
             raise ValueError(f"SparseConfig.estimator={self.estimator!r}; use 'auto', 'triton' or 'torch'")
         if self.block_size not in (16, 32, 64, 128, 256):

@@ -7,7 +7,8 @@ log-sum-exp in torch -> lse [H, L] (base 2).
 Pass 2 (`_score_kernel`), grid (H, T): program (h, t) walks its run of BLOCK_N-key tiles,
 recomputes p = exp2(s - lse) with the causal mask, stores the column sums (vertical scores,
 [H, m] float32: each column written by exactly one program) and adds each tile's sums over the
-<= NBT bands of B diagonals it touches into band [H, nb] with atomics.
+<= NBT query blocks of the L queries into the block diagonals t = qa - kb of band [H, nb] with
+atomics (a tile of BLOCK_N <= B keys lies in one key block kb).
 Heads vary fastest in both grids, so the G query heads sharing a kv head run side by side and
 read the same keys through L2.
 Cost at 1M keys, 28 heads, L = 64, D = 128: 2 x 0.46 TFLOP of tl.dot and 2 x 1.9e9 exp2.
@@ -25,7 +26,9 @@ from turboctx.attention.decode_kernel import _upcast_dot
 from turboctx.attention.sparse_pattern import as_segments, num_bands
 
 LOG2E = 1.4426950408889634
-BLOCK_N, NUM_WARPS, NUM_STAGES = 128, 8, 2   # scripts/sparse_gpu.py --part micro sweeps them
+# H200, 64 queries x 1M keys x 28 heads (scripts/sparse_gpu.py micro sweeps them): BN=64, 4 warps,
+# 2 stages 6.4 ms; BN=128, 8 warps, 2 stages 12.7 ms.
+BLOCK_N, NUM_WARPS, NUM_STAGES = 64, 4, 2
 _SM_COUNT: dict[int, int] = {}
 
 
@@ -91,6 +94,7 @@ def _score_kernel(q_ptr, k_ptr, lse_ptr, vert_ptr, band_ptr,
         q = q.to(tl.float32)
     lse = tl.load(lse_ptr + h * BLOCK_L + offs_l)                               # base 2
     qpos = q_pos0 + offs_l
+    qa0 = q_pos0 // BAND
     first = k_lo // BLOCK_N + t * tiles_per_prog
     last = tl.minimum(first + tiles_per_prog, tl.cdiv(k_hi, BLOCK_N))
     k_base = k_ptr + kvh * stride_kh
@@ -108,11 +112,12 @@ def _score_kernel(q_ptr, k_ptr, lse_ptr, vert_ptr, band_ptr,
         ok = in_r[None, :] & (kk[None, :] <= qpos[:, None]) & l_ok[:, None]
         p = tl.where(ok, tl.exp2(x - lse[:, None]), 0.0)                       # [BL, BN]
         tl.store(vrow + kk, tl.sum(p, 0), mask=in_r)
-        b_lo = tl.maximum(q_pos0 - (n0 + BLOCK_N - 1), 0) // BAND
-        rel = tl.maximum(qpos[:, None] - kk[None, :], 0) // BAND - b_lo
+        kb = n0 // BAND
+        rel = qpos // BAND - qa0                                                # [BL] 0 .. NBT-1
         for j in tl.static_range(NBT):
-            c = tl.sum(tl.sum(tl.where(rel == j, p, 0.0), 1), 0)
-            tl.atomic_add(brow + b_lo + j, c, mask=b_lo + j < nb)
+            c = tl.sum(tl.sum(tl.where((rel == j)[:, None], p, 0.0), 1), 0)
+            t = qa0 + j - kb
+            tl.atomic_add(brow + t, c, mask=(t >= 0) & (t < nb))
 
 
 def _programs(device: torch.device) -> int:
@@ -135,8 +140,9 @@ def vertical_slash_scores_triton(q_last, k: torch.Tensor, q_pos0: int, *, scale:
     assert k.stride(2) == 1 and L <= 128 and q_pos0 + L <= m
     G, B, nb = H // Hkv, block_size, num_bands(m, block_size)
     BN = block_n or min(BLOCK_N, max(16, B))
+    assert B % BN == 0, f"block_n={BN} must divide the block size {B}"
     BL, BD = max(16, triton.next_power_of_2(L)), triton.next_power_of_2(D)
-    nbt = (BL + BN - 2) // B + 2
+    nbt = (q_pos0 + BL - 1) // B - q_pos0 // B + 1     # query blocks of the (padded) rows
     opts = dict(num_warps=num_warps or NUM_WARPS, num_stages=num_stages or NUM_STAGES)
     qk = scale * LOG2E
     up = _upcast_dot(k.dtype)

@@ -1,19 +1,24 @@
-"""Vertical-slash pattern estimation (MInference, arXiv 2407.02490, §3.2 / Alg. 1), in bands.
+"""Vertical-slash pattern estimation (MInference, arXiv 2407.02490, §3.2 / Alg. 1), in block
+diagonals.
 
 Per query head, the last `last_q` queries of a prefill chunk are scored against every key
-(cache + chunk) with the causal mask; softmax probabilities summed over those queries give
-  - a score per key column                       -> the top-v "vertical" columns (sinks, anchors);
-  - a score per diagonal d = query pos - key pos, summed over each aligned band of B consecutive
-    diagonals (band b = diagonals [b*B, (b+1)*B))  -> the top ceil(s / B) "slash" bands.
-The first `sink_tokens` columns and the bands holding the `local_diagonals` diagonals nearest the
-main one are always kept (vLLM dual-chunk backend / MInference: `vertical[..., :30] = inf`,
-`slash[..., -100:] = inf`).
+(cache + chunk) with the causal mask; their softmax probabilities, summed over those queries, give
+  - a score per key column                          -> the top-v "vertical" columns (sinks, anchors);
+  - a score per block diagonal t (the entries whose query block qa and key block kb, blocks of B
+    aligned to absolute positions, satisfy qa - kb = t)  -> the top ceil(s / B) "slash" block
+    diagonals.
+The first `sink_tokens` columns and the block diagonals holding the `local_diagonals` diagonals
+nearest the main one (t = 0 .. ceil((local_diagonals - 1) / B)) are always kept (vLLM dual-chunk
+backend / MInference: `vertical[..., :30] = inf`, `slash[..., -100:] = inf`).
 
-Why bands: a block kernel computes whole B x B blocks. With query blocks aligned to B, one band
-costs exactly two key blocks per query block (sparse_blocks.py), half of them on the band's own
-lines, whereas single diagonals picked one by one scatter over ~2 blocks *each*. A band is the
-selection granularity of the kernel, not a budget cut: `s` slash lines buy ceil(s / B) bands, and
-every line inside a selected band is computed anyway by any block kernel.
+Why block diagonals: a block kernel computes whole B x B blocks. A block diagonal is exactly one
+key block per query block, B keys per query: s slash lines buy ceil(s / B) of them, the same
+number of attended keys per query as s single lines. Lines picked one by one (or in bands of B
+lines) straddle two key blocks per query block and cost twice their budget whenever they scatter,
+as they do on random weights. The block-diagonal score is the attention mass of the scored
+queries inside it, so the choice maximizes their recall at block granularity; a strong single
+line at offset d lies in block diagonals floor(d / B) and floor(d / B) + 1, both scored high.
+(The field keeps MInference's word: `VSPattern.bands` holds the selected block diagonals.)
 
 Scores come from `vertical_slash_scores`: the torch reference here (two passes over [G, L, m]
 probabilities per kv head; CPU, CI, small sizes) or the fused Triton kernel
@@ -37,8 +42,8 @@ Segment = tuple[int, int, torch.Tensor]
 class VSPattern:
     """The selection of one chunk and layer. Key indices are absolute (0 = the first token)."""
     vertical: torch.Tensor   # [H, V] int64 key columns, ascending, -1 padded at the end
-    bands: torch.Tensor      # [H, NB] int64 slash bands, ascending, -1 padded at the end
-    block_size: int          # B: band width = block width of the kernels
+    bands: torch.Tensor      # [H, NB] int64 slash block diagonals t, ascending, -1 padded at the end
+    block_size: int          # B: block width of the kernels (queries and keys)
 
     @property
     def num_heads(self) -> int:
@@ -49,7 +54,7 @@ class VSPattern:
 
 
 def num_bands(m: int, block_size: int) -> int:
-    """Bands that can hold a diagonal of m keys (offsets 0 .. m-1)."""
+    """Block diagonals t = qa - kb that m keys can hold (t = 0 .. (m - 1) // B)."""
     return (m + block_size - 1) // block_size
 
 
@@ -83,7 +88,8 @@ def select_vertical_slash(vert: torch.Tensor, band: torch.Tensor, budgets: list[
     """vert: [H, m] column scores; band: [H, nb] band scores -> the pattern.
 
     budgets[h] = (v, s): head h keeps min(max(v, sink_tokens), m) columns and
-    min(ceil(max(s, local_diagonals) / B), nb) bands, the forced ones included.
+    min(max(ceil(s / B), forced), nb) block diagonals, the forced ones included
+    (forced = forced_bands(local_diagonals, B)).
     """
     H, m = vert.shape
     nb = band.shape[1]
@@ -91,10 +97,17 @@ def select_vertical_slash(vert: torch.Tensor, band: torch.Tensor, budgets: list[
     B = block_size
     vert, band = vert.clone(), band.clone()
     vert[:, :sink_tokens] = float("inf")
-    band[:, :(local_diagonals + B - 1) // B] = float("inf")
+    forced = forced_bands(local_diagonals, B)
+    band[:, :forced] = float("inf")
     nv = [min(max(v, sink_tokens), m) for v, _ in budgets]
-    ns = [min((max(s, local_diagonals) + B - 1) // B, nb) for _, s in budgets]
+    ns = [min(max((s + B - 1) // B, forced), nb) for _, s in budgets]
     return VSPattern(_top_sorted(vert, nv), _top_sorted(band, ns), B)
+
+
+def forced_bands(local_diagonals: int, block_size: int) -> int:
+    """Block diagonals t = 0 .. T-1 that hold diagonals 0 .. local_diagonals-1 for every row:
+    row r of a query block meets diagonal d in block diagonal ceil((d - r) / B) <= ceil(d / B)."""
+    return (max(local_diagonals, 1) - 1 + block_size - 1) // block_size + 1
 
 
 def as_segments(q_last: torch.Tensor | list[Segment], m: int) -> list[Segment]:
@@ -109,7 +122,7 @@ def vertical_slash_scores_torch(q_last: torch.Tensor | list[Segment], k: torch.T
     """Reference scores. q_last: [L, H, D] at positions q_pos0 .. q_pos0+L-1 (or segments);
     k: [Hkv, m, D] at positions 0 .. m-1, m >= q_pos0 + L.
     Returns vert [H, m] (column sums of the causal softmax over the L queries) and
-    band [H, nb] (sums over each band of B diagonals), float32."""
+    band [H, nb] (sums over each block diagonal t = qa - kb), float32."""
     Hkv, m, D = k.shape
     segs = as_segments(q_last, m)
     L, H, _ = segs[0][2].shape
@@ -125,22 +138,22 @@ def vertical_slash_scores_torch(q_last: torch.Tensor | list[Segment], k: torch.T
             s[:, :, lo:hi] = torch.matmul(qg, k[g, lo:hi].float().T) * scale
         p = torch.softmax(s.masked_fill_(future, float("-inf")), dim=-1)        # [G, L, m]
         verts.append(p.sum(1))
-        diag = diagonal_sums(p, q_pos0)                                          # [G, m]
-        bands.append(torch.nn.functional.pad(diag, (0, nb * B - m)).view(G, nb, B).sum(-1))
+        bands.append(block_diagonal_sums(p, q_pos0, B))
     return torch.cat(verts), torch.cat(bands)
 
 
-def diagonal_sums(p: torch.Tensor, q_pos0: int) -> torch.Tensor:
-    """p: [h, L, m] probabilities of queries at positions q_pos0.. -> [h, m]: sum over each
-    diagonal d (key = query position - d), d = 0..m-1 (MInference sum_all_diagonal_matrix)."""
+def block_diagonal_sums(p: torch.Tensor, q_pos0: int, B: int) -> torch.Tensor:
+    """p: [h, L, m] probabilities of queries at positions q_pos0.. -> [h, nb]: the sum over each
+    block diagonal t (entries with query block - key block = t, blocks of B aligned to 0)."""
     h, L, m = p.shape
-    assert q_pos0 + L <= m, "the last queries must see their own keys"
-    # Row i (position q_pos0 + i) holds diagonal d at column q_pos0 + i - d. Flipped, that is
-    # column e0 - i + d (e0 = m - 1 - q_pos0): a shear, read as one strided view of the padded rows.
-    x = torch.nn.functional.pad(p.flip(-1), (0, m)).contiguous()          # [h, L, 2m]
-    e0 = m - 1 - q_pos0
-    sheared = x.as_strided((h, L, m), (L * 2 * m, 2 * m - 1, 1), x.storage_offset() + e0)
-    return sheared.sum(1)
+    nb = num_bands(m, B)
+    blk = torch.nn.functional.pad(p, (0, nb * B - m)).view(h, L, nb, B).sum(-1)   # [h, L, nb]
+    out = torch.zeros(h, nb, dtype=p.dtype, device=p.device)
+    qa = (q_pos0 + torch.arange(L)) // B
+    for a in qa.unique().tolist():                        # <= (L - 1) // B + 2 query blocks
+        rows = blk[:, (qa == a).to(p.device)].sum(1)                          # [h, nb] by key block
+        out[:, :a + 1] += rows[:, :a + 1].flip(-1)                            # t = a - kb
+    return out
 
 
 def vertical_slash_scores(q_last, k, q_pos0: int, *, scale: float, block_size: int,
