@@ -58,10 +58,10 @@ case "${1:-tests}" in
   ttft-sparse)  # random:qwen2.5-7b, default budgets; LENGTHS / REPEAT, dense beside it via DENSE
     timeout "${TTFT_TIMEOUT:-300}" python3 -m turboctx.cli bench prefill --model random:qwen2.5-7b \
       --attention sparse --lengths "${LENGTHS:-1m}" --repeat "${REPEAT:-2}" \
-      --json "$OUT/prefill_7b_sparse_${LENGTHS:-1m}.json" 2>&1 | grep -v -i warn | tail -6
+      --json "$OUT/prefill_7b_sparse_$(echo "${LENGTHS:-1m}" | tr , _).json" 2>&1 | grep -v -i warn | tail -6
     if [ -n "${DENSE:-}" ]; then
       timeout 200 python3 -m turboctx.cli bench prefill --model random:qwen2.5-7b --attention dense \
-        --lengths "$DENSE" --repeat 2 --json "$OUT/prefill_7b_dense_$DENSE.json" 2>&1 | grep -v -i warn | tail -5
+        --lengths "$DENSE" --repeat 2 --json "$OUT/prefill_7b_dense_$(echo "$DENSE" | tr , _).json" 2>&1 | grep -v -i warn | tail -5
     fi ;;
   sparse-speed)  # random:qwen2.5-7b, default budgets (1000 vertical / 6096 slash per head)
     timeout 170 python3 -m turboctx.cli bench prefill --model random:qwen2.5-7b --attention sparse --lengths 128k,256k,512k \
