@@ -53,7 +53,7 @@ case "${1:-tests}" in
     tar czf "$OUT/sparse_eval.tgz" -C $RES . ;;
   suite)  # issue #6: engine, HF and the server on the same prompts (resumes when rerun)
     timeout "${SUITE_TIMEOUT:-420}" python3 scripts/eval_suite.py /root/suite --model "$GGUF" \
-      --device cuda --doc /root/suite/EVAL.md 2>&1 | grep -v -i warn | tail -25
+      --device cuda --batch-size "${SUITE_BATCH:-64}" --doc /root/suite/EVAL.md 2>&1 | grep -v -i warn | tail -25
     tar czf "$OUT/suite.tgz" -C /root/suite . ;;
   ttft-sparse)  # random:qwen2.5-7b, default budgets; LENGTHS / REPEAT, dense beside it via DENSE
     timeout "${TTFT_TIMEOUT:-300}" python3 -m turboctx.cli bench prefill --model random:qwen2.5-7b \

@@ -32,7 +32,8 @@ BLOCK_N, NUM_WARPS, NUM_STAGES = 64, 4, 2
 _SM_COUNT: dict[int, int] = {}
 
 
-@triton.jit
+# Positions and ranges change every call: not specialized (no recompiles per "% 16" pattern).
+@triton.jit(do_not_specialize=["q_pos0", "L", "k_lo", "k_hi", "split_len"])
 def _lse_kernel(q_ptr, k_ptr, part_ptr, stride_ql, stride_qh, stride_kh, stride_km,
                 qk_scale, q_pos0, L, k_lo, k_hi, split_len, G, D,
                 BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -73,7 +74,7 @@ def _lse_kernel(q_ptr, k_ptr, part_ptr, stride_ql, stride_qh, stride_kh, stride_
     tl.store(base + BLOCK_L + offs_l, l_i)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["q_pos0", "L", "k_lo", "k_hi", "m", "nb", "tiles_per_prog"])
 def _score_kernel(q_ptr, k_ptr, lse_ptr, vert_ptr, band_ptr,
                   stride_ql, stride_qh, stride_kh, stride_km,
                   qk_scale, q_pos0, L, k_lo, k_hi, m, nb, tiles_per_prog, G, D,

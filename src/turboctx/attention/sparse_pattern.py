@@ -16,8 +16,10 @@ key block per query block, B keys per query: s slash lines buy ceil(s / B) of th
 number of attended keys per query as s single lines. Lines picked one by one (or in bands of B
 lines) straddle two key blocks per query block and cost twice their budget whenever they scatter,
 as they do on random weights. The block-diagonal score is the attention mass of the scored
-queries inside it, so the choice maximizes their recall at block granularity; a strong single
-line at offset d lies in block diagonals floor(d / B) and floor(d / B) + 1, both scored high.
+queries inside it, so the choice maximizes their recall at block granularity. A single line at
+offset d lies in block diagonals ceil(d / B) and floor(d / B) (row r of a block meets it in
+ceil((d - r) / B)); the scored rows split its mass between the two by their offsets in the block,
+so a strong line may keep only its larger half when the budget is tight.
 (The field keeps MInference's word: `VSPattern.bands` holds the selected block diagonals.)
 
 Scores come from `vertical_slash_scores`: the torch reference here (two passes over [G, L, m]

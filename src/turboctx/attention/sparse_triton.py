@@ -60,7 +60,11 @@ def _step(acc, m_i, l_i, q, k, v, ok, qk_scale, MASKED: tl.constexpr,
     return acc, m_new, l_i
 
 
-@triton.jit
+# Integers that change from call to call are not specialized (Triton would otherwise compile a
+# variant per combination of "== 1" and "% 16 == 0" over them: DCA's key ranges and odd prompt
+# lengths made dozens).
+@triton.jit(do_not_specialize=["V", "CP", "CF", "nqb", "start", "lo", "hi", "pad", "k0", "k1",
+                               "kb_lo"])
 def _vs_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, vert_ptr, excl_ptr, vr_ptr,
                pn_ptr, pi_ptr, fn_ptr, fi_ptr,
                stride_qn, stride_qh, stride_kh, stride_km, stride_vh, stride_vm,
