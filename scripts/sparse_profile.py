@@ -11,6 +11,8 @@ Parts (each prints rows; one table last, JSON to --out/sparse_profile.json):
   triton     our single-kernel vertical-slash attention (sparse_triton.py) over its options,
              checked against the flex output
 Shapes: Qwen2.5-7B attention (28 query heads, 4 kv heads, D=128), default budgets (1000, 6096).
+Status: written in session 3 and smoke-run on the CPU only (where compiled FlexAttention does not
+run); its first GPU run is still to come.
 """
 from __future__ import annotations
 
