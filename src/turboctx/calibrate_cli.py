@@ -120,7 +120,7 @@ def calibrate(model: Annotated[Optional[str], typer.Option("--model", "-m", help
     path = write_sparse_attention_config(target, result.budgets, result.scores)
     typer.echo(f"wrote {path}")
     if plot:
-        plot_heatmaps(result, plot, f"{model or 'default model'}, {n} tokens")
+        plot_heatmaps(result, plot, f"{Path(model).name if model else 'default model'}, {n} tokens")
         typer.echo(f"wrote {plot}")
     if json_path:
         json_path.write_text(json.dumps({

@@ -61,7 +61,7 @@ def _fmt_len(n: int) -> str:
 
 
 def _save(plt, fig, path: str | Path) -> Path:
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97) if fig.get_suptitle() else None)   # room for a suptitle
     path = Path(path)
     fig.savefig(path, dpi=120)
     plt.close(fig)
