@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
@@ -30,38 +29,11 @@ from turboctx.attention.sparse_blocks import (band_table, causal_entries, count_
 from turboctx.attention.sparse_config import SparseConfig
 from turboctx.attention.sparse_pattern import estimate_vertical_slash
 
+import sparse_gpu                                  # scripts/: the timer and table of the GPU script
+from sparse_gpu import cuda_ms, table
+
 DEV, BF16 = torch.device("cuda"), torch.bfloat16
 H, HKV, D = 28, 4, 128
-
-
-def cuda_ms(fn, reps: int = 5, warm: int = 2) -> float:
-    for _ in range(warm):
-        fn()
-    out = []
-    if DEV.type != "cuda":          # --device cpu: a smoke run of this script
-        for _ in range(2):
-            t = time.perf_counter()
-            fn()
-            out.append((time.perf_counter() - t) * 1e3)
-        return statistics.median(out)
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        out.append(a.elapsed_time(b))
-    return statistics.median(out)
-
-
-def table(title: str, rows: list[dict]) -> None:
-    print(f"\n== {title}")
-    cols = list(dict.fromkeys(c for r in rows for c in r))
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
-    w = {c: max(len(c), *(len(fmt(r.get(c, ""))) for r in rows)) for c in cols}
-    print("  ".join(c.rjust(w[c]) for c in cols))
-    for r in rows:
-        print("  ".join(fmt(r.get(c, "")).rjust(w[c]) for c in cols), flush=True)
 
 
 def run(rows, what, fn, flops=None, **extra):
@@ -87,7 +59,7 @@ def main():
     ap.add_argument("--device", default="cuda", help="cpu: a smoke run at tiny sizes")
     a = ap.parse_args()
     global DEV
-    DEV = torch.device(a.device)
+    DEV = sparse_gpu.DEV = torch.device(a.device)
     parts = a.parts.split(",")
     n, m = a.chunk, a.context
     start = m - n
