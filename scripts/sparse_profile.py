@@ -25,7 +25,7 @@ import torch
 
 from turboctx.attention import sparse_attention as sa
 from turboctx.attention.sparse_blocks import (band_table, causal_entries, count_attended,
-                                              covered, kv_block_lists, query_blocks)
+                                              covered, kv_block_lists)
 from turboctx.attention.sparse_config import SparseConfig
 from turboctx.attention.sparse_pattern import estimate_vertical_slash
 
