@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU measurements on the H200 machine (no network there; the package runs from src/).
-# usage: scripts/gpu_run.sh tests|bench|prefill-1m|decode|dca-cost|dca-eval|sparse-eval|suite|ttft-sparse
-# (JSON/PNG/logs under $OUT; dca-eval, sparse-eval and suite need $GGUF: scripts/gpu_stage.sh)
+# usage: scripts/gpu_run.sh tests|bench|prefill-1m|decode|dca-cost|dca-eval|sparse-eval|sparse-passkey|
+#        suite|ttft-sparse   (JSON/PNG/logs under $OUT; the default-model modes need $GGUF: scripts/gpu_stage.sh)
 set -uo pipefail
 export PYTHONPATH="$PWD/src:$PWD/tests:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -9,7 +9,7 @@ tb() { python3 -m turboctx.cli bench "$@"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
 case "${1:-tests}" in
-  tests)
+  tests)     # every gpu-marked test; the server tests need the wheels of scripts/gpu_stage.sh
     python3 -m pytest -q -m gpu tests/ -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -15 ;;
   bench)
     tb prefill --model random:qwen2.5-7b --lengths 32k,128k,256k --repeat 2 --compare hf \
@@ -39,18 +39,20 @@ case "${1:-tests}" in
         grep -v -i warn | grep -v "sample/s" | tail -9
     done
     tar czf "$OUT/dca_eval.tgz" -C $RES . ;;
-  sparse-eval)  # default model + DCA: calibration (heatmap), NLL sparse vs dense, passkey (issue #5)
+  sparse-eval)  # default model + DCA: calibration (heatmap), then NLL sparse vs dense (issue #5)
     RES=/root/res/sparse; mkdir -p $RES/cal
-    timeout 150 python3 -m turboctx.cli calibrate --model "$GGUF" --dca --length 32k --dtype float32 \
+    timeout 240 python3 -m turboctx.cli calibrate --model "$GGUF" --dca --length 16k --dtype float32 \
       --device cuda --sparse-threshold 4096 --vertical-size 1000 --slash-size 2000 --out $RES/cal \
       --plot $RES/cal/heatmap.png --json $RES/cal/calibration.json 2>&1 | grep -v -i warn | tail -12
-    timeout 200 python3 scripts/sparse_gpu.py fidelity --gguf "$GGUF" --out $RES/fid \
-      --budgets 1000x2000,300x600 --extra-config $RES/cal/sparse_attention_config.json 2>&1 | tail -14
-    timeout 150 python3 -m turboctx.cli eval passkey --model "$GGUF" --device cuda --dca \
+    timeout 300 python3 scripts/sparse_gpu.py fidelity --gguf "$GGUF" --out $RES/fid \
+      --budgets 1000x2000,1000x5000 --extra-config $RES/cal/sparse_attention_config.json 2>&1 | tail -14
+    tar czf "$OUT/sparse_eval.tgz" -C $RES . ;;
+  sparse-passkey)  # passkey 16K-128K, DCA, sparse from 4096 tokens (dense DCA: dca-eval)
+    timeout 300 python3 -m turboctx.cli eval passkey --model "$GGUF" --device cuda --dca \
       --attention sparse --sparse-threshold 4096 --dtype bfloat16 --max-model-len 132000 \
       --lengths 16k,32k,64k,128k --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 \
-      --out $RES/passkey_sparse 2>&1 | grep -v -i warn | grep -v "sample/s" | tail -8
-    tar czf "$OUT/sparse_eval.tgz" -C $RES . ;;
+      --out /root/res/passkey_sparse 2>&1 | grep -v -i warn | grep -v "sample/s" | tail -8
+    tar czf "$OUT/passkey_sparse.tgz" -C /root/res/passkey_sparse . ;;
   suite)  # issue #6: engine, HF and the server on the same prompts (resumes when rerun)
     timeout "${SUITE_TIMEOUT:-420}" python3 scripts/eval_suite.py /root/suite --model "$GGUF" \
       --device cuda --batch-size "${SUITE_BATCH:-64}" --doc /root/suite/EVAL.md 2>&1 | grep -v -i warn | tail -25
