@@ -99,50 +99,34 @@ def main():
     ref = None
     if "flex" in parts:
         from torch.nn.attention.flex_attention import flex_attention
-        r = run(rows, "flex: engine call (slash + vertical + merge)", lambda: sa.vertical_slash_attention_flex(
+        run(rows, "flex: engine call (slash + vertical + merge)", lambda: sa.vertical_slash_attention_flex(
             q, k, v, pat, start=start, scale=scale), slash_flops + vert_flops)
         ref = sa.vertical_slash_attention_flex(q, k, v, pat, start=start, scale=scale)
-        bt = band_table(pat, m)
-        zero = torch.zeros((), dtype=torch.int64, device=DEV)
-
-        def slash_mask(b, h, q_idx, kv_idx):
-            p, j = q_idx + start, kv_idx + zero
-            return (j <= p) & covered(bt, h, p // B, j // B)
-        bm = sa._block_mask(pn, pi, fn_, fi, B, slash_mask, (n, m))
-        q4, k4, v4 = q.transpose(0, 1)[None], k[None], v[None]
+        f = sa.flex_inputs(q, k, v, pat, start=start)
         dyn = sa._flex_fn(True)
         run(rows, "flex slash alone (dynamic compile)", lambda: sa._flex_call(
-            dyn, q4, k4, v4, bm, scale, True, None), slash_flops)
+            dyn, f.q4, *f.slash_kv, f.slash_mask, scale, True, None), slash_flops)
         allf = sa._block_mask(torch.zeros_like(pn), torch.zeros_like(pi), pn + fn_,
-                              torch.cat([fi, pi], -1), B, slash_mask, (n, m))
+                              torch.cat([fi, pi], -1), B, f.slash_mask.mask_mod, (n, m))
         run(rows, "flex slash, every block full (no mask_mod)", lambda: sa._flex_call(
-            dyn, q4, k4, v4, allf, scale, True, None), slash_flops)
+            dyn, f.q4, *f.slash_kv, allf, scale, True, None), slash_flops)
         static = torch.compile(flex_attention, dynamic=False)
         run(rows, "flex slash, static compile", lambda: sa._flex_call(
-            static, q4, k4, v4, bm, scale, True, None), slash_flops)
+            static, f.q4, *f.slash_kv, f.slash_mask, scale, True, None), slash_flops)
         for opts in ({"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2},
                      {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
                      {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2},
                      {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}):
             run(rows, f"flex slash static {opts}", lambda: sa._flex_call(
-                static, q4, k4, v4, bm, scale, True, opts), slash_flops)
-        # the vertical call alone, as the engine builds it
-        t0 = time.time()
-        vert = torch.nn.functional.pad(pat.vertical, (0, vp - pat.vertical.shape[1]), value=-1)
-        vc = vert.clamp(min=0)
-        kvh = torch.arange(H, device=DEV) // (H // HKV)
-        kg, vg = k[kvh[:, None], vc][None], v[kvh[:, None], vc][None]
-        vblk = vc // B
-
-        def vert_mask(b, h, q_idx, kv_idx):
-            p, j = q_idx + start, vert[h, kv_idx]
-            return (j >= 0) & (j <= p) & ~covered(bt, h, p // B, vblk[h, kv_idx])
-        nvb = vp // B
-        vbm = sa._block_mask(torch.full((1, H, n // B), nvb, dtype=torch.int32, device=DEV),
-                             torch.arange(nvb, dtype=torch.int32, device=DEV).expand(1, H, n // B, nvb).contiguous(),
-                             None, None, B, vert_mask, (n, vp))
+                static, f.q4, *f.slash_kv, f.slash_mask, scale, True, opts), slash_flops)
         run(rows, "flex vertical alone (gathered, every block masked)", lambda: sa._flex_call(
-            dyn, q4, kg, vg, vbm, scale, False, None), vert_flops)
+            dyn, f.q4, *f.vert_kv, f.vert_mask, scale, False, None), vert_flops)
+        # the same with a precomputed coverage table in the mask_mod instead of band lookups
+        t0 = time.time()
+        bt = band_table(pat, m)
+        vert = torch.nn.functional.pad(pat.vertical, (0, vp - pat.vertical.shape[1]), value=-1)
+        vblk = vert.clamp(min=0) // B
+        nvb = vp // B
         excl = covered(bt, torch.arange(H, device=DEV)[:, None, None],
                        (start // B + torch.arange(n // B, device=DEV))[None, :, None], vblk[:, None, :])
         ok_tab = (vert >= 0)[:, None, :] & ~excl                                  # [H, nqb, vp]
@@ -153,7 +137,7 @@ def main():
                               torch.arange(nvb, dtype=torch.int32, device=DEV).expand(1, H, n // B, nvb).contiguous(),
                               None, None, B, vert_mask2, (n, vp))
         run(rows, "flex vertical, coverage table mask", lambda: sa._flex_call(
-            dyn, q4, kg, vg, vbm2, scale, False, None), vert_flops)
+            dyn, f.q4, *f.vert_kv, vbm2, scale, False, None), vert_flops)
         print(f"(vertical set-up {time.time() - t0:.1f} s incl. compiles)")
 
     if "triton" in parts:

@@ -14,6 +14,8 @@ tiles bounded in memory; CPU and CI), `flex` (FlexAttention with BlockMasks from
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from turboctx.attention.kernels import merge_attention
@@ -166,16 +168,40 @@ def vertical_slash_attention_flex(q, k, v, pattern: VSPattern, *, start: int, sc
     keys are the view from block k0 // B. Slash part: key blocks strictly below the diagonal and
     inside [k0, k1) are "full" (no mask_mod evaluated); the diagonal and edge blocks are partial.
     Vertical part: the columns gathered per query head into [H, Vp] keys, every block partial.
-    The mask_mods encode the whole set too, because eager flex_attention ignores block lists.
-    Offsets reach the mask_mods as tensors, so a compiled kernel serves every chunk.
+    Two calls (inputs from `flex_inputs`), merged by log-sum-exp.
     """
-    n, H, D = q.shape
-    Hkv, m, _ = k.shape
-    lo, hi, k0, k1 = _restrict(n, start, rows, keys)
     B, dev = pattern.block_size, q.device
     compiled = dev.type == "cuda" if compiled is None else compiled
     kopts = {"BLOCK_M": B, "BLOCK_N": B} if (compiled and dev.type == "cuda" and B < 128) else None
     fn = _flex_fn(compiled)
+    f = flex_inputs(q, k, v, pattern, start=start, rows=rows, keys=keys)
+    ob, lb = _flex_call(fn, f.q4, *f.slash_kv, f.slash_mask, scale, q.shape[1] != k.shape[0], kopts)
+    ov, lv = _flex_call(fn, f.q4, *f.vert_kv, f.vert_mask, scale, False, kopts)
+    sl = f.rows
+    out, lse = merge_attention(ob[0, :, sl].transpose(0, 1), lb[0, :, sl].transpose(0, 1).float(),
+                               ov[0, :, sl].transpose(0, 1), lv[0, :, sl].transpose(0, 1).float())
+    return out.to(q.dtype), lse
+
+
+@dataclass
+class FlexInputs:
+    """What the two FlexAttention calls of one chunk take (see flex_inputs)."""
+    q4: torch.Tensor              # [1, H, nq, D] rows, front-padded to the block boundary
+    slash_kv: tuple               # ([1, Hkv, keys, D], same) the key view from block k0 // B
+    slash_mask: object            # BlockMask over it
+    vert_kv: tuple                # ([1, H, Vp, D], same) vertical columns gathered per query head
+    vert_mask: object             # BlockMask over them
+    rows: slice                   # the real rows of q4's third axis
+
+
+def flex_inputs(q, k, v, pattern: VSPattern, *, start: int, rows=None, keys=None) -> FlexInputs:
+    """Query view, key views and BlockMasks of both parts (the set of sparse_blocks.py restricted
+    to rows x keys). Offsets reach the mask_mods as tensors, so a compiled kernel serves every
+    chunk; the mask_mods encode the whole set too, because eager flex_attention ignores block lists."""
+    n, H, D = q.shape
+    Hkv, m, _ = k.shape
+    lo, hi, k0, k1 = _restrict(n, start, rows, keys)
+    B, dev = pattern.block_size, q.device
     qa0, nqb, pad = query_blocks(start, lo, hi, B)
     kb_lo = k0 // B
     pn, pi, fn_, fi = kv_block_lists(pattern, start, lo, hi, k0, k1)
@@ -194,9 +220,6 @@ def vertical_slash_attention_flex(q, k, v, pattern: VSPattern, *, start: int, sc
         rows_q = torch.nn.functional.pad(rows_q, (0, 0, 0, 0, pad, 0))
     nq = rows_q.shape[0]
     bm = _block_mask(pn, pi, fn_, fi, B, slash_mask, (nq, k1 - kb_lo * B))
-    q4 = rows_q.transpose(0, 1)[None]
-    kv = (k[None, :, kb_lo * B:k1], v[None, :, kb_lo * B:k1])
-    ob, lb = _flex_call(fn, q4, *kv, bm, scale, H != Hkv, kopts)
 
     # vertical columns, padded to whole blocks with -1
     V = pattern.vertical.shape[1]
@@ -204,7 +227,6 @@ def vertical_slash_attention_flex(q, k, v, pattern: VSPattern, *, start: int, sc
     vert = torch.nn.functional.pad(pattern.vertical, (0, Vp - V), value=-1)    # [H, Vp]
     vc = vert.clamp(min=0)
     kvh = torch.arange(H, device=dev) // (H // Hkv)
-    kg, vg = k[kvh[:, None], vc][None], v[kvh[:, None], vc][None]             # [1, H, Vp, D]
     vblk = vc // B
 
     def vert_mask(b, h, q_idx, kv_idx):
@@ -214,12 +236,12 @@ def vertical_slash_attention_flex(q, k, v, pattern: VSPattern, *, start: int, sc
     nvb = Vp // B
     vn = torch.full((1, H, nqb), nvb, dtype=torch.int32, device=dev)
     vi = torch.arange(nvb, dtype=torch.int32, device=dev).expand(1, H, nqb, nvb).contiguous()
-    vbm = _block_mask(vn, vi, None, None, B, vert_mask, (nq, Vp))
-    ov, lv = _flex_call(fn, q4, kg, vg, vbm, scale, False, kopts)
-    sl = slice(pad, pad + hi - lo)
-    out, lse = merge_attention(ob[0, :, sl].transpose(0, 1), lb[0, :, sl].transpose(0, 1).float(),
-                               ov[0, :, sl].transpose(0, 1), lv[0, :, sl].transpose(0, 1).float())
-    return out.to(q.dtype), lse
+    return FlexInputs(
+        q4=rows_q.transpose(0, 1)[None],
+        slash_kv=(k[None, :, kb_lo * B:k1], v[None, :, kb_lo * B:k1]), slash_mask=bm,
+        vert_kv=(k[kvh[:, None], vc][None], v[kvh[:, None], vc][None]),          # [1, H, Vp, D]
+        vert_mask=_block_mask(vn, vi, None, None, B, vert_mask, (nq, Vp)),
+        rows=slice(pad, pad + hi - lo))
 
 
 def vertical_slash_attention(q, k, v, pattern: VSPattern, *, start: int, scale: float,

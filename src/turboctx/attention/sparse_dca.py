@@ -36,6 +36,13 @@ def merged_parts(plan) -> list[tuple[int, int, int, int, int]]:
     return [tuple(p) for p in out]
 
 
+def _from_sparse(name: str, settable: bool = False) -> property:
+    """Attribute `name` of the wrapped SparseAttentionBackend (`self.sparse`)."""
+    def put(self, value):
+        setattr(self.sparse, name, value)
+    return property(lambda self: getattr(self.sparse, name), put if settable else None)
+
+
 class DCASparseAttentionBackend(DCAAttentionBackend):
     name = "dca+sparse"
 
@@ -46,33 +53,12 @@ class DCASparseAttentionBackend(DCAAttentionBackend):
         self.sparse = SparseAttentionBackend(rotary, head_dim, sparse_config, timing=timing,
                                              record_recall=record_recall)
 
-    @property
-    def stats(self):
-        return self.sparse.stats
-
-    @property
-    def config(self) -> SparseConfig:
-        return self.sparse.config
-
-    @property
-    def timing(self) -> bool:
-        return self.sparse.timing
-
-    @timing.setter
-    def timing(self, on: bool) -> None:
-        self.sparse.timing = on
-
-    @property
-    def record_recall(self) -> bool:
-        return self.sparse.record_recall
-
-    @record_recall.setter
-    def record_recall(self, on: bool) -> None:
-        self.sparse.record_recall = on
-
-    @property
-    def last_pattern(self):
-        return self.sparse.last_pattern
+    # the wrapped sparse backend's state, seen through this one (timing and recall switchable)
+    stats = _from_sparse("stats")
+    config = _from_sparse("config")
+    last_pattern = _from_sparse("last_pattern")
+    timing = _from_sparse("timing", settable=True)
+    record_recall = _from_sparse("record_recall", settable=True)
 
     def reset_stats(self) -> None:
         self.sparse.reset_stats()
