@@ -1,5 +1,5 @@
-"""DCA + sparse prefill: selection at continuous positions, attention at DCA positions, against
-the float64 DCA reference restricted to the attended set."""
+"""DCA + sparse prefill: selection at DCA positions (or continuous ones), attention at DCA
+positions, against the float64 DCA reference restricted to the attended set."""
 from __future__ import annotations
 
 import pytest
@@ -27,20 +27,23 @@ def test_merged_parts_join_adjacent_key_ranges():
             assert flat[:start + i + 1] == list(range(start + i + 1))
 
 
-CASES = [  # H, Hkv, D, chunk_size, local, prefill chunks, block, yarn
-    (7, 1, 64, 48, 16, [100, 93], 16, False),     # boundaries inside DCA chunks, 7:1
-    (6, 2, 64, 40, 8, [64, 64, 71], 16, True),     # chunk edges on DCA edges, 3:1, YaRN
-    (6, 2, 128, 64, 0, [150, 61], 32, False),      # no local window, odd lengths
+CASES = [  # H, Hkv, D, chunk_size, local, prefill chunks, block, yarn, selection
+    (7, 1, 64, 48, 16, [100, 93], 16, False, "dca"),        # boundaries inside DCA chunks, 7:1
+    (6, 2, 64, 40, 8, [64, 64, 71], 16, True, "dca"),        # chunk edges on DCA edges, 3:1, YaRN
+    (6, 2, 128, 64, 0, [150, 61], 32, False, "dca"),         # no local window, odd lengths
+    (6, 2, 64, 40, 8, [64, 64, 71], 16, True, "continuous"),
+    (7, 1, 64, 48, 16, [100, 93], 16, False, "continuous"),
 ]
 
 
-@pytest.mark.parametrize("H, Hkv, D, cs, local, chunks, B, yarn", CASES)
-def test_dca_sparse_backend_equals_reference(H, Hkv, D, cs, local, chunks, B, yarn):
+@pytest.mark.parametrize("H, Hkv, D, cs, local, chunks, B, yarn, selection", CASES)
+def test_dca_sparse_backend_equals_reference(H, Hkv, D, cs, local, chunks, B, yarn, selection):
     total = sum(chunks)
     rotary = RotaryEmbedding(D, theta=500.0)
     dca = DCAConfig(cs, local, cs, yarn_scaling=yarn)
     sparse = SparseConfig(threshold=chunks[0] + 1, vertical_size=12, slash_size=3 * B, last_q=32,
-                          block_size=B, sink_tokens=3, local_diagonals=B, kernel="portable")
+                          block_size=B, sink_tokens=3, local_diagonals=B, kernel="portable",
+                          dca_selection=selection)
     backend = DCASparseAttentionBackend(rotary, D, dca, sparse, record_recall=True)
     g = torch.Generator().manual_seed(total)
     q, k, v = (torch.randn(total, h, D, generator=g) for h in (H, Hkv, Hkv))
@@ -58,7 +61,7 @@ def test_dca_sparse_backend_equals_reference(H, Hkv, D, cs, local, chunks, B, ya
             pat = backend.last_pattern
             mask = vertical_slash_mask(pat, n, start)
             assert mask.sum() < H * causal_entries(n, start)
-            _check_selection_is_continuous(backend, q[:m] * mult[0].item(), k[:m], rotary, start, n)
+            _check_selection(backend, q[:m] * mult[0].item(), k[:m], rotary, start, n)
         want, _ = reference_dca_attention(q[start:m], k[:m], v[:m], torch.arange(start, m),
                                           torch.arange(m), cs, local, rotary.inv_freq, D ** -0.5,
                                           rotary.attention_scaling, mult, mask=mask)
@@ -70,18 +73,42 @@ def test_dca_sparse_backend_equals_reference(H, Hkv, D, cs, local, chunks, B, ya
     assert rec.shape == (len(chunks) - 1, H) and bool(((rec > 0) & (rec <= 1 + 1e-5)).all())
 
 
-def _check_selection_is_continuous(backend, q, k, rotary, start, n):
-    """The scores the backend selected from equal ordinary attention scores at true positions."""
+def _dca_query_position(p: int, j: int, cfg) -> int:
+    """The rotary position DCA gives query p against key j (keys sit at j % chunk_len)."""
+    cl = cfg.chunk_len
+    cq, ck, r = p // cl, j // cl, p % cl
+    if ck == cq:
+        return r
+    if ck == cq - 1 and r < cfg.local_size:
+        return r + cl
+    return cfg.chunk_size - 1
+
+
+def _check_selection(backend, q, k, rotary, start, n):
+    """The scores the backend selected from equal, entry by entry, the softmax of the last
+    queries at DCA positions ('dca') or ordinary attention at true positions ('continuous')."""
     m = start + n
-    L = backend.config.last_q
-    cos, sin = rotary.cos_sin(torch.arange(m), torch.float32)
-    qr, kr = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin).transpose(0, 1)
-    B = backend.config.block_size
-    want = vertical_slash_scores_torch(qr[m - L:], kr, m - L, scale=backend.scale, block_size=B)
+    L, B, scale = backend.config.last_q, backend.config.block_size, backend.scale
     cache_keys = apply_rotary(k, *rotary.cos_sin(torch.arange(m) % backend.cfg.chunk_len,
-                                                  torch.float32)).transpose(0, 1)
+                                                  torch.float32)).transpose(0, 1)   # [Hkv, m, D]
     segs = backend.selection_segments(q[start:], start, m)
-    got = vertical_slash_scores_torch(segs, cache_keys, m - L, scale=backend.scale, block_size=B)
+    got = vertical_slash_scores_torch(segs, cache_keys, m - L, scale=scale, block_size=B)
+    if backend.config.dca_selection == "continuous":
+        cos, sin = rotary.cos_sin(torch.arange(m), torch.float32)
+        qr, kr = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin).transpose(0, 1)
+        want = vertical_slash_scores_torch(qr[m - L:], kr, m - L, scale=scale, block_size=B)
+    else:   # one (query, key) product at a time, from the position rule written out above
+        H, G = q.shape[1], q.shape[1] // k.shape[1]
+        s = torch.full((H, L, m), float("-inf"))
+        for i, p in enumerate(range(m - L, m)):
+            for j in range(p + 1):
+                cos, sin = rotary.cos_sin(torch.tensor([_dca_query_position(p, j, backend.cfg)]),
+                                          torch.float32)
+                qp = apply_rotary(q[p:p + 1], cos, sin)[0]                            # [H, D]
+                s[:, i, j] = (qp * cache_keys[:, j].repeat_interleave(G, 0)).sum(-1) * scale
+        p_ = torch.softmax(s, -1)
+        from turboctx.attention.sparse_pattern import block_diagonal_sums
+        want = (p_.sum(1), block_diagonal_sums(p_, m - L, B))
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 

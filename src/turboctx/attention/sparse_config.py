@@ -37,6 +37,9 @@ class SparseConfig:
     local_diagonals: int = 100      # diagonals nearest the main one always kept
     kernel: Literal["auto", "triton", "flex", "portable"] = "auto"   # auto: triton on CUDA, else portable
     estimator: Literal["auto", "triton", "torch"] = "auto"  # auto: triton on CUDA, else torch
+    # with DCA: the positions the pattern is selected at (sparse_dca.py): "dca" = those the
+    # attention uses, "continuous" = true positions
+    dca_selection: Literal["dca", "continuous"] = "dca"
     # head_budgets[layer][head] = (vertical_size, slash_size); None: the defaults everywhere
     head_budgets: list[list[Budget]] | None = field(default=None, repr=False)
     head_scores: list[list[float]] | None = field(default=None, repr=False)
@@ -55,6 +58,9 @@ class SparseConfig:
                              "'portable'")
         if self.estimator not in ("auto", "triton", "torch"):
             raise ValueError(f"SparseConfig.estimator={self.estimator!r}; use 'auto', 'triton' or 'torch'")
+        if self.dca_selection not in ("dca", "continuous"):
+            raise ValueError(f"SparseConfig.dca_selection={self.dca_selection!r}; use 'dca' or "
+                             "'continuous'")
         if self.block_size not in (16, 32, 64, 128, 256):
             raise ValueError(f"SparseConfig.block_size={self.block_size} must be one of 16, 32, 64, "
                              "128, 256 (a kernel tile)")

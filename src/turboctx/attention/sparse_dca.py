@@ -1,13 +1,23 @@
 """DCA + vertical-slash sparse prefill (the Qwen2.5-1M recipe, GUIDE §2).
 
-Selection uses continuous positions; attention uses DCA positions:
-  - The cache holds keys rotated at their in-chunk offset r = j % chunk_len (dca.py). For keys
-    of DCA chunk c, a query rotated at p - c * chunk_len gives exactly the product of q and k
-    rotated at their true positions p and j. So the pattern is estimated per DCA chunk (a key
-    segment, sparse_pattern.Segment) with the last queries rotated accordingly, one softmax over
-    all segments: the scores are those of ordinary attention at continuous positions.
-  - The attended set (sparse_blocks.py) is then intersected with each DCA part (a key range
-    with its own query rotation, dca.plan_parts) and the parts are merged by log-sum-exp.
+The cache holds keys rotated at their in-chunk offset r = j % chunk_len (dca.py); each DCA part
+(a key range with its own query rotation, dca.plan_parts) is an attention of its own.
+  - Selection: the pattern is estimated per DCA chunk of keys (a key segment,
+    sparse_pattern.Segment) with the last queries rotated per segment, one softmax over all
+    segments. `SparseConfig.dca_selection` picks the rotation:
+      "dca" (default): each (query, key chunk) pair at the position its DCA part attends with
+        (intra r, successive r + chunk_len inside the local window, else chunk_size - 1), so the
+        estimator scores exactly the attention that will be computed;
+      "continuous": at p - c * chunk_len, the scores of ordinary attention at true positions
+        (GUIDE §2's wording). Past the trained length those are distances the model never saw,
+        and its retrieval heads do not fire there: on the default model (trained to 8K),
+        continuous selection lost every passkey that dense DCA found at 16K-32K and cost
+        +0.08 nats at 16-32K at budgets (1000, 5000); DCA selection found the same passkeys as
+        dense and cost +0.011 (H200, docs/SPARSE.md).
+    (vLLM's dual-chunk backend selects with intra / succ at true distances and older chunks at
+    r + chunk_size: between the two.)
+  - Attention: the attended set (sparse_blocks.py) is intersected with each DCA part and the
+    parts are merged by log-sum-exp.
 Sequences below the sparse threshold, and decode steps, run plain DCA.
 """
 from __future__ import annotations
@@ -96,14 +106,20 @@ class DCASparseAttentionBackend(DCAAttentionBackend):
         return out.to(q.dtype)
 
     def selection_segments(self, q: torch.Tensor, start: int, m: int):
-        """The last queries, rotated per DCA chunk of keys so that scores are continuous-position
-        scores: [(key_lo, key_hi, q_last [L, H, D])]."""
-        cl = self.cfg.chunk_len
+        """The last queries, rotated per DCA chunk of keys (see the module doc, dca_selection):
+        [(key_lo, key_hi, q_last [L, H, D])] covering keys [0, m)."""
+        cfg, cl = self.cfg, self.cfg.chunk_len
         L = min(self.config.last_q, q.shape[0])
-        pos = torch.arange(m - L, m, device=q.device)
+        pos = torch.arange(m - L, m, device=q.device)                               # [L]
+        r, cq = pos % cl, pos // cl
         segs = []
         for c in range((m + cl - 1) // cl):
-            cos, sin = self.rotary.cos_sin(pos - c * cl, q.dtype)
+            if self.config.dca_selection == "continuous":
+                qpos = pos - c * cl
+            else:   # the rotation of the DCA part that attends (row, key chunk c); c > cq: masked
+                succ = (r < cfg.local_size) & (c == cq - 1)
+                qpos = torch.where(c >= cq, r, torch.where(succ, r + cl, cfg.chunk_size - 1))
+            cos, sin = self.rotary.cos_sin(qpos, q.dtype)
             segs.append((c * cl, min(m, (c + 1) * cl), apply_rotary(q[-L:], cos, sin)))
         return segs
 
