@@ -39,20 +39,29 @@ case "${1:-tests}" in
         grep -v -i warn | grep -v "sample/s" | tail -9
     done
     tar czf "$OUT/dca_eval.tgz" -C $RES . ;;
-  sparse-eval)  # default model + DCA: calibration (heatmap), then NLL sparse vs dense (issue #5)
+  sparse-eval)  # default model + DCA: calibration (heatmap), then NLL of its file against the dense
+    # row measured in session 4 (docs/results/sparse_eval_s4: dense and fixed budgets) (issue #5)
     RES=/root/res/sparse; mkdir -p $RES/cal
     timeout 240 python3 -m turboctx.cli calibrate --model "$GGUF" --dca --length 16k --dtype float32 \
       --device cuda --sparse-threshold 4096 --vertical-size 1000 --slash-size 2000 --out $RES/cal \
       --plot $RES/cal/heatmap.png --json $RES/cal/calibration.json 2>&1 | grep -v -i warn | tail -12
-    timeout 300 python3 scripts/sparse_gpu.py fidelity --gguf "$GGUF" --out $RES/fid \
-      --budgets 1000x2000,1000x5000 --extra-config $RES/cal/sparse_attention_config.json 2>&1 | tail -14
+    timeout 150 python3 scripts/sparse_gpu.py fidelity --gguf "$GGUF" --out $RES/fid --budgets 1000x5000 \
+      --dense-json docs/results/sparse_eval_s4/fidelity_continuous/sparse_fidelity.json \
+      --extra-config $RES/cal/sparse_attention_config.json 2>&1 | tail -12
     tar czf "$OUT/sparse_eval.tgz" -C $RES . ;;
-  sparse-passkey)  # passkey 16K-128K, DCA, sparse from 4096 tokens (dense DCA: dca-eval)
-    timeout 300 python3 -m turboctx.cli eval passkey --model "$GGUF" --device cuda --dca \
-      --attention sparse --sparse-threshold 4096 --dtype bfloat16 --max-model-len 132000 \
-      --lengths 16k,32k,64k,128k --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 \
-      --out /root/res/passkey_sparse 2>&1 | grep -v -i warn | grep -v "sample/s" | tail -8
-    tar czf "$OUT/passkey_sparse.tgz" -C /root/res/passkey_sparse . ;;
+  sparse-passkey)  # DCA, sparse from 4096 tokens, default budgets: passkey 64K-128K (16K-32K are in
+    # docs/results/sparse_eval_s4), then the RULER needle tasks at 16K sparse and dense
+    PK="--model $GGUF --device cuda --dca --dtype bfloat16 --max-model-len 132000"
+    timeout 250 python3 -m turboctx.cli eval passkey $PK --attention sparse --sparse-threshold 4096 \
+      --lengths 64k,128k --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --out /root/res/passkey_sparse 2>&1 | \
+      grep -v -i warn | grep -v "sample/s" | tail -8
+    for a in dense sparse; do
+      thr=""; [ $a = sparse ] && thr="--sparse-threshold 4096"
+      timeout 140 python3 -m turboctx.cli eval ruler $PK --attention $a $thr --lengths 16k --samples 20 \
+        --tasks niah_single_1,niah_single_2,niah_multikey_1,niah_multivalue,niah_multiquery \
+        --out /root/res/ruler16k_$a 2>&1 | grep -v -i warn | grep -v "sample/s" | tail -10
+    done
+    tar czf "$OUT/passkey_sparse.tgz" -C /root/res passkey_sparse ruler16k_dense ruler16k_sparse ;;
   suite)  # issue #6: engine, HF and the server on the same prompts (resumes when rerun)
     timeout "${SUITE_TIMEOUT:-420}" python3 scripts/eval_suite.py /root/suite --model "$GGUF" \
       --device cuda --batch-size "${SUITE_BATCH:-64}" --doc /root/suite/EVAL.md 2>&1 | grep -v -i warn | tail -25
