@@ -101,3 +101,32 @@ def test_bench_prefill_reports_density_and_estimation(folder, tmp_path):
     assert row["engine"] == "turboctx+sparse" and 0 < row["density"] <= 1
     assert row["estimate_s"] > 0 and 0 < row["estimate_fraction"] < 1
     assert row["sparse_chunk_layers"] == LAYERS * 2 and row["dense_chunk_layers"] == LAYERS
+
+
+def test_cli_commands_take_a_budgets_file_and_dca(tmp_path, monkeypatch, capsys):
+    """`turboctx generate --attention sparse --sparse-config FILE --dca` reaches the engine
+    (a GGUF's folder is never searched, so the flag is how a calibrated file is used); a budgets
+    file with dense attention is a clear error."""
+    from typer.testing import CliRunner
+
+    import turboctx.cli as cli
+    layers, heads = 30, 9                      # the default model (it has a tokenizer)
+    f = write_sparse_attention_config(tmp_path / "b.json", [[(7, 200)] * heads] * (layers - 1)
+                                      + [[(9, 300)] * heads])
+    seen = {}
+
+    def spy(**kw):
+        seen["llm"] = real(**kw)
+        return seen["llm"]
+    real = cli.load_llm
+    monkeypatch.setattr(cli, "load_llm", spy)
+    base = ["generate", "hello", "--device", "cpu", "--max-tokens", "2", "--max-model-len", "256"]
+    r = CliRunner().invoke(cli.app, base + ["--attention", "sparse", "--sparse-config", str(f), "--dca"])
+    assert r.exit_code == 0, r.output
+    backend = seen["llm"].engine.backend
+    assert isinstance(backend, DCASparseAttentionBackend)
+    assert backend.config.budgets(layers - 1, heads) == [(9, 300)] * heads
+    monkeypatch.setattr("sys.argv", ["turboctx"] + base + ["--sparse-config", str(f)])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code != 0 and "attention='dense'" in capsys.readouterr().err

@@ -119,6 +119,9 @@ def calibrate(model: Annotated[Optional[str], typer.Option("--model", "-m", help
         target.mkdir(parents=True, exist_ok=True)
     path = write_sparse_attention_config(target, result.budgets, result.scores)
     typer.echo(f"wrote {path}")
+    if not (model and Path(model).is_dir() and path.resolve() == (Path(model) / path.name).resolve()):
+        # only an HF folder's own file is read by itself (a GGUF's folder may hold other models)
+        typer.echo(f"use it with: --attention sparse --sparse-config {path}", err=True)
     if plot:
         plot_heatmaps(result, plot, f"{Path(model).name if model else 'default model'}, {n} tokens")
         typer.echo(f"wrote {plot}")

@@ -26,15 +26,19 @@ TensorParallel = Annotated[int, typer.Option("--tensor-parallel-size", min=1, he
 Attention = Annotated[str, typer.Option(help="dense | sparse | auto: vertical-slash prefill once the "
                                              "sequence reaches --sparse-threshold (auto: on GPUs only)")]
 SparseThreshold = Annotated[Optional[int], typer.Option(help="tokens; sparse prefill from this length on (default 32768)")]
+SparseConfigFile = Annotated[Optional[Path], typer.Option("--sparse-config", help="per-head sparse budgets (sparse_attention_config.json, e.g. from `turboctx calibrate`); default: the file beside HF weights, else 1000 vertical / 6096 slash")]
+Dca = Annotated[Optional[bool], typer.Option("--dca/--no-dca", help="Dual Chunk Attention: prompts past the trained length (default: as the model's config says)")]
 
 
 def engine_kwargs(model, device, dtype, max_model_len, prefill_chunk_size, attention="dense",
-                  sparse_threshold=None, tensor_parallel_size=1) -> dict:
+                  sparse_threshold=None, tensor_parallel_size=1, dca=None, sparse_config=None) -> dict:
     kw = dict(model=model, device=device, dtype=dtype, max_model_len=max_model_len,
               prefill_chunk_size=prefill_chunk_size, attention=attention,
               tensor_parallel_size=tensor_parallel_size)
-    if sparse_threshold is not None:
-        kw["sparse_threshold"] = sparse_threshold
+    for name, value in (("sparse_threshold", sparse_threshold), ("dca", dca),
+                        ("sparse_config", sparse_config)):
+        if value is not None:
+            kw[name] = str(value) if isinstance(value, Path) else value
     return kw
 
 
@@ -83,12 +87,14 @@ def generate(prompt: Annotated[Optional[str], typer.Argument(help="the prompt te
              max_tokens: MaxTokens = 64, temperature: Temperature = 0.0, seed: Seed = None,
              logprobs: Annotated[Optional[int], typer.Option(help="top-k logprobs per token (with --json)")] = None,
              attention: Attention = "dense", sparse_threshold: SparseThreshold = None,
+             sparse_config: SparseConfigFile = None, dca: Dca = None,
              tensor_parallel_size: TensorParallel = 1, as_json: AsJson = False):
     """Continue a prompt (no chat template)."""
     text = _read_prompt(prompt, prompt_file)
     params = _params(max_tokens, temperature, seed, logprobs)
     with load_llm(**engine_kwargs(model, device, dtype, max_model_len, prefill_chunk_size,
-                                  attention, sparse_threshold, tensor_parallel_size)) as llm:
+                                  attention, sparse_threshold, tensor_parallel_size, dca,
+                                  sparse_config)) as llm:
         _stream_print(llm, text, params, chat=False, as_json=as_json)
 
 
@@ -99,12 +105,14 @@ def ask(question: Annotated[str, typer.Argument(help="the question about the doc
         max_model_len: MaxModelLen = None, prefill_chunk_size: ChunkSize = None,
         max_tokens: MaxTokens = 256, temperature: Temperature = 0.0, seed: Seed = None,
         attention: Attention = "dense", sparse_threshold: SparseThreshold = None,
+        sparse_config: SparseConfigFile = None, dca: Dca = None,
         tensor_parallel_size: TensorParallel = 1, as_json: AsJson = False):
     """Answer a question about a whole document (chat template applied)."""
     doc = _read_file(file)
     params = _params(max_tokens, temperature, seed)
     with load_llm(**engine_kwargs(model, device, dtype, max_model_len, prefill_chunk_size,
-                                  attention, sparse_threshold, tensor_parallel_size)) as llm:
+                                  attention, sparse_threshold, tensor_parallel_size, dca,
+                                  sparse_config)) as llm:
         prompt = llm.chat_prompt([{"role": "user", "content": f"{doc}\n\nQuestion: {question}"}])
         _stream_print(llm, prompt, params, chat=True, as_json=as_json)
 
@@ -115,11 +123,13 @@ def chat(model: Model = None, device: Device = None, dtype: Dtype = None,
          max_tokens: MaxTokens = 512, temperature: Temperature = 0.7, seed: Seed = None,
          system: Annotated[Optional[str], typer.Option(help="system prompt")] = None,
          attention: Attention = "dense", sparse_threshold: SparseThreshold = None,
+         sparse_config: SparseConfigFile = None, dca: Dca = None,
          tensor_parallel_size: TensorParallel = 1):
     """Interactive chat on the terminal (/exit or Ctrl-D to leave, /reset to clear)."""
     params = _params(max_tokens, temperature, seed)
     with load_llm(**engine_kwargs(model, device, dtype, max_model_len, prefill_chunk_size,
-                                  attention, sparse_threshold, tensor_parallel_size)) as llm:
+                                  attention, sparse_threshold, tensor_parallel_size, dca,
+                                  sparse_config)) as llm:
         _chat_loop(llm, params, system)
 
 

@@ -48,8 +48,9 @@ def sparse_config(e: EngineConfig, options: dict, model_dir: str | None,
     chunk's end reaches sparse_threshold (default 32768), on any device; dense below it and for
     decode. attention='auto': the same on CUDA, where the kernels pay; dense on the CPU (there the
     sparse path is the slow reference-grade one, kept for tests).
-    Budgets: sparse_attention_config.json beside the weights (Qwen2.5-*-1M ship one) or the
-    sparse_config file option, else 1000 vertical / 6096 slash lines per head."""
+    Budgets: the sparse_config file option, else sparse_attention_config.json inside an HF
+    weights folder (Qwen2.5-*-1M ship one; a GGUF's folder is not searched: it may hold other
+    models), else 1000 vertical / 6096 slash lines per head."""
     threshold = options.get("sparse_threshold")
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int)
                                   or threshold < 1):

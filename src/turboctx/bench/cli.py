@@ -57,6 +57,7 @@ def prefill(model: Annotated[str, typer.Option("--model", "-m")] = "random:qwen2
             device: Optional[str] = None, dtype: Optional[str] = None,
             attention: Annotated[str, typer.Option(help="dense | sparse | auto (sparse: vertical-slash from --sparse-threshold on)")] = "dense",
             sparse_threshold: Annotated[Optional[int], typer.Option(help="tokens; default 32768")] = None,
+            sparse_config: Annotated[Optional[Path], typer.Option("--sparse-config", help="per-head sparse budgets (sparse_attention_config.json)")] = None,
             dca: Annotated[Optional[bool], typer.Option("--dca/--no-dca")] = None,
             prefill_chunk_size: Optional[int] = None,
             compare: Annotated[Optional[str], typer.Option(help="'hf': HF transformers in the same run")] = None,
@@ -77,7 +78,8 @@ def prefill(model: Annotated[str, typer.Option("--model", "-m")] = "random:qwen2
     ns = parse_sizes(lengths)
     if compare not in (None, "hf"):
         raise typer.BadParameter(f"--compare {compare!r}: only 'hf' is supported")
-    extra = _dca_flags(dca) | ({} if sparse_threshold is None else {"sparse_threshold": sparse_threshold})
+    extra = _dca_flags(dca) | ({} if sparse_threshold is None else {"sparse_threshold": sparse_threshold}) \
+        | ({} if sparse_config is None else {"sparse_config": str(sparse_config)})
 
     def make_llm(n):
         return _setup(model, device, dtype, n + 16, attention, prefill_chunk_size, extra,

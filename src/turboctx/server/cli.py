@@ -26,11 +26,14 @@ def served_names(model: str | None, engine, served_model_name: list[str] | None)
 
 def build_engine(model, *, device=None, dtype=None, max_model_len=None, prefill_chunk_size=None,
                  kv_cache_tokens=None, max_num_seqs=64, attention="dense", dca=None,
-                 enable_prefix_caching=True, sparse_threshold=None, tensor_parallel_size=1):
+                 enable_prefix_caching=True, sparse_threshold=None, tensor_parallel_size=1,
+                 sparse_config=None):
     from turboctx.engine.llm_engine import LLMEngine
     extra = {} if dca is None else {"dca": dca}
     if sparse_threshold is not None:
         extra["sparse_threshold"] = sparse_threshold
+    if sparse_config is not None:
+        extra["sparse_config"] = str(sparse_config)
     if tensor_parallel_size != 1:
         extra["tensor_parallel_size"] = tensor_parallel_size
     return LLMEngine(model, device=device, dtype=dtype, max_model_len=max_model_len,
@@ -51,6 +54,7 @@ def serve(model: Annotated[Optional[str], typer.Option("--model", "-m", help="HF
           dca: Annotated[Optional[bool], typer.Option("--dca/--no-dca", help="Dual Chunk Attention (default: as the model's config says)")] = None,
           attention: Annotated[str, typer.Option(help="dense | sparse | auto: vertical-slash prefill from --sparse-threshold on (auto: on GPUs only)")] = "dense",
           sparse_threshold: Annotated[Optional[int], typer.Option(help="tokens; sparse prefill from this length on (default 32768)")] = None,
+          sparse_config: Annotated[Optional[Path], typer.Option("--sparse-config", help="per-head sparse budgets (sparse_attention_config.json, e.g. from `turboctx calibrate`)")] = None,
           max_num_seqs: Annotated[int, typer.Option(min=1, help="requests decoded together")] = 64,
           kv_cache_tokens: Annotated[Optional[int], typer.Option(help="KV-cache size in tokens (default: from free memory)")] = None,
           prefill_chunk_size: Annotated[Optional[int], typer.Option(help="prefill tokens per step")] = None,
@@ -73,7 +77,7 @@ def serve(model: Annotated[Optional[str], typer.Option("--model", "-m", help="HF
                           prefill_chunk_size=prefill_chunk_size, kv_cache_tokens=kv_cache_tokens,
                           max_num_seqs=max_num_seqs, attention=attention, dca=dca,
                           enable_prefix_caching=prefix_caching, sparse_threshold=sparse_threshold,
-                          tensor_parallel_size=tensor_parallel_size)
+                          tensor_parallel_size=tensor_parallel_size, sparse_config=sparse_config)
     try:
         _run_server(engine, model, served_model_name, host, port, api_key, max_waiting, max_body_bytes,
                     shutdown_timeout, log_level)
