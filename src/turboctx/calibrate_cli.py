@@ -89,7 +89,7 @@ def calibrate(model: Annotated[Optional[str], typer.Option("--model", "-m", help
 
     from turboctx import LLM
     from turboctx.attention.calibrate import calibrate as run_calibration, plot_heatmaps
-    from turboctx.attention.sparse_config import write_sparse_attention_config
+    from turboctx.attention.sparse_config import CONFIG_FILENAME, write_sparse_attention_config
     from turboctx.eval.common import parse_size
     n = parse_size(length)
     extra = {k: v for k, v in dict(dca=dca, dca_chunk_size=dca_chunk_size,
@@ -119,7 +119,7 @@ def calibrate(model: Annotated[Optional[str], typer.Option("--model", "-m", help
         target.mkdir(parents=True, exist_ok=True)
     path = write_sparse_attention_config(target, result.budgets, result.scores)
     typer.echo(f"wrote {path}")
-    if not (model and Path(model).is_dir() and path.resolve() == (Path(model) / path.name).resolve()):
+    if not (model and Path(model).is_dir() and path.resolve() == (Path(model) / CONFIG_FILENAME).resolve()):
         # only an HF folder's own file is read by itself (a GGUF's folder may hold other models)
         typer.echo(f"use it with: --attention sparse --sparse-config {path}", err=True)
     if plot:

@@ -155,6 +155,15 @@ def plan_parts(cfg: DCAConfig, start: int, n: int) -> list[tuple[int, int, int, 
     return parts
 
 
+def query_positions(cfg: DCAConfig, pos: torch.Tensor):
+    """Rotary positions of queries at absolute positions `pos` in each DCA part (keys sit at
+    j % chunk_len): (intra, successive, inter), each shaped like pos. Only rows with
+    r = pos % chunk_len < local_size attend the previous chunk as successive (plan_parts), so the
+    paper's clamp at chunk_size - 1 never binds there."""
+    r = pos % cfg.chunk_len
+    return r, (r + cfg.chunk_len).clamp(max=cfg.chunk_size - 1), torch.full_like(pos, cfg.chunk_size - 1)
+
+
 class DCAAttentionBackend(AttentionBackend):
     name = "dca"
 
@@ -163,12 +172,10 @@ class DCAAttentionBackend(AttentionBackend):
         self.scale = head_dim ** -0.5
 
     def prepare(self, batch: AttentionBatch, dtype: torch.dtype) -> None:
-        cfg, cl = self.cfg, self.cfg.chunk_len
+        cfg = self.cfg
         pos = batch.positions
-        r = pos % cl
-        # Only rows with r < local_size use it, so the paper's clamp at chunk_size - 1 never binds.
-        succ_pos = (r + cl).clamp(max=cfg.chunk_size - 1)
-        inter_pos = torch.full((1,), cfg.chunk_size - 1, dtype=pos.dtype, device=pos.device)
+        r, succ_pos, inter_pos = query_positions(cfg, pos)
+        inter_pos = inter_pos[:1]
         plans = [plan_parts(cfg, s.start_pos, s.num_new) for s in batch.seqs]
         kinds = {p[2] for plan in plans for p in plan}
         seq_lens = batch.extras.get(SEQ_LENS_KEY)

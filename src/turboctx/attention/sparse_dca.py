@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from turboctx.attention.dca import INTRA, DCAAttentionBackend, DCAConfig
+from turboctx.attention.dca import INTRA, DCAAttentionBackend, DCAConfig, query_positions
 from turboctx.attention.kernels import merge_attention
 from turboctx.attention.sparse import SparseAttentionBackend, _Clock, dense_lse
 from turboctx.attention.sparse_attention import vertical_slash_attention
@@ -111,14 +111,15 @@ class DCASparseAttentionBackend(DCAAttentionBackend):
         cfg, cl = self.cfg, self.cfg.chunk_len
         L = min(self.config.last_q, q.shape[0])
         pos = torch.arange(m - L, m, device=q.device)                               # [L]
-        r, cq = pos % cl, pos // cl
+        intra, succ, inter = query_positions(cfg, pos)
+        cq = pos // cl
         segs = []
         for c in range((m + cl - 1) // cl):
             if self.config.dca_selection == "continuous":
                 qpos = pos - c * cl
-            else:   # the rotation of the DCA part that attends (row, key chunk c); c > cq: masked
-                succ = (r < cfg.local_size) & (c == cq - 1)
-                qpos = torch.where(c >= cq, r, torch.where(succ, r + cl, cfg.chunk_size - 1))
+            else:   # the part that attends (row, key chunk c), as plan_parts; c > cq: masked
+                near = (intra < cfg.local_size) & (c == cq - 1)
+                qpos = torch.where(c >= cq, intra, torch.where(near, succ, inter))
             cos, sin = self.rotary.cos_sin(qpos, q.dtype)
             segs.append((c * cl, min(m, (c + 1) * cl), apply_rotary(q[-L:], cos, sin)))
         return segs
