@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU measurements on the H200 machine (no network there; the package runs from src/).
-# usage: scripts/gpu_run.sh tests|bench|prefill-1m|decode|dca-cost|dca-eval|sparse-eval|sparse-passkey|
+# usage: scripts/gpu_run.sh tests|bench|prefill-1m|decode|dca-cost|dca-eval|sparse-eval|sparse-passkey|sparse-diag|sparse-paired|
 #        suite|ttft-sparse   (JSON/PNG/logs under $OUT; the default-model modes need $GGUF: scripts/gpu_stage.sh)
 set -uo pipefail
 export PYTHONPATH="$PWD/src:$PWD/tests:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
@@ -49,6 +49,15 @@ case "${1:-tests}" in
       --dense-json docs/results/sparse_eval_s4/fidelity_continuous/sparse_fidelity.json \
       --extra-config $RES/cal/sparse_attention_config.json 2>&1 | tail -12
     tar czf "$OUT/sparse_eval.tgz" -C $RES . ;;
+  sparse-diag)  # default model + DCA, bf16: dense and sparse prefill time per length (where the
+    # eval time of sparse goes), and how many Triton kernels were compiled on the way
+    for a in dense sparse; do
+      thr=""; [ $a = sparse ] && thr="--sparse-threshold 4096"
+      timeout 150 python3 -m turboctx.cli bench prefill --model "$GGUF" --dca --dtype bfloat16 \
+        --attention $a $thr --lengths ${LENGTHS:-16k,64k,128k} --repeat 2 \
+        --json "$OUT/prefill_default_$a.json" 2>&1 | grep -v -i warn | tail -7
+    done
+    echo "triton kernels compiled: $(find ~/.triton/cache -name '*.cubin' 2>/dev/null | wc -l)" ;;
   sparse-passkey)  # DCA, sparse from 4096 tokens, default budgets: passkey 64K-128K (16K-32K are in
     # docs/results/sparse_eval_s4), then the RULER needle tasks at 16K sparse and dense
     PK="--model $GGUF --device cuda --dca --dtype bfloat16 --max-model-len 132000"
@@ -62,6 +71,24 @@ case "${1:-tests}" in
         --out /root/res/ruler16k_$a 2>&1 | grep -v -i warn | grep -v "sample/s" | tail -10
     done
     tar czf "$OUT/passkey_sparse.tgz" -C /root/res passkey_sparse ruler16k_dense ruler16k_sparse ;;
+  sparse-paired)  # many paired samples (same prompts, dense then sparse from 4096, DCA selection,
+    # default budgets or SPARSE_CONFIG), batched; then the paired difference (issue #5: "within 2
+    # points", about 800 pairs at the ~8% discordance seen). SEED / TRIALS / SAMPLES / RES per call.
+    RES=${RES:-/root/res/paired}; mkdir -p $RES
+    PK="--model $GGUF --device cuda --dca --dtype bfloat16 --max-model-len 34000 --batch-size ${BATCH:-32}"
+    D="--depths 0.05,0.15,0.25,0.35,0.45,0.55,0.65,0.75,0.85,0.95"
+    for a in dense sparse; do
+      x=""; [ $a = sparse ] && x="--sparse-threshold 4096 ${SPARSE_CONFIG:+--sparse-config $SPARSE_CONFIG}"
+      timeout ${PK_TIMEOUT:-130} python3 -m turboctx.cli eval passkey $PK --attention $a $x $D \
+        --lengths 16k,32k --trials ${TRIALS:-5} --seed ${SEED:-3} --out $RES/passkey_$a 2>&1 | \
+        grep -v -i warn | tr '\r' '\n' | grep -v "sample/s" | tail -4
+      timeout ${RULER_TIMEOUT:-130} python3 -m turboctx.cli eval ruler $PK --attention $a $x --lengths 16k \
+        --samples ${SAMPLES:-40} --seed ${SEED:-3} --tasks niah_single_2,niah_multikey_1,niah_multivalue \
+        --out $RES/ruler_$a 2>&1 | grep -v -i warn | tr '\r' '\n' | grep -v "sample/s" | tail -6
+    done
+    python3 -m turboctx.cli eval paired --a $RES/passkey_dense --b $RES/passkey_sparse \
+      --a $RES/ruler_dense --b $RES/ruler_sparse --json $RES/paired.json
+    tar czf "$OUT/paired.tgz" -C $RES . ;;
   suite)  # issue #6: engine, HF and the server on the same prompts (resumes when rerun)
     timeout "${SUITE_TIMEOUT:-420}" python3 scripts/eval_suite.py /root/suite --model "$GGUF" \
       --device cuda --batch-size "${SUITE_BATCH:-64}" --doc /root/suite/EVAL.md 2>&1 | grep -v -i warn | tail -25

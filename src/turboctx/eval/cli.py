@@ -308,3 +308,45 @@ def ppl(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[bool]
     Console().print(table)
     p = nll_by_position(results, out / "ppl.png", title=f"NLL by position, {length} tokens")
     typer.echo(f"json: {out / 'ppl.json'}\nplot: {p}")
+
+
+@eval_app.command()
+def paired(a: list[Path] = typer.Option(..., "--a", help="Run A's output directory (the baseline, "
+                                        "e.g. dense); repeat, one per --b, to pool runs."),
+           b: list[Path] = typer.Option(..., "--b", help="Run B's output directory (e.g. sparse)."),
+           margin: float = typer.Option(2.0, help="Points: is B shown within this of A?"),
+           json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows here.")):
+    """Paired difference of two runs on the same prompts: B - A in points with a 95% interval,
+    samples where each did better, sign test (turboctx/eval/paired.py)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from turboctx.eval.paired import compare_paired
+    if len(a) != len(b):
+        typer.secho(f"error: {len(a)} --a but {len(b)} --b; give them in pairs (--a DENSE --b SPARSE "
+                    "per run)", fg="red", err=True)
+        raise typer.Exit(2)
+    try:
+        res = compare_paired(list(zip(a, b)))
+    except (FileNotFoundError, ValueError) as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2)
+    table = Table(title=f"B - A on the same prompts, points (within {margin:g}: the whole 95% "
+                  "interval inside +-margin)")
+    for col in ("task", "length", "n", "A", "B", "B - A", "95% interval", "A>B", "B>A",
+                "sign p", f"within {margin:g}"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for r in res["rows"]:
+        within = -margin <= r["ci_lo"] and r["ci_hi"] <= margin
+        table.add_row(r["task"], str(r["length"]), str(r["n"]), f"{r['score_a']:.1f}",
+                      f"{r['score_b']:.1f}", f"{r['diff']:+.1f}", f"[{r['ci_lo']:+.1f}, {r['ci_hi']:+.1f}]",
+                      str(r["a_better"]), str(r["b_better"]), f"{r['sign_p']:.3f}",
+                      "yes" if within else "no")
+    Console(width=max(Console().width, 120)).print(table)
+    if res["left_out"]:
+        typer.echo(f"{res['left_out']} sample(s) left out: not in both runs with the same prompt "
+                   "and a score, or paired already in an earlier run pair")
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({**res, "margin": margin}, indent=2), encoding="utf-8")
+        typer.echo(f"json: {json_out}")

@@ -1,0 +1,108 @@
+"""Paired comparison of two eval runs (turboctx/eval/paired.py) and `turboctx eval paired`."""
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from turboctx.eval import cli
+from turboctx.eval.paired import compare_paired, pair_runs, paired_stats, sign_test_p
+
+
+def _rec(i, score, task="passkey", length=16384, sha=None, answer=None):
+    return {"task": task, "length": length, "depth": 0.5, "index": i,
+            "prompt_sha256": sha or f"p{task}{length}{i}", "expected": ["1"],
+            "answer": answer if answer is not None else str(score), "score": score}
+
+
+def _write(d, recs):
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return d
+
+
+def test_sign_test_exact():
+    assert sign_test_p(0, 0) == 1.0
+    assert sign_test_p(0, 3) == pytest.approx(0.25)               # 2 * (1/8)
+    assert sign_test_p(1, 9) == pytest.approx(2 * 10 / 512)       # 8 against 1: 0.039
+    assert sign_test_p(8, 9) == sign_test_p(1, 9)
+    assert sign_test_p(5, 10) == 1.0
+
+
+def test_identical_runs_get_an_interval_that_shrinks_with_n():
+    small = paired_stats([(_rec(i, 1.0), _rec(i, 1.0)) for i in range(20)])
+    large = paired_stats([(_rec(i, i % 2), _rec(i, i % 2)) for i in range(400)])
+    for s in (small, large):
+        assert s.diff == 0 and s.a_better == s.b_better == 0 and s.sign_p == 1.0
+        assert s.ci_lo == pytest.approx(-s.ci_hi) and s.ci_hi > 0
+    assert large.ci_hi < small.ci_hi
+    # half a pseudo-pair each way: se = sqrt(1 / (n + 1)^2)
+    assert large.ci_hi == pytest.approx(100 * 1.96 / 401)
+    assert large.within(2.0) and not small.within(2.0)
+    assert large.score_a == 50.0 and large.same_answer == 400
+
+
+def test_differences_and_interval():
+    # B loses 8 of 100 samples that A found and wins 1: diff -7 points
+    pairs = [(_rec(i, 1.0), _rec(i, 0.0 if i < 8 else 1.0)) for i in range(50)]
+    pairs += [(_rec(i, 0.0), _rec(i, 1.0 if i == 50 else 0.0)) for i in range(50, 100)]
+    s = paired_stats(pairs)
+    assert (s.n, s.a_better, s.b_better) == (100, 8, 1)
+    assert s.score_a == 50.0 and s.score_b == 43.0 and s.diff == pytest.approx(-7.0)
+    d = [-1.0] * 8 + [1.0] + [0.0] * 91
+    n1 = 101
+    se = math.sqrt(((sum(x * x for x in d) + 1) / n1 - (sum(d) / n1) ** 2) / n1)
+    assert s.ci_lo == pytest.approx(-7.0 - 196 * se) and s.ci_hi == pytest.approx(-7.0 + 196 * se)
+    assert s.ci_hi < 0 and not s.within(2.0)
+    assert s.sign_p == pytest.approx(sign_test_p(1, 9))
+    with pytest.raises(ValueError, match="nothing to compare"):
+        paired_stats([])
+
+
+def test_fractional_scores():
+    s = paired_stats([(_rec(0, 0.5), _rec(0, 0.25)), (_rec(1, 0.25), _rec(1, 0.5))])
+    assert s.diff == pytest.approx(0.0) and (s.a_better, s.b_better) == (1, 1)
+
+
+def test_pairing_needs_the_same_prompt_and_scores(tmp_path):
+    a = _write(tmp_path / "a", [_rec(0, 1.0), _rec(1, 1.0), _rec(2, 0.0), _rec(3, 1.0)])
+    b = _write(tmp_path / "b", [_rec(0, 0.0), _rec(1, 1.0, sha="other"),
+                                {**_rec(2, 0.0), "score": None, "error": "too long"}, _rec(4, 1.0)])
+    pairs, left = pair_runs(a, b)
+    assert [x["index"] for x, _ in pairs] == [0]
+    assert left == 4                                   # 1: prompt differs, 2: error, 3 and 4: one run
+    with pytest.raises(FileNotFoundError, match="samples.jsonl"):
+        pair_runs(a, tmp_path / "missing")
+
+
+def test_pooling_rows_and_duplicates(tmp_path):
+    a1 = _write(tmp_path / "a1", [_rec(i, 1.0, length=L) for L in (16384, 32768) for i in range(4)])
+    b1 = _write(tmp_path / "b1", [_rec(i, float(i != 0), length=L) for L in (16384, 32768)
+                                  for i in range(4)])
+    a2 = _write(tmp_path / "a2", [_rec(i, 1.0, task="niah", length=16384) for i in range(3)]
+                + [_rec(0, 1.0, length=32768)])      # a prompt already paired in (a1, b1)
+    b2 = _write(tmp_path / "b2", [_rec(i, 1.0, task="niah", length=16384) for i in range(3)]
+                + [_rec(0, 1.0, length=32768)])
+    res = compare_paired([(a1, b1), (a2, b2)])
+    rows = {(r["task"], r["length"]): r for r in res["rows"]}
+    assert list(rows) == [("niah", 16384), ("passkey", 16384), ("passkey", 32768),
+                          ("passkey", "all"), ("all", "all")]
+    assert rows[("passkey", 16384)]["diff"] == pytest.approx(-25.0)
+    assert rows[("passkey", 32768)]["n"] == 4 and rows[("passkey", 32768)]["diff"] == 0.0
+    assert rows[("passkey", "all")]["n"] == 8 and rows[("all", "all")]["n"] == 11
+    assert res["left_out"] == 1
+
+
+def test_cli(tmp_path):
+    a = _write(tmp_path / "a", [_rec(i, 1.0) for i in range(10)])
+    b = _write(tmp_path / "b", [_rec(i, float(i > 1)) for i in range(10)])
+    run = CliRunner().invoke
+    r = run(cli.eval_app, ["paired", "--a", str(a), "--b", str(b), "--json", str(tmp_path / "p.json")])
+    assert r.exit_code == 0, r.output
+    assert "-20.0" in r.output and "passkey" in r.output
+    rows = json.loads((tmp_path / "p.json").read_text())["rows"]
+    assert rows[0]["a_better"] == 2 and rows[0]["n"] == 10
+    r = run(cli.eval_app, ["paired", "--a", str(a), "--b", str(b), "--a", str(a)])
+    assert r.exit_code == 2 and "in pairs" in r.output
+    r = run(cli.eval_app, ["paired", "--a", str(a), "--b", str(tmp_path / "none")])
+    assert r.exit_code == 2 and "samples.jsonl" in r.output
