@@ -69,3 +69,76 @@ def test_prefill_beside_decodes_is_capped():
     step = s.schedule()
     got = {c.request.request_id: c.num_tokens for c in step}
     assert got == {"short": 1, "long": 512}
+
+
+def _ends(s, reqs, steps=200):
+    """Run the scheduler to the end of every prefill: request id -> prefill chunk ends."""
+    ends = {r.request_id: [] for r in reqs}
+    for _ in range(steps):
+        step = s.schedule()
+        if not step:
+            break
+        for c in step:
+            if c.request.is_prefill:
+                ends[c.request.request_id].append(c.request.num_computed_tokens + c.num_tokens)
+        advance(step)
+        for r in list(s.running):
+            if len(r.output_token_ids) >= r.params.max_tokens:
+                s.finish(r, "length")
+    return ends
+
+
+def test_sparse_chunks_end_on_the_grid_whatever_runs_beside():
+    """From aligned_from on, prefill chunks end at multiples of the budget or at the prompt's end,
+    alone, beside other prefills (halved caps), and beside decodes (quarter caps)."""
+    def run(names_sizes, aligned_from=300):
+        s = Scheduler(BlockAllocator(400), block_size=16, token_budget=256, max_num_seqs=8,
+                      aligned_from=aligned_from)
+        reqs = [req(n, k, max_tokens=30) for n, k in names_sizes]
+        for r in reqs:
+            s.add(r)
+        return _ends(s, reqs)
+
+    alone = run([("a", 1000)])["a"]
+    assert alone == [256, 512, 768, 1000]
+    crowd = run([("d", 20), ("b", 530), ("a", 1000), ("c", 611)])
+    sparse_ends = [e for e in crowd["a"] if e >= 300]
+    assert sparse_ends == [512, 768, 1000]             # the same sparse chunks as alone
+    for name, total in (("b", 530), ("c", 611)):
+        assert all(e % 256 == 0 or e == total for e in crowd[name] if e >= 300), crowd[name]
+    free = run([("d", 20), ("b", 530), ("a", 1000)], aligned_from=None)
+    assert any(e % 256 and e >= 300 for e in free["a"] + free["b"])   # without: off the grid
+
+
+def test_sparse_chunk_beside_decodes_takes_a_whole_chunk():
+    s = Scheduler(BlockAllocator(800), block_size=16, token_budget=2048, max_num_seqs=8,
+                  aligned_from=4096)
+    short = req("short", 10, max_tokens=50)
+    s.add(short)
+    advance(s.schedule())
+    s.add(req("long", 9000))
+    step = s.schedule()
+    assert {c.request.request_id: c.num_tokens for c in step} == {"short": 1, "long": 512}
+    advance(step)                                      # dense part: capped beside decodes, as before
+    ends, long = [], s.running[-1]
+    for _ in range(40):
+        step = s.schedule()
+        ends += [long.num_computed_tokens + c.num_tokens for c in step if c.request is long]
+        advance(step)
+        if not long.is_prefill:
+            break
+    sparse = [e for e in ends if e >= 4096]
+    assert sparse == [4096, 6144, 8192, 9000]          # whole grid chunks, decodes or not
+
+
+def test_prefix_reuse_stops_on_the_grid_with_sparse_prefill():
+    for aligned_from, expect in ((None, 1008), (64, 768)):
+        alloc = BlockAllocator(200)
+        s = Scheduler(alloc, block_size=16, token_budget=256, max_num_seqs=8, aligned_from=aligned_from)
+        first = req("first", 1020)
+        s.add(first)
+        _ends(s, [first])
+        second = req("second", 1100)                      # shares the first 1020 tokens
+        s.add(second)
+        s.schedule()
+        assert second.num_cached_tokens == expect, aligned_from

@@ -79,6 +79,25 @@ def test_full_budgets_equal_dense_through_the_engine(folder, tmp_path, dca):
     assert st.density == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("dca", [False, True])
+def test_batched_prompts_get_their_own_sparse_patterns(folder, tmp_path, dca):
+    """Prompts of different lengths prefilled together (eval's --batch-size) give what each gives
+    alone with small budgets (truly sparse): patterns are estimated per sequence."""
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 512, (n,), generator=g).tolist() for n in (700, 530, 611)]
+    sp = SamplingParams(max_tokens=3, temperature=0, logprobs=5, ignore_eos=True)
+    extra = dict(dca=True, dca_chunk_size=512, dca_local_size=64) if dca else {}
+    small = write_sparse_attention_config(tmp_path / "small.json", [[(40, 64)] * HEADS] * LAYERS)
+    llm = _llm(folder, attention="sparse", sparse_threshold=300, sparse_config=str(small), **extra)
+    together = llm.generate(prompts, sp)
+    assert llm.engine.backend.stats.density < 0.9
+    for p, t in zip(prompts, together):
+        alone = llm.generate(p, sp)[0]
+        assert t.token_ids == alone.token_ids
+        for a, b in zip(t.logprobs, alone.logprobs):
+            assert max(abs(a[k] - b[k]) for k in a if k in b) < 1e-4
+
+
 def test_budgets_file_beside_the_weights_is_read(folder, tmp_path):
     import shutil
     d = tmp_path / "model"

@@ -56,3 +56,10 @@ class AttentionBackend:
         """What, besides the token ids, the cached KV of a prompt of this length depends on
         (prefix caching shares KV only between prompts with the same salt)."""
         return b""
+
+    def chunk_dependent_from(self) -> int | None:
+        """Sequence length from which a prefill chunk's output depends on where the chunk ends
+        (sparse prefill picks its pattern from the chunk's last queries); None: never. The
+        scheduler then cuts such chunks on a fixed grid, so a prompt's output does not depend on
+        what else runs beside it."""
+        return None

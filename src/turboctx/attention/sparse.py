@@ -132,6 +132,9 @@ class SparseAttentionBackend(DenseAttentionBackend):
         self._layer = layer   # attend_seq has no layer argument; budgets are per layer
         return super().forward(layer, q, k, v, batch)
 
+    def chunk_dependent_from(self) -> int | None:
+        return self.config.threshold
+
     def use_sparse(self, start: int, n: int) -> bool:
         return n > 1 and start + n >= self.config.threshold
 

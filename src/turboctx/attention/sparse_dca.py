@@ -73,6 +73,9 @@ class DCASparseAttentionBackend(DCAAttentionBackend):
     def reset_stats(self) -> None:
         self.sparse.reset_stats()
 
+    def chunk_dependent_from(self) -> int | None:
+        return self.sparse.chunk_dependent_from()
+
     def prepare(self, batch, dtype) -> None:
         super().prepare(batch, dtype)
         batch.extras["sparse"] = self.sparse.stats

@@ -12,6 +12,12 @@ from turboctx.kv_cache import KVCache
 GiB = 1 << 30
 
 
+def max_step_tokens(e) -> int:
+    """Most tokens one step computes: the prefill budget; with sparse prefill up to twice it, as
+    sparse chunks end on a grid and may pass the budget by less than a chunk (scheduler.py)."""
+    return e.prefill_chunk_size * (1 if e.attention == "dense" else 2)
+
+
 def activation_bytes(m: ModelConfig, chunk: int, dtype: torch.dtype) -> int:
     """Rough peak of one layer's activations for a prefill chunk (with fp32 attention merge)."""
     e = torch.empty((), dtype=dtype).element_size()
@@ -44,7 +50,7 @@ def plan_kv_tokens(m: ModelConfig, e: EngineConfig, device: torch.device) -> int
             budget = avail - (1 - e.gpu_memory_utilization) * torch.cuda.get_device_properties(device).total_memory
         else:
             budget = min(avail * 0.25, 4 * GiB)   # host RAM is shared with everything else
-        budget -= activation_bytes(m, e.prefill_chunk_size, e.dtype)
+        budget -= activation_bytes(m, max_step_tokens(e), e.dtype)
         tokens = min(int(budget // per_token), e.max_model_len * e.max_num_seqs)
     if tokens < e.max_model_len:
         raise OutOfCacheError(

@@ -5,7 +5,7 @@ import torch
 
 from turboctx.config import EngineConfig, parse_dtype
 from turboctx.engine.llm_engine import CPU_PREFILL_CHUNK, GPU_PREFILL_CHUNK, resolve_device
-from turboctx.engine.memory import GiB, activation_bytes, available_memory
+from turboctx.engine.memory import GiB, activation_bytes, available_memory, max_step_tokens
 from turboctx.kv_cache import KVCache
 from turboctx.weights import open_checkpoint
 
@@ -22,7 +22,7 @@ def memory_plan(model=None, *, device=None, dtype=None, max_model_len=None,
     elem = torch.empty((), dtype=dt).element_size()
     weights = m.num_parameters() * elem
     per_tok = KVCache.bytes_per_token(m.num_hidden_layers, m.num_key_value_heads, m.head_dim, dt)
-    act = activation_bytes(m, e.prefill_chunk_size, dt)
+    act = activation_bytes(m, max_step_tokens(e), dt)
     avail = available_memory(dev)
     if dev.type == "cuda":
         total = torch.cuda.get_device_properties(dev).total_memory

@@ -5,6 +5,13 @@ vLLM v1's rule: a request has tokens computed and tokens total; each step gives 
 chunks of the budget, never stalls them. Admission reserves the KV blocks a request can ever need
 (prompt + max_tokens), so a running request can never run out of cache.
 
+Sparse prefill (`aligned_from`): a sparse chunk's pattern comes from the chunk's own last queries,
+so its output depends on where the chunk ends. From that sequence length on, a prefill chunk ends
+on the request's own grid of `token_budget` tokens (or at the prompt's end), whatever else runs:
+it can shrink to the next grid line or grow to it past the step's budget (by less than one chunk,
+and past the caps that keep decodes fast). Prefix reuse then stops at a grid line too. A prompt's
+output is then the same alone, batched, or beside a server's other requests.
+
 Prefix caching: at admission a request takes the cached blocks of the longest prefix of its full
 prompt blocks (always leaving its last prompt token to compute) and starts with those tokens
 computed; the full prompt blocks it computes are offered to the cache as they complete.
@@ -32,9 +39,10 @@ class ScheduledChunk:
 
 class Scheduler:
     def __init__(self, allocator: BlockAllocator, block_size: int, token_budget: int, max_num_seqs: int,
-                 enable_prefix_caching: bool = True):
+                 enable_prefix_caching: bool = True, aligned_from: int | None = None):
         self.allocator, self.block_size = allocator, block_size
         self.enable_prefix_caching = enable_prefix_caching
+        self.aligned_from = aligned_from     # backend.chunk_dependent_from(): see the module doc
         self.token_budget, self.max_num_seqs = token_budget, max_num_seqs
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
@@ -74,7 +82,7 @@ class Scheduler:
                 break
             if req.is_prefill:
                 prefills.append(self._prefill_chunk(req, min(budget, cap)))
-                budget -= prefills[-1].num_tokens
+                budget = max(0, budget - prefills[-1].num_tokens)
         # 3. admit waiting requests, first come first served, while their KV blocks fit
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting[0]
@@ -90,7 +98,7 @@ class Scheduler:
             req.first_scheduled_time = time.perf_counter()
             self.running.append(req)
             prefills.append(self._prefill_chunk(req, budget))
-            budget -= prefills[-1].num_tokens
+            budget = max(0, budget - prefills[-1].num_tokens)
         # 4. budget left over goes back to the capped prefills
         for i, c in enumerate(prefills):
             if budget == 0:
@@ -98,7 +106,7 @@ class Scheduler:
             extra = min(budget, c.request.num_prompt_tokens - c.request.num_computed_tokens - c.num_tokens)
             if extra > 0:
                 prefills[i] = self._prefill_chunk(c.request, c.num_tokens + extra)
-                budget -= extra
+                budget = max(0, budget - (prefills[i].num_tokens - c.num_tokens))
         return out + prefills
 
     def _hashes(self, req: Request) -> list[bytes]:
@@ -112,7 +120,11 @@ class Scheduler:
         if not self.enable_prefix_caching or req.prompt_logprobs is not None:
             return []
         usable = (req.num_prompt_tokens - 1) // self.block_size   # the last token must run
-        return self.allocator.match(self._hashes(req)[:usable])
+        reuse = self.allocator.match(self._hashes(req)[:usable])
+        if self.aligned_from is not None:     # whole grid chunks only (module doc)
+            grid = self.token_budget
+            reuse = reuse[:len(reuse) * self.block_size // grid * grid // self.block_size]
+        return reuse
 
     def _register_computed_blocks(self, req: Request) -> None:
         """Offers the full prompt blocks whose KV this request has computed to the prefix cache."""
@@ -126,10 +138,13 @@ class Scheduler:
             self.allocator.register(req.slots.block_table[i], hashes[i])
         req.num_registered_blocks = full
 
-    @staticmethod
-    def _prefill_chunk(req: Request, budget: int) -> ScheduledChunk:
-        n = min(req.num_prompt_tokens - req.num_computed_tokens, budget)
-        return ScheduledChunk(req, n, req.num_computed_tokens + n == req.num_prompt_tokens)
+    def _prefill_chunk(self, req: Request, budget: int) -> ScheduledChunk:
+        start, total = req.num_computed_tokens, req.num_prompt_tokens
+        n = min(total - start, budget)
+        if self.aligned_from is not None and start + n >= self.aligned_from:
+            grid = self.token_budget           # the chunk ends on the grid line after start
+            n = min(total, (start // grid + 1) * grid) - start
+        return ScheduledChunk(req, n, start + n == total)
 
     def finish(self, req: Request, reason: str) -> None:
         req.status = RequestStatus.FINISHED
