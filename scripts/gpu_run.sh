@@ -71,23 +71,28 @@ case "${1:-tests}" in
         --out /root/res/ruler16k_$a 2>&1 | grep -v -i warn | grep -v "sample/s" | tail -10
     done
     tar czf "$OUT/passkey_sparse.tgz" -C /root/res passkey_sparse ruler16k_dense ruler16k_sparse ;;
-  sparse-paired)  # many paired samples (same prompts, dense then sparse from 4096, DCA selection,
-    # default budgets or SPARSE_CONFIG), batched; then the paired difference (issue #5: "within 2
-    # points", about 800 pairs at the ~8% discordance seen). SEED / TRIALS / SAMPLES / RES per call.
+  sparse-paired)  # many paired samples (same prompts): dense, sparse from 4096 with the default
+    # budgets, and with the calibrated file of session 5 (DCA selection); batched; then the paired
+    # differences (issue #5: "within 2 points" needs ~800 pairs at the ~8% discordance seen).
+    # SEED / TRIALS / SAMPLES / SETTINGS / RES per call; reruns resume.
     RES=${RES:-/root/res/paired}; mkdir -p $RES
+    CAL=docs/results/sparse_eval_s5/calibration_dca/sparse_attention_config.json
     PK="--model $GGUF --device cuda --dca --dtype bfloat16 --max-model-len 34000 --batch-size ${BATCH:-32}"
     D="--depths 0.05,0.15,0.25,0.35,0.45,0.55,0.65,0.75,0.85,0.95"
-    for a in dense sparse; do
-      x=""; [ $a = sparse ] && x="--sparse-threshold 4096 ${SPARSE_CONFIG:+--sparse-config $SPARSE_CONFIG}"
-      timeout ${PK_TIMEOUT:-130} python3 -m turboctx.cli eval passkey $PK --attention $a $x $D \
-        --lengths 16k,32k --trials ${TRIALS:-5} --seed ${SEED:-3} --out $RES/passkey_$a 2>&1 | \
+    for a in ${SETTINGS:-dense sparse cal}; do
+      x="--attention sparse --sparse-threshold 4096"
+      case $a in dense) x="--attention dense" ;; cal) x="$x --sparse-config $CAL" ;; esac
+      timeout ${PK_TIMEOUT:-90} python3 -m turboctx.cli eval passkey $PK $x $D --lengths 16k,32k \
+        --trials ${TRIALS:-5} --seed ${SEED:-3} --out $RES/passkey_$a 2>&1 | \
         grep -v -i warn | tr '\r' '\n' | grep -v "sample/s" | tail -4
-      timeout ${RULER_TIMEOUT:-130} python3 -m turboctx.cli eval ruler $PK --attention $a $x --lengths 16k \
+      timeout ${RULER_TIMEOUT:-90} python3 -m turboctx.cli eval ruler $PK $x --lengths 16k \
         --samples ${SAMPLES:-40} --seed ${SEED:-3} --tasks niah_single_2,niah_multikey_1,niah_multivalue \
         --out $RES/ruler_$a 2>&1 | grep -v -i warn | tr '\r' '\n' | grep -v "sample/s" | tail -6
     done
-    python3 -m turboctx.cli eval paired --a $RES/passkey_dense --b $RES/passkey_sparse \
-      --a $RES/ruler_dense --b $RES/ruler_sparse --json $RES/paired.json
+    for b in sparse cal; do
+      python3 -m turboctx.cli eval paired --a $RES/passkey_dense --b $RES/passkey_$b \
+        --a $RES/ruler_dense --b $RES/ruler_$b --json $RES/paired_$b.json
+    done
     tar czf "$OUT/paired.tgz" -C $RES . ;;
   suite)  # issue #6: engine, HF and the server on the same prompts (resumes when rerun)
     timeout "${SUITE_TIMEOUT:-420}" python3 scripts/eval_suite.py /root/suite --model "$GGUF" \
