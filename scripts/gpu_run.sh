@@ -50,14 +50,13 @@ case "${1:-tests}" in
       --extra-config $RES/cal/sparse_attention_config.json 2>&1 | tail -12
     tar czf "$OUT/sparse_eval.tgz" -C $RES . ;;
   sparse-diag)  # default model + DCA, bf16: dense and sparse prefill time per length (where the
-    # eval time of sparse goes), and how many Triton kernels were compiled on the way
+    # eval time of sparse goes)
     for a in dense sparse; do
       thr=""; [ $a = sparse ] && thr="--sparse-threshold 4096"
       timeout 150 python3 -m turboctx.cli bench prefill --model "$GGUF" --dca --dtype bfloat16 \
         --attention $a $thr --lengths ${LENGTHS:-16k,64k,128k} --repeat 2 \
         --json "$OUT/prefill_default_$a.json" 2>&1 | grep -v -i warn | tail -7
-    done
-    echo "triton kernels compiled: $(find ~/.triton/cache -name '*.cubin' 2>/dev/null | wc -l)" ;;
+    done ;;
   sparse-passkey)  # DCA, sparse from 4096 tokens, default budgets: passkey 64K-128K (16K-32K are in
     # docs/results/sparse_eval_s4), then the RULER needle tasks at 16K sparse and dense
     PK="--model $GGUF --device cuda --dca --dtype bfloat16 --max-model-len 132000"

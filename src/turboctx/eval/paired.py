@@ -76,7 +76,7 @@ def pair_runs(dir_a: Path, dir_b: Path) -> tuple[list[tuple[dict, dict]], int]:
     ra, rb = load_done(Path(dir_a) / "samples.jsonl"), load_done(Path(dir_b) / "samples.jsonl")
     for d, r in ((dir_a, ra), (dir_b, rb)):
         if not r:
-            raise FileNotFoundError(f"{d}: no samples.jsonl with scored samples (an `turboctx eval` "
+            raise FileNotFoundError(f"{d}: no samples.jsonl with scored samples (a `turboctx eval` "
                                     "output directory is expected)")
     pairs, left = [], 0
     for key in sorted(set(ra) | set(rb)):
