@@ -139,7 +139,10 @@ def test_ctrl_c_ends_every_rank():
     cmd = [sys.executable, "-m", "turboctx.cli", "generate", "Once upon a time", "--device", "cpu",
            "--max-tokens", "1000", "--max-model-len", "1100", "--tensor-parallel-size", "2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                            start_new_session=True)    # its own process group, like a terminal job
+                            start_new_session=True,    # its own process group, like a terminal job
+                            # a terminal's SIGINT, even when pytest itself runs with it ignored
+                            # (a shell's background job): Python only handles SIGINT it got as default
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout.read(1), proc.stderr.read().decode()    # tokens are streaming
         pids = worker_pids(proc.pid)
