@@ -46,18 +46,21 @@ def main() -> None:
             r = json.loads(line)
             if r["task"] == a.task and r["length"] == length:
                 seen[r["index"]] = r
+    samples = None                                   # built once: the tokenizer is the model's
     for setting in a.setting or ["attention=dense"]:
         flags = parse_extra([f"--{kv.strip()}" for kv in setting.split(",") if kv.strip()])
         llm = LLM(a.model, dca=a.dca, device=a.device, dtype=a.dtype,
                   max_model_len=parse_size(a.max_model_len), **flags)
-        count = lambda text: len(llm.tokenizer.encode(text))   # noqa: E731
-        samples = ruler_mod.generate(a.task, length, a.samples, a.seed, count, lambda b, p: b + p)
+        if samples is None:
+            count = lambda text: len(llm.tokenizer.encode(text))   # noqa: E731
+            samples = ruler_mod.generate(a.task, length, a.samples, a.seed, count, lambda b, p: b + p)
+            for i in indices:
+                prev = seen.get(i)
+                if prev and prev["prompt_sha256"] != sha256(samples[i].prompt):
+                    raise SystemExit(f"sample {i}: prompt differs from the one in {a.run} "
+                                     "(check --samples, --seed, --model)")
         for i in indices:
-            s = samples[i]
-            prev = seen.get(i, {})
-            if prev and prev["prompt_sha256"] != sha256(s.prompt):
-                raise SystemExit(f"sample {i}: prompt differs from the one in {a.run} "
-                                 "(check --samples, --seed, --model)")
+            s, prev = samples[i], seen.get(i, {})
             t = time.time()
             out = llm.generate([s.prompt], SamplingParams(max_tokens=s.max_tokens, temperature=0),
                                use_tqdm=False)[0]

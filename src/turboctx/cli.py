@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from turboctx.cli_options import Attention, Dca, SparseConfigFile, SparseThreshold, attention_flags
 from turboctx.errors import TurboctxError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -23,23 +24,14 @@ Temperature = Annotated[float, typer.Option(help="0 = greedy")]
 Seed = Annotated[Optional[int], typer.Option(help="sampling seed")]
 AsJson = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 TensorParallel = Annotated[int, typer.Option("--tensor-parallel-size", min=1, help="split the model over this many processes (GPUs), Megatron-style")]
-Attention = Annotated[str, typer.Option(help="dense | sparse | auto: vertical-slash prefill once the "
-                                             "sequence reaches --sparse-threshold (auto: on GPUs only)")]
-SparseThreshold = Annotated[Optional[int], typer.Option(help="tokens; sparse prefill from this length on (default 32768)")]
-SparseConfigFile = Annotated[Optional[Path], typer.Option("--sparse-config", help="per-head sparse budgets (sparse_attention_config.json, e.g. from `turboctx calibrate`); default: the file beside HF weights, else 1000 vertical / 6096 slash")]
-Dca = Annotated[Optional[bool], typer.Option("--dca/--no-dca", help="Dual Chunk Attention: prompts past the trained length (default: as the model's config says)")]
 
 
 def engine_kwargs(model, device, dtype, max_model_len, prefill_chunk_size, attention="dense",
                   sparse_threshold=None, tensor_parallel_size=1, dca=None, sparse_config=None) -> dict:
-    kw = dict(model=model, device=device, dtype=dtype, max_model_len=max_model_len,
-              prefill_chunk_size=prefill_chunk_size, attention=attention,
-              tensor_parallel_size=tensor_parallel_size)
-    for name, value in (("sparse_threshold", sparse_threshold), ("dca", dca),
-                        ("sparse_config", sparse_config)):
-        if value is not None:
-            kw[name] = str(value) if isinstance(value, Path) else value
-    return kw
+    return dict(model=model, device=device, dtype=dtype, max_model_len=max_model_len,
+                prefill_chunk_size=prefill_chunk_size, attention=attention,
+                tensor_parallel_size=tensor_parallel_size,
+                **attention_flags(dca, sparse_threshold, sparse_config))
 
 
 def load_llm(**kw):

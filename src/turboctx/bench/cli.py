@@ -6,6 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from turboctx.cli_options import Attention, Dca, SparseConfigFile, SparseThreshold, attention_flags
+
 bench_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 PREFILL_COLUMNS = ["engine", "length", "ttft_s", "ttft_min_s", "ttft_max_s", "tokens_per_s", "tflops",
@@ -46,19 +48,13 @@ def _columns(columns: list[str], rows: list[dict]) -> list[str]:
     return columns + ([PER_RANK_COLUMN] if any(r.get(PER_RANK_COLUMN) for r in rows) else [])
 
 
-def _dca_flags(dca: Optional[bool]) -> dict:
-    return {} if dca is None else {"dca": dca}
-
-
 @bench_app.command()
 def prefill(model: Annotated[str, typer.Option("--model", "-m")] = "random:qwen2.5-7b",
             lengths: Annotated[str, typer.Option(help="prompt lengths, e.g. 32k,128k,1m")] = "32k,128k",
             repeat: Annotated[int, typer.Option(min=1)] = 3,
             device: Optional[str] = None, dtype: Optional[str] = None,
-            attention: Annotated[str, typer.Option(help="dense | sparse | auto (sparse: vertical-slash from --sparse-threshold on)")] = "dense",
-            sparse_threshold: Annotated[Optional[int], typer.Option(help="tokens; default 32768")] = None,
-            sparse_config: Annotated[Optional[Path], typer.Option("--sparse-config", help="per-head sparse budgets (sparse_attention_config.json)")] = None,
-            dca: Annotated[Optional[bool], typer.Option("--dca/--no-dca")] = None,
+            attention: Attention = "dense", sparse_threshold: SparseThreshold = None,
+            sparse_config: SparseConfigFile = None, dca: Dca = None,
             prefill_chunk_size: Optional[int] = None,
             compare: Annotated[Optional[str], typer.Option(help="'hf': HF transformers in the same run")] = None,
             price_per_gpu_hour: Annotated[Optional[float], typer.Option(help="USD; adds cost per 1M prompt tokens")] = None,
@@ -78,8 +74,7 @@ def prefill(model: Annotated[str, typer.Option("--model", "-m")] = "random:qwen2
     ns = parse_sizes(lengths)
     if compare not in (None, "hf"):
         raise typer.BadParameter(f"--compare {compare!r}: only 'hf' is supported")
-    extra = _dca_flags(dca) | ({} if sparse_threshold is None else {"sparse_threshold": sparse_threshold}) \
-        | ({} if sparse_config is None else {"sparse_config": str(sparse_config)})
+    extra = attention_flags(dca, sparse_threshold, sparse_config)
 
     def make_llm(n):
         return _setup(model, device, dtype, n + 16, attention, prefill_chunk_size, extra,
@@ -122,7 +117,7 @@ def decode(model: Annotated[str, typer.Option("--model", "-m")] = "random:qwen2.
            steps: Annotated[int, typer.Option(min=2, help="tokens decoded per run")] = 64,
            repeat: Annotated[int, typer.Option(min=1)] = 3,
            device: Optional[str] = None, dtype: Optional[str] = None,
-           dca: Annotated[Optional[bool], typer.Option("--dca/--no-dca")] = None,
+           dca: Dca = None,
            compare: Annotated[Optional[str], typer.Option(help="'hf': HF transformers in the same run")] = None,
            cuda_graphs: Annotated[Optional[bool], typer.Option(
                "--cuda-graphs/--no-cuda-graphs",
@@ -135,7 +130,7 @@ def decode(model: Annotated[str, typer.Option("--model", "-m")] = "random:qwen2.
     from turboctx.bench.report import environment, print_table, write_json
     from turboctx.eval.common import parse_sizes
     ns = parse_sizes(lengths)
-    llm = _setup(model, device, dtype, max(ns) + steps + 16, "dense", None, _dca_flags(dca), cuda_graphs,
+    llm = _setup(model, device, dtype, max(ns) + steps + 16, "dense", None, attention_flags(dca), cuda_graphs,
                  tensor_parallel_size)
     ceilings = _ceilings(llm)
     rows = bench_decode(llm, ns, steps, repeat, seed, ceilings)

@@ -327,7 +327,7 @@ def paired(a: list[Path] = typer.Option(..., "--a", help="Run A's output directo
                     "per run)", fg="red", err=True)
         raise typer.Exit(2)
     try:
-        res = compare_paired(list(zip(a, b)))
+        res = compare_paired(list(zip(a, b)), margin)
     except (FileNotFoundError, ValueError) as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2)
@@ -337,16 +337,15 @@ def paired(a: list[Path] = typer.Option(..., "--a", help="Run A's output directo
                 "sign p", f"within {margin:g}"):
         table.add_column(col, justify="left" if col == "task" else "right")
     for r in res["rows"]:
-        within = -margin <= r["ci_lo"] and r["ci_hi"] <= margin
         table.add_row(r["task"], str(r["length"]), str(r["n"]), f"{r['score_a']:.1f}",
                       f"{r['score_b']:.1f}", f"{r['diff']:+.1f}", f"[{r['ci_lo']:+.1f}, {r['ci_hi']:+.1f}]",
                       str(r["a_better"]), str(r["b_better"]), f"{r['sign_p']:.3f}",
-                      "yes" if within else "no")
+                      "yes" if r["within"] else "no")
     Console(width=max(Console().width, 120)).print(table)
     if res["left_out"]:
         typer.echo(f"{res['left_out']} sample(s) left out: not in both runs with the same prompt "
                    "and a score, or paired already in an earlier run pair")
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps({**res, "margin": margin}, indent=2), encoding="utf-8")
+        json_out.write_text(json.dumps(res, indent=2), encoding="utf-8")
         typer.echo(f"json: {json_out}")

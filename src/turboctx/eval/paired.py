@@ -89,8 +89,9 @@ def pair_runs(dir_a: Path, dir_b: Path) -> tuple[list[tuple[dict, dict]], int]:
     return pairs, left
 
 
-def compare_paired(run_pairs: list[tuple[Path, Path]]) -> dict:
-    """Pool the pairs of every (A, B) run pair: stats per (task, length), per task and overall."""
+def compare_paired(run_pairs: list[tuple[Path, Path]], margin: float = 2.0) -> dict:
+    """Pool the pairs of every (A, B) run pair: stats per (task, length), per task and overall,
+    each with `within`: B shown within `margin` points of A."""
     by_prompt, left = {}, 0
     for da, db in run_pairs:          # a prompt in several run pairs counts once (the last)
         p, n_left = pair_runs(da, db)
@@ -107,8 +108,12 @@ def compare_paired(run_pairs: list[tuple[Path, Path]]) -> dict:
         if sum(t == task for t, _ in cells) > 1:
             cells[(task, "all")] = [p for (t, _), ps in list(cells.items()) if t == task for p in ps]
     order = lambda kv: (kv[0][0], kv[0][1] == "all", kv[0][1] if kv[0][1] != "all" else 0)  # noqa: E731
-    rows = [{"task": t, "length": L, **paired_stats(p).as_dict()}
-            for (t, L), p in sorted(cells.items(), key=order)]
+    def row(task, length, pairs) -> dict:
+        st = paired_stats(pairs)
+        return {"task": task, "length": length, **st.as_dict(), "within": st.within(margin)}
+
+    rows = [row(t, L, p) for (t, L), p in sorted(cells.items(), key=order)]
     if len({x["task"] for x, _ in pooled}) > 1:
-        rows.append({"task": "all", "length": "all", **paired_stats(pooled).as_dict()})
-    return {"rows": rows, "left_out": left, "runs": [[str(a), str(b)] for a, b in run_pairs]}
+        rows.append(row("all", "all", pooled))
+    return {"rows": rows, "left_out": left, "margin": margin,
+            "runs": [[str(a), str(b)] for a, b in run_pairs]}

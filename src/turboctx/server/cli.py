@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from turboctx.cli_options import Attention, Dca, SparseConfigFile, SparseThreshold, attention_flags
+
 serve_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 log = logging.getLogger("turboctx.server")
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -29,11 +31,7 @@ def build_engine(model, *, device=None, dtype=None, max_model_len=None, prefill_
                  enable_prefix_caching=True, sparse_threshold=None, tensor_parallel_size=1,
                  sparse_config=None):
     from turboctx.engine.llm_engine import LLMEngine
-    extra = {} if dca is None else {"dca": dca}
-    if sparse_threshold is not None:
-        extra["sparse_threshold"] = sparse_threshold
-    if sparse_config is not None:
-        extra["sparse_config"] = str(sparse_config)
+    extra = attention_flags(dca, sparse_threshold, sparse_config)
     if tensor_parallel_size != 1:
         extra["tensor_parallel_size"] = tensor_parallel_size
     return LLMEngine(model, device=device, dtype=dtype, max_model_len=max_model_len,
@@ -51,10 +49,8 @@ def serve(model: Annotated[Optional[str], typer.Option("--model", "-m", help="HF
           max_model_len: Annotated[Optional[int], typer.Option(help="longest prompt + output, in tokens")] = None,
           device: Annotated[Optional[str], typer.Option(help="cpu | cuda | cuda:N")] = None,
           dtype: Annotated[Optional[str], typer.Option(help="float32 | bfloat16 | float16")] = None,
-          dca: Annotated[Optional[bool], typer.Option("--dca/--no-dca", help="Dual Chunk Attention (default: as the model's config says)")] = None,
-          attention: Annotated[str, typer.Option(help="dense | sparse | auto: vertical-slash prefill from --sparse-threshold on (auto: on GPUs only)")] = "dense",
-          sparse_threshold: Annotated[Optional[int], typer.Option(help="tokens; sparse prefill from this length on (default 32768)")] = None,
-          sparse_config: Annotated[Optional[Path], typer.Option("--sparse-config", help="per-head sparse budgets (sparse_attention_config.json, e.g. from `turboctx calibrate`)")] = None,
+          dca: Dca = None, attention: Attention = "dense", sparse_threshold: SparseThreshold = None,
+          sparse_config: SparseConfigFile = None,
           max_num_seqs: Annotated[int, typer.Option(min=1, help="requests decoded together")] = 64,
           kv_cache_tokens: Annotated[Optional[int], typer.Option(help="KV-cache size in tokens (default: from free memory)")] = None,
           prefill_chunk_size: Annotated[Optional[int], typer.Option(help="prefill tokens per step")] = None,
