@@ -1,6 +1,8 @@
 """Scheduler: budgets, decodes first, long prefills do not keep short requests out, KV admission."""
 from __future__ import annotations
 
+import pytest
+
 from turboctx.engine.request import Request
 from turboctx.engine.sampling_params import SamplingParams
 from turboctx.engine.scheduler import Scheduler
@@ -142,3 +144,21 @@ def test_prefix_reuse_stops_on_the_grid_with_sparse_prefill():
         s.add(second)
         s.schedule()
         assert second.num_cached_tokens == expect, aligned_from
+
+
+@pytest.mark.parametrize("aligned_from, tail, expect", [
+    (64, 0, 768),      # no dense tail: reuse up to the grid line below the shared prefix
+    (64, 300, 512),    # the first prompt's tail started in chunk [512, 768): not shared
+    (2000, 300, 768),  # a prompt too short to run sparse: its tail is computed as any prefix
+])
+def test_prefix_reuse_leaves_out_the_dense_tail(aligned_from, tail, expect):
+    alloc = BlockAllocator(200)
+    s = Scheduler(alloc, block_size=16, token_budget=256, max_num_seqs=8, aligned_from=aligned_from,
+                  tail_dependent=tail)
+    first = req("first", 1020)
+    s.add(first)
+    _ends(s, [first])
+    second = req("second", 1100)                          # shares the first 1020 tokens
+    s.add(second)
+    s.schedule()
+    assert second.num_cached_tokens == expect

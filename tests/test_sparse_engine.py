@@ -37,6 +37,9 @@ def _llm(model=MODEL, **kw):
     (dict(attention="sparse", sparse_threshold="4k"), "positive int"),
     (dict(attention="fast"), "attention='fast'"),
     (dict(attention="sparse", sparse_config="/no/such/file.json"), "sparse attention config"),
+    (dict(attention="sparse", sparse_dense_tail=-1), "sparse_dense_tail=-1 must be an int >= 0"),
+    (dict(attention="sparse", sparse_dense_tail="all"), "sparse_dense_tail='all'"),
+    (dict(attention="dense", sparse_dense_tail=64), "attention='dense'"),
 ])
 def test_attention_options_are_checked(kw, words):
     with pytest.raises(InvalidRequestError, match=words):
@@ -68,7 +71,8 @@ def test_full_budgets_equal_dense_through_the_engine(folder, tmp_path, dca):
     sp = SamplingParams(max_tokens=3, temperature=0, logprobs=5, ignore_eos=True)
     extra = dict(dca=True, dca_chunk_size=512, dca_local_size=64) if dca else {}
     dense = _llm(folder, **extra).generate(ids, sp)[0]
-    llm = _llm(folder, attention="sparse", sparse_threshold=300, sparse_config=str(path), **extra)
+    llm = _llm(folder, attention="sparse", sparse_threshold=300, sparse_config=str(path),
+               sparse_dense_tail=0, **extra)
     sparse = llm.generate(ids, sp)[0]
     assert sparse.token_ids == dense.token_ids
     for a, b in zip(sparse.logprobs, dense.logprobs):
@@ -80,17 +84,21 @@ def test_full_budgets_equal_dense_through_the_engine(folder, tmp_path, dca):
 
 
 @pytest.mark.parametrize("dca", [False, True])
-def test_batched_prompts_get_their_own_sparse_patterns(folder, tmp_path, dca):
+@pytest.mark.parametrize("tail", [0, 100])
+def test_batched_prompts_get_their_own_sparse_patterns(folder, tmp_path, dca, tail):
     """Prompts of different lengths prefilled together (eval's --batch-size) give what each gives
-    alone with small budgets (truly sparse): patterns are estimated per sequence."""
+    alone with small budgets (truly sparse): patterns are estimated per sequence, and each
+    prompt's own last `tail` tokens run dense."""
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(3, 512, (n,), generator=g).tolist() for n in (700, 530, 611)]
     sp = SamplingParams(max_tokens=3, temperature=0, logprobs=5, ignore_eos=True)
     extra = dict(dca=True, dca_chunk_size=512, dca_local_size=64) if dca else {}
     small = write_sparse_attention_config(tmp_path / "small.json", [[(40, 64)] * HEADS] * LAYERS)
-    llm = _llm(folder, attention="sparse", sparse_threshold=300, sparse_config=str(small), **extra)
+    llm = _llm(folder, attention="sparse", sparse_threshold=300, sparse_config=str(small),
+               sparse_dense_tail=tail, **extra)
     together = llm.generate(prompts, sp)
-    assert llm.engine.backend.stats.density < 0.9
+    st = llm.engine.backend.stats
+    assert st.density < 0.9 and st.dense_tail_rows == LAYERS * tail * len(prompts)
     for p, t in zip(prompts, together):
         alone = llm.generate(p, sp)[0]
         assert t.token_ids == alone.token_ids
@@ -112,14 +120,16 @@ def test_bench_prefill_reports_density_and_estimation(folder, tmp_path):
 
     from turboctx.bench.cli import bench_app
     out = tmp_path / "p.json"
-    r = CliRunner().invoke(bench_app, ["prefill", "--model", str(folder), "--lengths", "640", "--repeat", "1",
+    r = CliRunner().invoke(bench_app, ["prefill", "--model", str(folder), "--lengths", "1280", "--repeat", "1",
                                        "--device", "cpu", "--attention", "sparse", "--sparse-threshold",
                                        "300", "--prefill-chunk-size", "256", "--json", str(out)])
     assert r.exit_code == 0, r.output
     row = json.loads(out.read_text())["rows"][0]
     assert row["engine"] == "turboctx+sparse" and 0 < row["density"] <= 1
     assert row["estimate_s"] > 0 and 0 < row["estimate_fraction"] < 1
+    # chunks of 256: the first dense (below 300), two sparse, the last 512 tokens the dense tail
     assert row["sparse_chunk_layers"] == LAYERS * 2 and row["dense_chunk_layers"] == LAYERS
+    assert row["dense_tail_row_layers"] == LAYERS * 512
 
 
 def test_cli_commands_take_a_budgets_file_and_dca(tmp_path, monkeypatch, capsys):
@@ -140,12 +150,37 @@ def test_cli_commands_take_a_budgets_file_and_dca(tmp_path, monkeypatch, capsys)
     real = cli.load_llm
     monkeypatch.setattr(cli, "load_llm", spy)
     base = ["generate", "hello", "--device", "cpu", "--max-tokens", "2", "--max-model-len", "256"]
-    r = CliRunner().invoke(cli.app, base + ["--attention", "sparse", "--sparse-config", str(f), "--dca"])
+    r = CliRunner().invoke(cli.app, base + ["--attention", "sparse", "--sparse-config", str(f), "--dca",
+                                            "--sparse-dense-tail", "7"])
     assert r.exit_code == 0, r.output
     backend = seen["llm"].engine.backend
     assert isinstance(backend, DCASparseAttentionBackend)
     assert backend.config.budgets(layers - 1, heads) == [(9, 300)] * heads
+    assert backend.config.dense_tail == 7
     monkeypatch.setattr("sys.argv", ["turboctx"] + base + ["--sparse-config", str(f)])
     with pytest.raises(SystemExit) as e:
         cli.main()
     assert e.value.code != 0 and "attention='dense'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dca", [False, True])
+def test_prefix_reuse_gives_what_the_prompt_gives_alone(folder, tmp_path, dca):
+    """With prefix caching, a prompt that extends an earlier one reuses its KV only where a
+    prompt alone computes the same: not where the earlier prompt's dense tail ran."""
+    g = torch.Generator().manual_seed(2)
+    first = torch.randint(3, 512, (800,), generator=g).tolist()
+    second = first + torch.randint(3, 512, (200,), generator=g).tolist()
+    sp = SamplingParams(max_tokens=3, temperature=0, logprobs=5, ignore_eos=True)
+    extra = dict(dca=True, dca_chunk_size=512, dca_local_size=64) if dca else {}
+    small = write_sparse_attention_config(tmp_path / "small.json", [[(40, 64)] * HEADS] * LAYERS)
+    kw = dict(attention="sparse", sparse_threshold=300, sparse_config=str(small),
+              sparse_dense_tail=100, **extra)
+    alone = _llm(folder, **kw).generate(second, sp)[0]
+    llm = LLM(str(folder), device="cpu", max_model_len=1024, prefill_chunk_size=256,
+              enable_prefix_caching=True, **kw)
+    llm.generate(first, sp)
+    after = llm.generate(second, sp)[0]
+    assert after.metrics.num_cached_tokens == 512   # the first prompt's tail began in [512, 768)
+    assert after.token_ids == alone.token_ids
+    for a, b in zip(after.logprobs, alone.logprobs):
+        assert max(abs(a[k] - b[k]) for k in a if k in b) < 1e-4

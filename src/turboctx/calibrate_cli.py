@@ -94,9 +94,11 @@ def calibrate(model: Annotated[Optional[str], typer.Option("--model", "-m", help
     n = parse_size(length)
     extra = {k: v for k, v in dict(dca=dca, dca_chunk_size=dca_chunk_size,
                                    dca_local_size=dca_local_size).items() if v is not None}
+    # sparse_dense_tail=0: every row of every sparse chunk is measured, the question's included
+    # (inference runs those dense by default: the budgets then have margin there)
     llm = LLM(model, device=device, dtype=dtype, max_model_len=n + 16, attention="sparse",
-              sparse_threshold=sparse_threshold, prefill_chunk_size=prefill_chunk_size,
-              enable_prefix_caching=False, **extra)
+              sparse_threshold=sparse_threshold, sparse_dense_tail=0,
+              prefill_chunk_size=prefill_chunk_size, enable_prefix_caching=False, **extra)
     cfg = llm.engine.backend.config
     if vertical_size is not None or slash_size is not None:
         H = llm.model_config.num_attention_heads

@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from turboctx.cli_options import Attention, Dca, SparseConfigFile, SparseThreshold, attention_flags
+from turboctx.cli_options import (Attention, Dca, SparseConfigFile, SparseDenseTail, SparseThreshold,
+                                  attention_flags)
 from turboctx.errors import TurboctxError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -27,11 +28,12 @@ TensorParallel = Annotated[int, typer.Option("--tensor-parallel-size", min=1, he
 
 
 def engine_kwargs(model, device, dtype, max_model_len, prefill_chunk_size, attention="dense",
-                  sparse_threshold=None, tensor_parallel_size=1, dca=None, sparse_config=None) -> dict:
+                  sparse_threshold=None, tensor_parallel_size=1, dca=None, sparse_config=None,
+                  sparse_dense_tail=None) -> dict:
     return dict(model=model, device=device, dtype=dtype, max_model_len=max_model_len,
                 prefill_chunk_size=prefill_chunk_size, attention=attention,
                 tensor_parallel_size=tensor_parallel_size,
-                **attention_flags(dca, sparse_threshold, sparse_config))
+                **attention_flags(dca, sparse_threshold, sparse_config, sparse_dense_tail))
 
 
 def load_llm(**kw):
@@ -80,13 +82,14 @@ def generate(prompt: Annotated[Optional[str], typer.Argument(help="the prompt te
              logprobs: Annotated[Optional[int], typer.Option(help="top-k logprobs per token (with --json)")] = None,
              attention: Attention = "dense", sparse_threshold: SparseThreshold = None,
              sparse_config: SparseConfigFile = None, dca: Dca = None,
+             sparse_dense_tail: SparseDenseTail = None,
              tensor_parallel_size: TensorParallel = 1, as_json: AsJson = False):
     """Continue a prompt (no chat template)."""
     text = _read_prompt(prompt, prompt_file)
     params = _params(max_tokens, temperature, seed, logprobs)
     with load_llm(**engine_kwargs(model, device, dtype, max_model_len, prefill_chunk_size,
                                   attention, sparse_threshold, tensor_parallel_size, dca,
-                                  sparse_config)) as llm:
+                                  sparse_config, sparse_dense_tail)) as llm:
         _stream_print(llm, text, params, chat=False, as_json=as_json)
 
 
@@ -98,13 +101,14 @@ def ask(question: Annotated[str, typer.Argument(help="the question about the doc
         max_tokens: MaxTokens = 256, temperature: Temperature = 0.0, seed: Seed = None,
         attention: Attention = "dense", sparse_threshold: SparseThreshold = None,
         sparse_config: SparseConfigFile = None, dca: Dca = None,
+        sparse_dense_tail: SparseDenseTail = None,
         tensor_parallel_size: TensorParallel = 1, as_json: AsJson = False):
     """Answer a question about a whole document (chat template applied)."""
     doc = _read_file(file)
     params = _params(max_tokens, temperature, seed)
     with load_llm(**engine_kwargs(model, device, dtype, max_model_len, prefill_chunk_size,
                                   attention, sparse_threshold, tensor_parallel_size, dca,
-                                  sparse_config)) as llm:
+                                  sparse_config, sparse_dense_tail)) as llm:
         prompt = llm.chat_prompt([{"role": "user", "content": f"{doc}\n\nQuestion: {question}"}])
         _stream_print(llm, prompt, params, chat=True, as_json=as_json)
 
@@ -116,12 +120,13 @@ def chat(model: Model = None, device: Device = None, dtype: Dtype = None,
          system: Annotated[Optional[str], typer.Option(help="system prompt")] = None,
          attention: Attention = "dense", sparse_threshold: SparseThreshold = None,
          sparse_config: SparseConfigFile = None, dca: Dca = None,
+         sparse_dense_tail: SparseDenseTail = None,
          tensor_parallel_size: TensorParallel = 1):
     """Interactive chat on the terminal (/exit or Ctrl-D to leave, /reset to clear)."""
     params = _params(max_tokens, temperature, seed)
     with load_llm(**engine_kwargs(model, device, dtype, max_model_len, prefill_chunk_size,
                                   attention, sparse_threshold, tensor_parallel_size, dca,
-                                  sparse_config)) as llm:
+                                  sparse_config, sparse_dense_tail)) as llm:
         _chat_loop(llm, params, system)
 
 

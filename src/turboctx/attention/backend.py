@@ -16,6 +16,8 @@ class SeqChunk:
     row_end: int         # one past the last row
     start_pos: int       # tokens already in the cache before these (position of the first new token)
     slots: SeqSlots      # where the sequence lives in the cache
+    prompt_len: int = 0  # the prompt's length when these rows are prompt tokens (0: not known);
+                         # sparse prefill runs the prompt's last tokens dense (SparseConfig.dense_tail)
 
     @property
     def num_new(self) -> int:
@@ -56,6 +58,12 @@ class AttentionBackend:
         """What, besides the token ids, the cached KV of a prompt of this length depends on
         (prefix caching shares KV only between prompts with the same salt)."""
         return b""
+
+    def prompt_tail_dependent(self) -> int:
+        """Tokens at a prompt's end whose KV differs from that of the same positions inside a
+        longer prompt (sparse prefill's dense tail); the prefix cache does not offer the chunks
+        that hold them. 0: none."""
+        return 0
 
     def chunk_dependent_from(self) -> int | None:
         """Sequence length from which a prefill chunk's output depends on where the chunk ends

@@ -15,7 +15,8 @@ from turboctx.models.layers import RotaryEmbedding
 
 
 ENGINE_ATTENTION_OPTIONS = ("dca", "dca_chunk_size", "dca_local_size", "dca_yarn", "dca_yarn_per_position",
-                            "original_max_position_embeddings", "sparse_threshold", "sparse_config")
+                            "original_max_position_embeddings", "sparse_threshold", "sparse_config",
+                            "sparse_dense_tail")
 
 
 def make_rotary(m: ModelConfig, device: torch.device) -> RotaryEmbedding:
@@ -50,19 +51,25 @@ def sparse_config(e: EngineConfig, options: dict, model_dir: str | None,
     sparse path is the slow reference-grade one, kept for tests).
     Budgets: the sparse_config file option, else sparse_attention_config.json inside an HF
     weights folder (Qwen2.5-*-1M ship one; a GGUF's folder is not searched: it may hold other
-    models), else 1000 vertical / 6096 slash lines per head."""
+    models), else 1000 vertical / 6096 slash lines per head. sparse_dense_tail: the prompt's last
+    tokens that attend densely (SparseConfig.dense_tail, default 512)."""
     threshold = options.get("sparse_threshold")
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int)
                                   or threshold < 1):
         raise InvalidRequestError(f"sparse_threshold={threshold!r} must be a positive int "
                                   "(tokens), e.g. 32768")
+    tail = options.get("sparse_dense_tail")
+    if tail is not None and (isinstance(tail, bool) or not isinstance(tail, int) or tail < 0):
+        raise InvalidRequestError(f"sparse_dense_tail={tail!r} must be an int >= 0 (tokens at the "
+                                  "prompt's end that attend densely; 0: none)")
     if e.attention == "dense" or (e.attention == "auto" and device.type != "cuda"):
-        given = [k for k in ("sparse_threshold", "sparse_config") if options.get(k) is not None]
+        given = [k for k in ("sparse_threshold", "sparse_config", "sparse_dense_tail")
+                 if options.get(k) is not None]
         if given and e.attention == "dense":
             raise InvalidRequestError(f"{', '.join(given)} given but attention='dense'; use "
                                       "attention='sparse' (or 'auto' on a GPU)")
         return None
-    overrides = {} if threshold is None else {"threshold": threshold}
+    overrides = {k: v for k, v in (("threshold", threshold), ("dense_tail", tail)) if v is not None}
     try:
         cfg = SparseConfig.for_model_dir(model_dir, **overrides)
         if options.get("sparse_config"):

@@ -12,11 +12,11 @@ each head's attention recall exp(lse_sparse - lse_dense) at the last queries (ca
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
-from turboctx.attention.backend import AttentionBatch
+from turboctx.attention.backend import AttentionBatch, SeqChunk
 from turboctx.attention.dense import DenseAttentionBackend
 from turboctx.attention.sparse_attention import vertical_slash_attention
 from turboctx.attention.sparse_blocks import causal_entries, count_attended
@@ -29,6 +29,7 @@ from turboctx.kv_cache import read_kv, write_kv
 class SparseStats:
     sparse_chunks: int = 0         # (chunk, layer) pairs that ran sparse
     dense_chunks: int = 0          # prefill (chunk, layer) pairs that ran dense (below threshold)
+    dense_tail_rows: int = 0       # query rows x layers of the prompts' dense tails (dense_tail)
     kept: float = 0.0              # attended entries summed over heads (where counted)
     total: float = 0.0             # causal entries summed over heads (same chunks)
     recall: dict[int, list] = field(default_factory=dict)  # layer -> [H] per sparse chunk (record_recall)
@@ -80,6 +81,7 @@ class SparseStats:
 
     def as_dict(self) -> dict:
         return {"sparse_chunk_layers": self.sparse_chunks, "dense_chunk_layers": self.dense_chunks,
+                "dense_tail_row_layers": self.dense_tail_rows,
                 "density": self.density, "estimate_s": self.estimate_s, "attend_s": self.attend_s}
 
 
@@ -135,11 +137,30 @@ class SparseAttentionBackend(DenseAttentionBackend):
     def chunk_dependent_from(self) -> int | None:
         return self.config.threshold
 
+    def prompt_tail_dependent(self) -> int:
+        return self.config.dense_tail
+
     def use_sparse(self, start: int, n: int) -> bool:
         return n > 1 and start + n >= self.config.threshold
 
+    def dense_tail_from(self, s, n: int) -> int:
+        """Row of this chunk from which its rows are among the prompt's last `dense_tail`
+        tokens (n: none are), for a chunk that would run sparse."""
+        t = self.config.dense_tail
+        if t <= 0 or s.prompt_len <= 0:
+            return n
+        return min(n, max(0, s.prompt_len - t - s.start_pos))
+
     def attend_seq(self, q, k, v, s, k_cache, v_cache) -> torch.Tensor:
         start, n = s.start_pos, q.shape[0]
+        d = self.dense_tail_from(s, n) if self.use_sparse(start, n) else n
+        if d < n:   # rows [d, n) are the prompt's tail: dense; rows [0, d) as a chunk of their own
+            head, tail = split_chunk(s, d)
+            self.stats.dense_tail_rows += n - d
+            if d > 0:
+                out_head = self.attend_seq(q[:d], k[:d], v[:d], head, k_cache, v_cache)
+            out_tail = super().attend_seq(q[d:], k[d:], v[d:], tail, k_cache, v_cache)
+            return out_tail if d == 0 else torch.cat([out_head, out_tail])
         if not self.use_sparse(start, n):
             if n > 1:
                 self.stats.dense_chunks += 1
@@ -190,6 +211,14 @@ class SparseAttentionBackend(DenseAttentionBackend):
         """Attention recall exp(lse_sparse - lse_dense) of the last queries, averaged per head."""
         rec = torch.exp(lse_sparse - lse_dense).mean(0)                          # [H]
         self.stats.recall.setdefault(self._layer, []).append(rec)
+
+
+def split_chunk(s: SeqChunk, d: int) -> tuple[SeqChunk, SeqChunk]:
+    """A sequence's chunk cut at its row d: rows [0, d) (no prompt tail of their own: they are not
+    split again) and rows [d, n) from position start_pos + d."""
+    head = replace(s, row_end=s.row_start + d, prompt_len=0)
+    tail = replace(s, row_start=s.row_start + d, start_pos=s.start_pos + d)
+    return head, tail
 
 
 def dense_lse(q: torch.Tensor, keys: torch.Tensor, q_pos0: int, k0: int, k1: int,

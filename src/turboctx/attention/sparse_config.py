@@ -35,6 +35,11 @@ class SparseConfig:
     block_size: int = 128           # kernel block (queries x keys) = slash block-diagonal width
     sink_tokens: int = 30           # first key columns always kept
     local_diagonals: int = 100      # diagonals nearest the main one always kept
+    # the prompt's last dense_tail tokens attend densely (0: none). The question usually ends the
+    # prompt, and only its rows decide the first answer token: on the default model, RULER needles
+    # at 16K were lost when the question's chunk ran sparse (docs/SPARSE.md). Their cost is
+    # dense_tail / prefill_chunk_size of one chunk, once per prompt.
+    dense_tail: int = 512
     kernel: Literal["auto", "triton", "flex", "portable"] = "auto"   # auto: triton on CUDA, else portable
     estimator: Literal["auto", "triton", "torch"] = "auto"  # auto: triton on CUDA, else torch
     # with DCA: the positions the pattern is selected at (sparse_dca.py): "dca" = those the
@@ -48,7 +53,7 @@ class SparseConfig:
         for name in ("threshold", "vertical_size", "slash_size", "last_q", "block_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"SparseConfig.{name}={getattr(self, name)} must be >= 1")
-        for name in ("sink_tokens", "local_diagonals"):
+        for name in ("sink_tokens", "local_diagonals", "dense_tail"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"SparseConfig.{name}={getattr(self, name)} must be >= 0")
         if self.local_diagonals < 1:

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import torch
 
-from turboctx.attention.dca import INTRA, DCAAttentionBackend, DCAConfig, query_positions
+from turboctx.attention.dca import INTRA, DCAAttentionBackend, DCAConfig, plan_parts, query_positions
 from turboctx.attention.kernels import merge_attention
-from turboctx.attention.sparse import SparseAttentionBackend, _Clock, dense_lse
+from turboctx.attention.sparse import SparseAttentionBackend, _Clock, dense_lse, split_chunk
 from turboctx.attention.sparse_attention import vertical_slash_attention
 from turboctx.attention.sparse_config import SparseConfig
 from turboctx.kv_cache import read_kv
@@ -76,12 +76,26 @@ class DCASparseAttentionBackend(DCAAttentionBackend):
     def chunk_dependent_from(self) -> int | None:
         return self.sparse.chunk_dependent_from()
 
+    def prompt_tail_dependent(self) -> int:
+        return self.sparse.prompt_tail_dependent()
+
     def prepare(self, batch, dtype) -> None:
         super().prepare(batch, dtype)
         batch.extras["sparse"] = self.sparse.stats
 
     def attend_one(self, layer, s, q, qs, plan, k_cache, v_cache) -> torch.Tensor:
         sp, start, n = self.sparse, s.start_pos, q.shape[0]
+        d = sp.dense_tail_from(s, n) if sp.use_sparse(start, n) else n
+        if d < n:   # rows [d, n) are the prompt's tail: plain DCA; rows [0, d) a chunk of their own
+            head, tail = split_chunk(s, d)
+            sp.stats.dense_tail_rows += n - d
+            out_tail = super().attend_one(layer, tail, q[d:], {kd: x[d:] for kd, x in qs.items()},
+                                          plan_parts(self.cfg, start + d, n - d), k_cache, v_cache)
+            if d == 0:
+                return out_tail
+            out_head = self.attend_one(layer, head, q[:d], {kd: x[:d] for kd, x in qs.items()},
+                                       plan_parts(self.cfg, start, d), k_cache, v_cache)
+            return torch.cat([out_head, out_tail])
         if not sp.use_sparse(start, n):
             if n > 1:
                 sp.stats.dense_chunks += 1

@@ -6,7 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from turboctx.cli_options import Attention, Dca, SparseConfigFile, SparseThreshold, attention_flags
+from turboctx.cli_options import (Attention, Dca, SparseConfigFile, SparseDenseTail, SparseThreshold,
+                                  attention_flags)
 
 bench_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
@@ -54,8 +55,8 @@ def prefill(model: Annotated[str, typer.Option("--model", "-m")] = "random:qwen2
             repeat: Annotated[int, typer.Option(min=1)] = 3,
             device: Optional[str] = None, dtype: Optional[str] = None,
             attention: Attention = "dense", sparse_threshold: SparseThreshold = None,
-            sparse_config: SparseConfigFile = None, dca: Dca = None,
-            prefill_chunk_size: Optional[int] = None,
+            sparse_config: SparseConfigFile = None, sparse_dense_tail: SparseDenseTail = None,
+            dca: Dca = None, prefill_chunk_size: Optional[int] = None,
             compare: Annotated[Optional[str], typer.Option(help="'hf': HF transformers in the same run")] = None,
             price_per_gpu_hour: Annotated[Optional[float], typer.Option(help="USD; adds cost per 1M prompt tokens")] = None,
             json_path: Annotated[Optional[Path], typer.Option("--json")] = None,
@@ -74,7 +75,7 @@ def prefill(model: Annotated[str, typer.Option("--model", "-m")] = "random:qwen2
     ns = parse_sizes(lengths)
     if compare not in (None, "hf"):
         raise typer.BadParameter(f"--compare {compare!r}: only 'hf' is supported")
-    extra = attention_flags(dca, sparse_threshold, sparse_config)
+    extra = attention_flags(dca, sparse_threshold, sparse_config, sparse_dense_tail)
 
     def make_llm(n):
         return _setup(model, device, dtype, n + 16, attention, prefill_chunk_size, extra,

@@ -22,7 +22,8 @@ def sparse_columns(stats: list[dict], ttft: float) -> dict:
             "estimate_fraction": est / ttft,
             "sparse_attend_s": statistics.median(s["attend_s"] for s in stats),
             "sparse_chunk_layers": stats[-1]["sparse_chunk_layers"],
-            "dense_chunk_layers": stats[-1]["dense_chunk_layers"]}
+            "dense_chunk_layers": stats[-1]["dense_chunk_layers"],
+            "dense_tail_row_layers": stats[-1]["dense_tail_row_layers"]}
 
 
 def reset_peak(device: torch.device) -> None:
@@ -39,12 +40,13 @@ def sparse_backend(llm):
 
 def warmup_length(llm, n: int) -> int:
     """A prompt that runs every path the timed one does: two sparse chunks when sparse is on
-    (the first compiles FlexAttention and the Triton kernels, the second sees a new key length)."""
+    (the first compiles FlexAttention and the Triton kernels, the second sees a new key length),
+    then the prompt's dense tail."""
     sparse = sparse_backend(llm)
     if sparse is None:
         return min(n, 4096)
     chunk = llm.engine.config.prefill_chunk_size
-    return min(n, max(4096, sparse.config.threshold + chunk))
+    return min(n, max(4096, sparse.config.threshold + chunk + sparse.config.dense_tail))
 
 
 def bench_prefill(make_llm, lengths: list[int], repeat: int, seed: int, ceilings: dict) -> list[dict]:

@@ -20,7 +20,8 @@ class LLM:
 
     model: a local HF folder, a .gguf file, None (the default model) or "random:<preset>".
     Engine options: dca, dca_chunk_size, dca_local_size, original_max_position_embeddings,
-    attention ("dense" | "sparse" | "auto"), sparse_threshold, kv_cache_tokens, max_num_seqs,
+    attention ("dense" | "sparse" | "auto"), sparse_threshold, sparse_config (a budgets file),
+    sparse_dense_tail (the prompt's last tokens that attend densely, default 512), kv_cache_tokens, max_num_seqs,
     enable_prefix_caching (default True: a prompt reuses the KV of a prefix seen before),
     tensor_parallel_size (default 1: the model split over that many processes, one per GPU), ...
 

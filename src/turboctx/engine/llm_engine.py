@@ -82,7 +82,8 @@ class LLMEngine:
         self.model, self.backend, self.kv_cache, self.runner = w.model, w.backend, w.kv_cache, w.runner
         self.allocator = BlockAllocator(num_blocks)
         self.scheduler = Scheduler(self.allocator, cfg.block_size, cfg.prefill_chunk_size, cfg.max_num_seqs,
-                                   cfg.enable_prefix_caching, self.backend.chunk_dependent_from())
+                                   cfg.enable_prefix_caching, self.backend.chunk_dependent_from(),
+                                   self.backend.prompt_tail_dependent())
         self.eos_token_ids = sorted(set(m.eos_token_ids) | set(
             self.tokenizer.eos_token_ids if self.tokenizer else []))
         self.requests: dict[str, Request] = {}

@@ -105,7 +105,7 @@ class ModelRunner:
         seqs: list[SeqChunk] = []
         row = 0
         for s, sl in zip(inp.seqs, slots):
-            seqs.append(SeqChunk(row, row + s.num_new, s.start_pos, sl))
+            seqs.append(SeqChunk(row, row + s.num_new, s.start_pos, sl, prompt_len=s.seq_len))
             pos.append(torch.arange(s.start_pos, s.start_pos + s.num_new))
             row += s.num_new
         input_ids = torch.tensor(inp.token_ids, dtype=torch.long).to(self.device, non_blocking=True)

@@ -10,7 +10,9 @@ so its output depends on where the chunk ends. From that sequence length on, a p
 on the request's own grid of `token_budget` tokens (or at the prompt's end), whatever else runs:
 it can shrink to the next grid line or grow to it past the step's budget (by less than one chunk,
 and past the caps that keep decodes fast). Prefix reuse then stops at a grid line too. A prompt's
-output is then the same alone, batched, or beside a server's other requests.
+output is then the same alone, batched, or beside a server's other requests. The prompt's dense
+tail (`tail_dependent` tokens, sparse_config.dense_tail) is computed unlike the same positions of
+a longer prompt, so the grid chunks it touches are not offered to the prefix cache.
 
 Prefix caching: at admission a request takes the cached blocks of the longest prefix of its full
 prompt blocks (always leaving its last prompt token to compute) and starts with those tokens
@@ -39,10 +41,12 @@ class ScheduledChunk:
 
 class Scheduler:
     def __init__(self, allocator: BlockAllocator, block_size: int, token_budget: int, max_num_seqs: int,
-                 enable_prefix_caching: bool = True, aligned_from: int | None = None):
+                 enable_prefix_caching: bool = True, aligned_from: int | None = None,
+                 tail_dependent: int = 0):
         self.allocator, self.block_size = allocator, block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.aligned_from = aligned_from     # backend.chunk_dependent_from(): see the module doc
+        self.tail_dependent = tail_dependent  # backend.prompt_tail_dependent(): likewise
         self.token_budget, self.max_num_seqs = token_budget, max_num_seqs
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
@@ -130,13 +134,25 @@ class Scheduler:
         """Offers the full prompt blocks whose KV this request has computed to the prefix cache."""
         if not self.enable_prefix_caching or req.slots is None:
             return
-        full = min(req.num_computed_tokens, req.num_prompt_tokens) // self.block_size
+        full = min(req.num_computed_tokens, self._shareable_tokens(req)) // self.block_size
         if full <= req.num_registered_blocks:
             return
         hashes = self._hashes(req)
         for i in range(req.num_registered_blocks, full):
             self.allocator.register(req.slots.block_table[i], hashes[i])
         req.num_registered_blocks = full
+
+    def _shareable_tokens(self, req: Request) -> int:
+        """Prompt tokens whose KV a longer prompt with this prefix would compute the same way:
+        all of them, except (sparse) from the grid chunk where the dense tail starts, unless
+        that chunk and those after it are too short to run sparse in a longer prompt either."""
+        total = req.num_prompt_tokens
+        if self.aligned_from is None or not self.tail_dependent or total < self.aligned_from:
+            return total
+        grid = self.token_budget
+        tail_chunk = max(0, total - self.tail_dependent) // grid * grid
+        first_sparse = (self.aligned_from - 1) // grid * grid   # first grid chunk ending >= aligned_from
+        return min(total, max(tail_chunk, first_sparse))
 
     def _prefill_chunk(self, req: Request, budget: int) -> ScheduledChunk:
         start, total = req.num_computed_tokens, req.num_prompt_tokens

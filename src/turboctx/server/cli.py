@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from turboctx.cli_options import Attention, Dca, SparseConfigFile, SparseThreshold, attention_flags
+from turboctx.cli_options import (Attention, Dca, SparseConfigFile, SparseDenseTail, SparseThreshold,
+                                  attention_flags)
 
 serve_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 log = logging.getLogger("turboctx.server")
@@ -29,9 +30,9 @@ def served_names(model: str | None, engine, served_model_name: list[str] | None)
 def build_engine(model, *, device=None, dtype=None, max_model_len=None, prefill_chunk_size=None,
                  kv_cache_tokens=None, max_num_seqs=64, attention="dense", dca=None,
                  enable_prefix_caching=True, sparse_threshold=None, tensor_parallel_size=1,
-                 sparse_config=None):
+                 sparse_config=None, sparse_dense_tail=None):
     from turboctx.engine.llm_engine import LLMEngine
-    extra = attention_flags(dca, sparse_threshold, sparse_config)
+    extra = attention_flags(dca, sparse_threshold, sparse_config, sparse_dense_tail)
     if tensor_parallel_size != 1:
         extra["tensor_parallel_size"] = tensor_parallel_size
     return LLMEngine(model, device=device, dtype=dtype, max_model_len=max_model_len,
@@ -50,7 +51,7 @@ def serve(model: Annotated[Optional[str], typer.Option("--model", "-m", help="HF
           device: Annotated[Optional[str], typer.Option(help="cpu | cuda | cuda:N")] = None,
           dtype: Annotated[Optional[str], typer.Option(help="float32 | bfloat16 | float16")] = None,
           dca: Dca = None, attention: Attention = "dense", sparse_threshold: SparseThreshold = None,
-          sparse_config: SparseConfigFile = None,
+          sparse_config: SparseConfigFile = None, sparse_dense_tail: SparseDenseTail = None,
           max_num_seqs: Annotated[int, typer.Option(min=1, help="requests decoded together")] = 64,
           kv_cache_tokens: Annotated[Optional[int], typer.Option(help="KV-cache size in tokens (default: from free memory)")] = None,
           prefill_chunk_size: Annotated[Optional[int], typer.Option(help="prefill tokens per step")] = None,
@@ -73,7 +74,8 @@ def serve(model: Annotated[Optional[str], typer.Option("--model", "-m", help="HF
                           prefill_chunk_size=prefill_chunk_size, kv_cache_tokens=kv_cache_tokens,
                           max_num_seqs=max_num_seqs, attention=attention, dca=dca,
                           enable_prefix_caching=prefix_caching, sparse_threshold=sparse_threshold,
-                          tensor_parallel_size=tensor_parallel_size, sparse_config=sparse_config)
+                          tensor_parallel_size=tensor_parallel_size, sparse_config=sparse_config,
+                          sparse_dense_tail=sparse_dense_tail)
     try:
         _run_server(engine, model, served_model_name, host, port, api_key, max_waiting, max_body_bytes,
                     shutdown_timeout, log_level)
