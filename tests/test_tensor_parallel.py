@@ -30,8 +30,10 @@ ENGINE = dict(device="cpu", dtype="float32", prefill_chunk_size=64, max_model_le
 # differ per head check that each rank gets the budgets of its own query heads.
 BACKENDS = {
     "dca": dict(dca=True, dca_chunk_size=128, dca_local_size=16),     # a 300-token prompt spans 3 DCA chunks
-    "sparse": dict(attention="sparse", sparse_threshold=128),         # chunks ending past 128 tokens run sparse
-    "dcasparse": dict(dca=True, dca_chunk_size=128, dca_local_size=16, attention="sparse", sparse_threshold=128),
+    # chunks ending past 128 tokens run sparse, but for the prompt's last 32 tokens (dense tail)
+    "sparse": dict(attention="sparse", sparse_threshold=128, sparse_dense_tail=32),
+    "dcasparse": dict(dca=True, dca_chunk_size=128, dca_local_size=16, attention="sparse", sparse_threshold=128,
+                      sparse_dense_tail=32),
 }
 SPARSE_BUDGETS = [[(4, 8), (16, 32), (64, 8), (8, 64)], [(8, 16), (2, 4), (32, 32), (4, 128)]]
 
