@@ -133,25 +133,13 @@ def test_sparse_chunk_beside_decodes_takes_a_whole_chunk():
     assert sparse == [4096, 6144, 8192, 9000]          # whole grid chunks, decodes or not
 
 
-def test_prefix_reuse_stops_on_the_grid_with_sparse_prefill():
-    for aligned_from, expect in ((None, 1008), (64, 768)):
-        alloc = BlockAllocator(200)
-        s = Scheduler(alloc, block_size=16, token_budget=256, max_num_seqs=8, aligned_from=aligned_from)
-        first = req("first", 1020)
-        s.add(first)
-        _ends(s, [first])
-        second = req("second", 1100)                      # shares the first 1020 tokens
-        s.add(second)
-        s.schedule()
-        assert second.num_cached_tokens == expect, aligned_from
-
-
 @pytest.mark.parametrize("aligned_from, tail, expect", [
-    (64, 0, 768),      # no dense tail: reuse up to the grid line below the shared prefix
+    (None, 0, 1008),   # dense: every full block of the shared prefix
+    (64, 0, 768),      # sparse: reuse stops on the grid line below the shared prefix
     (64, 300, 512),    # the first prompt's tail started in chunk [512, 768): not shared
     (2000, 300, 768),  # a prompt too short to run sparse: its tail is computed as any prefix
 ])
-def test_prefix_reuse_leaves_out_the_dense_tail(aligned_from, tail, expect):
+def test_prefix_reuse_stops_on_the_grid_and_before_the_dense_tail(aligned_from, tail, expect):
     alloc = BlockAllocator(200)
     s = Scheduler(alloc, block_size=16, token_budget=256, max_num_seqs=8, aligned_from=aligned_from,
                   tail_dependent=tail)
