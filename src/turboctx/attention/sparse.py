@@ -144,19 +144,21 @@ class SparseAttentionBackend(DenseAttentionBackend):
         return n > 1 and start + n >= self.config.threshold
 
     def dense_tail_from(self, s, n: int) -> int:
-        """Row of this chunk from which its rows are among the prompt's last `dense_tail`
-        tokens (n: none are), for a chunk that would run sparse."""
+        """Row of this chunk of n rows from which they are among the prompt's last `dense_tail`
+        tokens, for a chunk that would run sparse (n: none are, or it runs dense anyway);
+        counts those rows in the stats."""
         t = self.config.dense_tail
-        if t <= 0 or s.prompt_len <= 0:
+        if t <= 0 or s.prompt_len <= 0 or not self.use_sparse(s.start_pos, n):
             return n
-        return min(n, max(0, s.prompt_len - t - s.start_pos))
+        d = min(n, max(0, s.prompt_len - t - s.start_pos))
+        self.stats.dense_tail_rows += n - d
+        return d
 
     def attend_seq(self, q, k, v, s, k_cache, v_cache) -> torch.Tensor:
         start, n = s.start_pos, q.shape[0]
-        d = self.dense_tail_from(s, n) if self.use_sparse(start, n) else n
+        d = self.dense_tail_from(s, n)
         if d < n:   # rows [d, n) are the prompt's tail: dense; rows [0, d) as a chunk of their own
             head, tail = split_chunk(s, d)
-            self.stats.dense_tail_rows += n - d
             if d > 0:
                 out_head = self.attend_seq(q[:d], k[:d], v[:d], head, k_cache, v_cache)
             out_tail = super().attend_seq(q[d:], k[d:], v[d:], tail, k_cache, v_cache)

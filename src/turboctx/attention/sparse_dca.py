@@ -85,10 +85,9 @@ class DCASparseAttentionBackend(DCAAttentionBackend):
 
     def attend_one(self, layer, s, q, qs, plan, k_cache, v_cache) -> torch.Tensor:
         sp, start, n = self.sparse, s.start_pos, q.shape[0]
-        d = sp.dense_tail_from(s, n) if sp.use_sparse(start, n) else n
+        d = sp.dense_tail_from(s, n)
         if d < n:   # rows [d, n) are the prompt's tail: plain DCA; rows [0, d) a chunk of their own
             head, tail = split_chunk(s, d)
-            sp.stats.dense_tail_rows += n - d
             out_tail = super().attend_one(layer, tail, q[d:], {kd: x[d:] for kd, x in qs.items()},
                                           plan_parts(self.cfg, start + d, n - d), k_cache, v_cache)
             if d == 0:
