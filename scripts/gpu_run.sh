@@ -72,31 +72,38 @@ case "${1:-tests}" in
     tar czf "$OUT/passkey_sparse.tgz" -C /root/res passkey_sparse ruler16k_dense ruler16k_sparse ;;
   sparse-paired)  # many paired samples (same prompts): dense, sparse from 4096 with the default
     # budgets (and the default dense tail of 512 tokens), and with the calibrated file of session 5;
-    # the settings run side by side (one process each: the 135M model leaves the H200 idle), then
-    # the paired differences (issue #5). SEED / TRIALS / SAMPLES / SETTINGS / T (seconds per
-    # process) / RES per call; reruns resume. One call of T=480 gave 120 RULER + 60 passkey pairs.
-    RES=${RES:-/root/res/paired}; mkdir -p $RES; export OMP_NUM_THREADS=3
+    # every (seed, setting, task) runs as its own process side by side (the 135M model leaves the
+    # H200 idle), then the paired differences pooled over the seeds (issue #5). SEEDS (default 7) /
+    # TRIALS / SAMPLES / SETTINGS / T (seconds per process) / RES / KV per call; reruns resume.
+    # One call of T=480 and one seed gave 120 RULER + 60 passkey pairs per setting.
+    RES=${RES:-/root/res/paired}; mkdir -p $RES; export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
     CAL=docs/results/sparse_eval_s5/calibration_dca/sparse_attention_config.json
-    PK="--model $GGUF --device cuda --dca --dtype bfloat16 --max-model-len 34000 --batch-size 8
-        --kv-cache-tokens 400000 --seed ${SEED:-7}"     # a bounded cache: several processes share the GPU
+    SETS=${SETTINGS:-dense sparse cal}; SEEDS=${SEEDS:-${SEED:-7}}
     D="--depths 0.05,0.15,0.25,0.35,0.45,0.55,0.65,0.75,0.85,0.95"
     flags() { case $1 in dense) echo "--attention dense" ;; sparse) echo "--attention sparse --sparse-threshold 4096" ;;
               notail) echo "--attention sparse --sparse-threshold 4096 --sparse-dense-tail 0" ;;
               cal) echo "--attention sparse --sparse-threshold 4096 --sparse-config $CAL" ;; esac; }
-    for a in ${SETTINGS:-dense sparse cal}; do
-      timeout ${T:-480} python3 -m turboctx.cli eval ruler $PK $(flags $a) --lengths 16k --samples ${SAMPLES:-40} \
-        --tasks niah_single_2,niah_multikey_1,niah_multivalue --out $RES/ruler_$a > $RES/ruler_$a.log 2>&1 &
-      sleep 2
-      timeout ${T:-480} python3 -m turboctx.cli eval passkey $PK $(flags $a) $D --lengths 16k,32k \
-        --trials ${TRIALS:-3} --out $RES/passkey_$a > $RES/passkey_$a.log 2>&1 &
-      sleep 2
+    for s in $SEEDS; do
+      R=$RES/seed$s; mkdir -p $R      # a bounded KV cache: the processes share the GPU
+      PK="--model $GGUF --device cuda --dca --dtype bfloat16 --max-model-len 34000 --batch-size 8
+          --kv-cache-tokens ${KV:-300000} --seed $s"
+      for a in $SETS; do
+        timeout ${T:-480} python3 -m turboctx.cli eval ruler $PK $(flags $a) --lengths 16k --samples ${SAMPLES:-40} \
+          --tasks niah_single_2,niah_multikey_1,niah_multivalue --out $R/ruler_$a > $R/ruler_$a.log 2>&1 &
+        sleep 1
+        timeout ${T:-480} python3 -m turboctx.cli eval passkey $PK $(flags $a) $D --lengths 16k,32k \
+          --trials ${TRIALS:-3} --out $R/passkey_$a > $R/passkey_$a.log 2>&1 &
+        sleep 1
+      done
     done
     wait
-    for f in $RES/*.log; do echo "== $f"; tr '\r' '\n' < $f | grep -v -i warn | grep -v "sample/s" | tail -6; done
-    for b in ${SETTINGS:-dense sparse cal}; do
+    for f in $RES/seed*/*.log; do echo "== $f"; tr '\r' '\n' < $f | grep -v -i warn | grep -v "sample/s" | tail -3; done
+    for b in $SETS; do
       [ $b = dense ] && continue
-      python3 -m turboctx.cli eval paired --a $RES/passkey_dense --b $RES/passkey_$b \
-        --a $RES/ruler_dense --b $RES/ruler_$b --json $RES/paired_$b.json
+      for t in ruler passkey; do
+        pairs=""; for s in $SEEDS; do pairs="$pairs --a $RES/seed$s/${t}_dense --b $RES/seed$s/${t}_$b"; done
+        python3 -m turboctx.cli eval paired $pairs --json $RES/paired_${t}_$b.json | tail -8
+      done
     done
     tar czf "$OUT/paired.tgz" -C $RES . ;;
   suite)  # issue #6: engine, HF and the server on the same prompts (resumes when rerun)
