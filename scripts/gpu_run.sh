@@ -75,13 +75,16 @@ case "${1:-tests}" in
     # every (seed, setting, task) runs as its own process side by side (the 135M model leaves the
     # H200 idle), then the paired differences pooled over the seeds (issue #5). SEEDS (default 7) /
     # TRIALS / SAMPLES / SETTINGS / T (seconds per process) / RES / KV per call; reruns resume.
-    # One call of T=480 and one seed gave 120 RULER + 60 passkey pairs per setting.
+    # One call of T=480 and one seed gave 120 RULER + 60 passkey pairs per setting. DENSE_RUNS=DIR
+    # (e.g. docs/results/sparse_eval_s7) pairs with the dense runs kept there (DIR/seedN/*_dense)
+    # instead of running dense again; use SETTINGS without dense then.
     RES=${RES:-/root/res/paired}; mkdir -p $RES; export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
     CAL=docs/results/sparse_eval_s5/calibration_dca/sparse_attention_config.json
     SETS=${SETTINGS:-dense sparse cal}; SEEDS=${SEEDS:-${SEED:-7}}
     D="--depths 0.05,0.15,0.25,0.35,0.45,0.55,0.65,0.75,0.85,0.95"
     flags() { case $1 in dense) echo "--attention dense" ;; sparse) echo "--attention sparse --sparse-threshold 4096" ;;
               notail) echo "--attention sparse --sparse-threshold 4096 --sparse-dense-tail 0" ;;
+              tail*) echo "--attention sparse --sparse-threshold 4096 --sparse-dense-tail ${1#tail}" ;;  # e.g. tail2048
               cal) echo "--attention sparse --sparse-threshold 4096 --sparse-config $CAL" ;; esac; }
     for s in $SEEDS; do
       R=$RES/seed$s; mkdir -p $R      # a bounded KV cache: the processes share the GPU
@@ -101,7 +104,8 @@ case "${1:-tests}" in
     for b in $SETS; do
       [ $b = dense ] && continue
       for t in ruler passkey; do
-        pairs=""; for s in $SEEDS; do pairs="$pairs --a $RES/seed$s/${t}_dense --b $RES/seed$s/${t}_$b"; done
+        pairs=""; for s in $SEEDS; do
+          pairs="$pairs --a ${DENSE_RUNS:-$RES}/seed$s/${t}_dense --b $RES/seed$s/${t}_$b"; done
         python3 -m turboctx.cli eval paired $pairs --json $RES/paired_${t}_$b.json | tail -8
       done
     done
@@ -110,10 +114,14 @@ case "${1:-tests}" in
     timeout "${SUITE_TIMEOUT:-420}" python3 scripts/eval_suite.py /root/suite --model "$GGUF" \
       --device cuda --batch-size "${SUITE_BATCH:-64}" --doc /root/suite/EVAL.md 2>&1 | grep -v -i warn | tail -25
     tar czf "$OUT/suite.tgz" -C /root/suite . ;;
-  ttft-sparse)  # random:qwen2.5-7b, default budgets; LENGTHS / REPEAT, dense beside it via DENSE
-    timeout "${TTFT_TIMEOUT:-300}" python3 -m turboctx.cli bench prefill --model random:qwen2.5-7b \
-      --attention sparse --lengths "${LENGTHS:-1m}" --repeat "${REPEAT:-2}" \
-      --json "$OUT/prefill_7b_sparse_$(echo "${LENGTHS:-1m}" | tr , _).json" 2>&1 | grep -v -i warn | tail -6
+  ttft-sparse)  # random:qwen2.5-7b, default budgets; LENGTHS / REPEAT, dense beside it via DENSE,
+    # TAILS="0 512 2048" times each dense tail in turn (default: the engine's, 512)
+    for tl in ${TAILS:-default}; do
+      tflag=""; [ "$tl" != default ] && tflag="--sparse-dense-tail $tl"
+      timeout "${TTFT_TIMEOUT:-300}" python3 -m turboctx.cli bench prefill --model random:qwen2.5-7b \
+        --attention sparse $tflag --lengths "${LENGTHS:-1m}" --repeat "${REPEAT:-2}" \
+        --json "$OUT/prefill_7b_sparse_$(echo "${LENGTHS:-1m}" | tr , _)_tail$tl.json" 2>&1 | grep -v -i warn | tail -6
+    done
     if [ -n "${DENSE:-}" ]; then
       timeout 200 python3 -m turboctx.cli bench prefill --model random:qwen2.5-7b --attention dense \
         --lengths "$DENSE" --repeat 2 --json "$OUT/prefill_7b_dense_$(echo "$DENSE" | tr , _).json" 2>&1 | grep -v -i warn | tail -5

@@ -1,4 +1,5 @@
-"""Re-run chosen RULER samples under several engine settings: where did a setting lose a sample?
+"""Re-run chosen RULER (or passkey) samples under several engine settings: where did a setting
+lose a sample?
 
     export PYTHONPATH=$PWD/src
     python3 scripts/ruler_repro.py --task niah_single_2 --length 16k --samples 20 --indices 11 \
@@ -6,7 +7,11 @@
         --setting attention=dense \
         --setting attention=sparse,sparse_threshold=16000
 
-Builds the task's samples exactly as `turboctx eval ruler` does (same seed and count), checks each
+    python3 scripts/ruler_repro.py --task passkey --length 16k --depth 0.15 --trials 3 --seed 9 \
+        --indices 1 --run RUN/passkey_sparse --setting attention=sparse,sparse_threshold=4096
+
+Builds the task's samples exactly as `turboctx eval ruler` / `eval passkey` do (same seed and
+count; for passkey one depth of the run, --indices = trial numbers), checks each
 chosen prompt against the hash that --run recorded (so the answers compare with that run's), and
 prints one JSON line per (setting, sample): the answer, the expected values, that run's answer.
 Settings are engine flags `key=value,...` on top of --dca/--device/--dtype/--max-model-len.
@@ -19,6 +24,7 @@ import time
 from pathlib import Path
 
 from turboctx import LLM, SamplingParams
+from turboctx.eval import passkey as passkey_mod
 from turboctx.eval import ruler as ruler_mod
 from turboctx.eval.cli import parse_extra
 from turboctx.eval.common import parse_size, sha256
@@ -31,6 +37,8 @@ def main() -> None:
     ap.add_argument("--length", required=True)
     ap.add_argument("--samples", type=int, default=20, help="as the run's --samples")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--depth", type=float, help="passkey: the needle depth of the chosen trials")
+    ap.add_argument("--trials", type=int, default=3, help="passkey: as the run's --trials")
     ap.add_argument("--indices", required=True, help="comma-separated sample indices")
     ap.add_argument("--run", type=Path, help="an eval output directory: prompt hashes, answers")
     ap.add_argument("--setting", action="append", default=[], help="engine flags, repeatable")
@@ -44,7 +52,8 @@ def main() -> None:
     if a.run:
         for line in (a.run / "samples.jsonl").read_text().splitlines():
             r = json.loads(line)
-            if r["task"] == a.task and r["length"] == length:
+            if r["task"] == a.task and r["length"] == length and (
+                    a.task != "passkey" or abs(r["depth"] - a.depth) < 1e-9):
                 seen[r["index"]] = r
     samples = None                                   # built once: the tokenizer is the model's
     for setting in a.setting or ["attention=dense"]:
@@ -53,7 +62,12 @@ def main() -> None:
                   max_model_len=parse_size(a.max_model_len), **flags)
         if samples is None:
             count = lambda text: len(llm.tokenizer.encode(text))   # noqa: E731
-            samples = ruler_mod.generate(a.task, length, a.samples, a.seed, count, lambda b, p: b + p)
+            if a.task == "passkey":
+                if a.depth is None:
+                    raise SystemExit("--task passkey needs --depth")
+                samples = passkey_mod.generate([length], [a.depth], a.trials, a.seed, count)
+            else:
+                samples = ruler_mod.generate(a.task, length, a.samples, a.seed, count, lambda b, p: b + p)
             for i in indices:
                 prev = seen.get(i)
                 if prev and prev["prompt_sha256"] != sha256(samples[i].prompt):

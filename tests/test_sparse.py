@@ -23,6 +23,7 @@ from turboctx.attention.sparse_pattern import (VSPattern, block_diagonal_sums, e
                                                vertical_slash_scores_torch)
 from turboctx.kv_cache import KVCache, SeqSlots
 from turboctx.models.layers import RotaryEmbedding, apply_rotary
+from sparse_expect import expected_sparse_rows
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -338,18 +339,18 @@ def test_backend_chunked_prefill_equals_reference_of_its_set(H, Hkv):
     cos, sin = rotary.cos_sin(torch.arange(total), torch.float32)
     qr, kr = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     for start, n, out in _run_chunks(backend, q, k, v, chunks, cache, slots, rotary):
-        m = start + n
-        if m < cfg.threshold:     # dense below the threshold
-            mask = causal_mask(torch.arange(start, m), torch.arange(m))
-        else:
-            mask = vertical_slash_mask(backend.last_pattern, n, start)
-            assert mask.sum() < H * causal_entries(n, start)
+        m, rows = start + n, expected_sparse_rows(start, n, cfg.threshold)
+        mask = causal_mask(torch.arange(start, m), torch.arange(m)).expand(H, n, m).clone()
+        if rows:      # rows below the threshold attend densely; rows [a, b) by their pattern
+            a, b = rows
+            mask[:, a:b, :start + b] = vertical_slash_mask(backend.last_pattern, b - a, start + a)
+            assert a == max(0, cfg.threshold - start) and mask.sum() < H * causal_entries(n, start)
         ref, _ = reference_attention(qr[start:m], kr[:m], v[:m], mask, D ** -0.5)
         torch.testing.assert_close(out.double(), ref, atol=3e-5, rtol=1e-5)
     st = backend.stats
     assert (st.sparse_chunks, st.dense_chunks) == (2, 1)
     assert 0 < st.density < 1 and st.estimate_s > 0
-    assert list(st.density_by_chunk()) == [100, 200]      # per chunk start, sparse chunks only
+    assert list(st.density_by_chunk()) == [150, 200]      # per sparse part's start
     rec = torch.stack(st.recall[0])                       # [sparse chunks, H]
     assert set(st.recall) == {0} and rec.shape == (2, H)
     assert bool(((rec > 0) & (rec <= 1 + 1e-5)).all())
@@ -386,16 +387,17 @@ def test_backend_with_full_budgets_equals_dense_backend():
 def test_prompt_tail_runs_dense(H, Hkv, tail, device):
     """The prompt's last `dense_tail` rows attend every key (the dense reference); the chunk's
     rows before them run sparse as a chunk of their own (pattern from their own last queries),
-    also when the tail starts in an earlier chunk. On CUDA: the Triton estimator and kernel for
+    also when the tail starts in an earlier chunk; rows below the threshold attend densely too
+    (tail 150: dense, sparse and tail rows in one chunk). On CUDA: the Triton estimator and kernel for
     the sparse rows, the dense GPU path for the tail."""
     D, B, total, chunks = 64, 16, 301, [100, 100, 101]
     rotary = RotaryEmbedding(D, 10000.0)
     g = torch.Generator().manual_seed(tail)
     q, k, v = (torch.randn(total, h, D, generator=g) for h in (H, Hkv, Hkv))
     kernel = "portable" if device == "cpu" else "triton"
-    cfg = SparseConfig(threshold=150, vertical_size=20, slash_size=12, last_q=32, block_size=B,
+    cfg = SparseConfig(threshold=120, vertical_size=20, slash_size=12, last_q=32, block_size=B,
                        sink_tokens=4, local_diagonals=8, kernel=kernel, estimator="auto", dense_tail=tail)
-    backend = SparseAttentionBackend(rotary, D, cfg)
+    backend = SparseAttentionBackend(RotaryEmbedding(D, 10000.0).to(device), D, cfg)
     cache = KVCache(1, Hkv, D, num_blocks=40, block_size=8, dtype=torch.float32, device=device)
     slots = SeqSlots(block_table=list(range(39, 0, -1)), block_size=8)
     tol = dict(atol=3e-5, rtol=1e-5) if device == "cpu" else dict(atol=5e-3, rtol=5e-3)   # TF32 dots
@@ -408,14 +410,15 @@ def test_prompt_tail_runs_dense(H, Hkv, tail, device):
                                torch.arange(start, m, device=device), cache)
         backend.prepare(batch, torch.float32)
         out = backend.forward(0, *(t[start:m].to(device) for t in (q, k, v)), batch).cpu()
-        d = min(n, max(0, total - tail - start)) if m >= cfg.threshold else n
+        a, b = expected_sparse_rows(start, n, cfg.threshold, total, tail) or (n, n)
         mask = causal_mask(torch.arange(start, m), torch.arange(m)).expand(H, n, m).clone()
-        if backend.stats.sparse_chunks > before:        # rows [0, d) ran sparse, by their pattern
-            assert 1 < d and start + d >= cfg.threshold
-            mask[:, :d, :start + d] = vertical_slash_mask(backend.last_pattern.to("cpu"), d, start)
-            sparse_rows += d
+        assert (backend.stats.sparse_chunks > before) == (a < b)
+        if a < b:        # rows [a, b) ran sparse, by their pattern
+            mask[:, a:b, :start + b] = vertical_slash_mask(backend.last_pattern.to("cpu"), b - a, start + a)
+            sparse_rows += b - a
         ref, _ = reference_attention(qr[start:m], kr[:m], v[:m], mask, D ** -0.5)
         torch.testing.assert_close(out.double(), ref, **tol)
+        d = max(b, min(n, total - tail - start))
         if d < n:   # the tail itself: exactly dense
             dense, _ = reference_attention(qr[start + d:m], kr[:m], v[:m],
                                            causal_mask(torch.arange(start + d, m), torch.arange(m)), D ** -0.5)

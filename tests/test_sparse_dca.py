@@ -15,6 +15,7 @@ from turboctx.attention.dca import plan_parts
 from turboctx.attention.sparse_pattern import vertical_slash_scores_torch
 from turboctx.kv_cache import KVCache, SeqSlots
 from turboctx.models.layers import RotaryEmbedding, apply_rotary
+from sparse_expect import expected_sparse_rows
 
 
 def test_merged_parts_join_adjacent_key_ranges():
@@ -41,7 +42,7 @@ def test_dca_sparse_backend_equals_reference(H, Hkv, D, cs, local, chunks, B, ya
     total = sum(chunks)
     rotary = RotaryEmbedding(D, theta=500.0)
     dca = DCAConfig(cs, local, cs, yarn_scaling=yarn)
-    sparse = SparseConfig(threshold=chunks[0] + 1, vertical_size=12, slash_size=3 * B, last_q=32,
+    sparse = SparseConfig(threshold=chunks[0], vertical_size=12, slash_size=3 * B, last_q=32,
                           block_size=B, sink_tokens=3, local_diagonals=B, kernel="portable",
                           dca_selection=selection)
     backend = DCASparseAttentionBackend(rotary, D, dca, sparse, record_recall=True)
@@ -57,7 +58,7 @@ def test_dca_sparse_backend_equals_reference(H, Hkv, D, cs, local, chunks, B, ya
         out = backend.forward(0, q[start:m], k[start:m], v[start:m], batch)
         mult = torch.full((n,), yarn_logit_scale(m, cs) if yarn else 1.0, dtype=torch.float64)
         mask = None
-        if m >= sparse.threshold:
+        if m > sparse.threshold:        # every row of these chunks is at or past it
             pat = backend.last_pattern
             mask = vertical_slash_mask(pat, n, start)
             assert mask.sum() < H * causal_entries(n, start)
@@ -135,17 +136,17 @@ def test_dca_sparse_below_threshold_is_plain_dca():
     not torch.cuda.is_available(), reason="needs CUDA")])])
 @pytest.mark.parametrize("tail, chunks", [(30, [64, 64, 71]), (100, [64, 64, 71]), (1, [150, 61])])
 def test_dca_sparse_prompt_tail_is_plain_dca(tail, chunks, device):
-    """With DCA the prompt's last `dense_tail` rows get plain DCA attention (every key) and the
-    rows before them run sparse as a chunk of their own. On CUDA: the Triton kernels and the
-    GPU DCA path (TF32 dots: a looser bound)."""
+    """With DCA the prompt's last `dense_tail` rows get plain DCA attention (every key), so do
+    the rows below the threshold, and the rows between run sparse as a chunk of their own.
+    On CUDA: the Triton kernels and the GPU DCA path (TF32 dots: a looser bound)."""
     H, Hkv, D, cs, local, B = 6, 2, 64, 40, 8, 16
     total = sum(chunks)
     rotary = RotaryEmbedding(D, theta=500.0)
     dca = DCAConfig(cs, local, cs, yarn_scaling=True)
-    sparse = SparseConfig(threshold=chunks[0] + 1, vertical_size=12, slash_size=3 * B, last_q=32,
+    sparse = SparseConfig(threshold=chunks[0] + 9, vertical_size=12, slash_size=3 * B, last_q=32,
                           block_size=B, sink_tokens=3, local_diagonals=B,
                           kernel="portable" if device == "cpu" else "triton", dense_tail=tail)
-    backend = DCASparseAttentionBackend(rotary, D, dca, sparse)
+    backend = DCASparseAttentionBackend(RotaryEmbedding(D, theta=500.0).to(device), D, dca, sparse)
     bound = 1e-4 if device == "cpu" else 5e-3
     g = torch.Generator().manual_seed(tail)
     q, k, v = (torch.randn(total, h, D, generator=g) for h in (H, Hkv, Hkv))
@@ -159,18 +160,19 @@ def test_dca_sparse_prompt_tail_is_plain_dca(tail, chunks, device):
         backend.prepare(batch, torch.float32)
         out = backend.forward(0, *(t[start:m].to(device) for t in (q, k, v)), batch).cpu()
         mult = torch.full((n,), yarn_logit_scale(m, cs), dtype=torch.float64)
-        d = min(n, max(0, total - tail - start)) if m >= sparse.threshold else n
+        a, b = expected_sparse_rows(start, n, sparse.threshold, total, tail) or (n, n)
+        assert (backend.stats.sparse_chunks > before) == (a < b)
         mask = None
-        if backend.stats.sparse_chunks > before:       # rows [0, d) ran sparse, by their pattern
-            assert 1 < d and start + d >= sparse.threshold
+        if a < b:       # rows [a, b) ran sparse, by their pattern; the others plain DCA
             mask = torch.ones(H, n, m, dtype=torch.bool)
-            mask[:, :d, :start + d] = vertical_slash_mask(backend.last_pattern.to("cpu"), d, start)
-            mask[:, :d, start + d:] = False
-            sparse_rows += d
+            mask[:, a:b, :start + b] = vertical_slash_mask(backend.last_pattern.to("cpu"), b - a, start + a)
+            mask[:, a:b, start + b:] = False
+            sparse_rows += b - a
         want, _ = reference_dca_attention(q[start:m], k[:m], v[:m], torch.arange(start, m),
                                           torch.arange(m), cs, local, rotary.inv_freq, D ** -0.5,
                                           rotary.attention_scaling, mult, mask=mask)
         assert (out.double() - want).abs().max().item() < bound
+        d = max(b, min(n, total - tail - start))
         if d < n:   # the tail: plain DCA over every key
             plain, _ = reference_dca_attention(q[start + d:m], k[:m], v[:m], torch.arange(start + d, m),
                                                torch.arange(m), cs, local, rotary.inv_freq, D ** -0.5,

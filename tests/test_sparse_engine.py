@@ -127,7 +127,8 @@ def test_bench_prefill_reports_density_and_estimation(folder, tmp_path):
     row = json.loads(out.read_text())["rows"][0]
     assert row["engine"] == "turboctx+sparse" and 0 < row["density"] <= 1
     assert row["estimate_s"] > 0 and 0 < row["estimate_fraction"] < 1
-    # chunks of 256: the first dense (below 300), two sparse, the last 512 tokens the dense tail
+    # chunks of 256: the first dense (below 300), two sparse (the first from row 300 on), the
+    # last 512 tokens the dense tail
     assert row["sparse_chunk_layers"] == LAYERS * 2 and row["dense_chunk_layers"] == LAYERS
     assert row["dense_tail_row_layers"] == LAYERS * 512
 

@@ -1,9 +1,10 @@
 """Sparse prefill backend: vertical-slash attention above a length threshold, dense below.
 
-Per prefill chunk and layer (when the sequence length at the chunk's end >= threshold):
-estimate the pattern from the chunk's last `last_q` queries against all keys (sparse_pattern),
-then attend only the selected set (sparse_attention). Decode steps and short sequences run the
-dense path unchanged. `self.stats` accumulates the number of sparse (chunk, layer) pairs, the
+Per prefill chunk and layer, for the chunk's rows at positions >= threshold that are not among
+the prompt's last `dense_tail` tokens (`sparse_rows`): estimate the pattern from their last
+`last_q` queries against all keys (sparse_pattern), then attend only the selected set
+(sparse_attention). The chunk's other rows, decode steps and short sequences run the dense path
+unchanged. `self.stats` accumulates the number of sparse (chunk, layer) pairs, the
 achieved density (attended / causal entries over all heads of the sparse chunks), and the time
 spent estimating patterns and attending: with `timing=True` (benchmarks) through CUDA events on
 the GPU, read once at the end; on the CPU always, with the wall clock. `record_recall` keeps
@@ -141,32 +142,37 @@ class SparseAttentionBackend(DenseAttentionBackend):
         return self.config.dense_tail
 
     def use_sparse(self, start: int, n: int) -> bool:
-        return n > 1 and start + n >= self.config.threshold
+        """Whether a prefill chunk of n rows from `start` has rows at positions >= threshold."""
+        return n > 1 and start + n > self.config.threshold
 
-    def dense_tail_from(self, s, n: int) -> int:
-        """Row of this chunk of n rows from which they are among the prompt's last `dense_tail`
-        tokens, for a chunk that would run sparse (n: none are, or it runs dense anyway);
-        counts those rows in the stats."""
-        t = self.config.dense_tail
-        if t <= 0 or s.prompt_len <= 0 or not self.use_sparse(s.start_pos, n):
-            return n
-        d = min(n, max(0, s.prompt_len - t - s.start_pos))
-        self.stats.dense_tail_rows += n - d
-        return d
+    def sparse_rows(self, s, n: int) -> tuple[int, int] | None:
+        """Rows [a, b) of this chunk of n rows that run vertical-slash: those at positions >=
+        threshold, up to the prompt's last `dense_tail` tokens; rows [0, a) (below the threshold)
+        and [b, n) (the tail) attend densely. None: the whole chunk runs dense (below the
+        threshold: counted as a dense chunk; or at most one row would be sparse). Counts the tail
+        rows at or past the threshold in the stats."""
+        if not self.use_sparse(s.start_pos, n):
+            if n > 1:
+                self.stats.dense_chunks += 1
+            return None
+        a, b, t = min(n, max(0, self.config.threshold - s.start_pos)), n, self.config.dense_tail
+        if t > 0 and s.prompt_len > 0:
+            b = max(a, min(n, s.prompt_len - t - s.start_pos))
+        self.stats.dense_tail_rows += n - b
+        return (a, b) if b - a > 1 else None
 
     def attend_seq(self, q, k, v, s, k_cache, v_cache) -> torch.Tensor:
         start, n = s.start_pos, q.shape[0]
-        d = self.dense_tail_from(s, n)
-        if d < n:   # rows [d, n) are the prompt's tail: dense; rows [0, d) as a chunk of their own
-            head, tail = split_chunk(s, d)
-            if d > 0:
-                out_head = self.attend_seq(q[:d], k[:d], v[:d], head, k_cache, v_cache)
-            out_tail = super().attend_seq(q[d:], k[d:], v[d:], tail, k_cache, v_cache)
-            return out_tail if d == 0 else torch.cat([out_head, out_tail])
-        if not self.use_sparse(start, n):
-            if n > 1:
-                self.stats.dense_chunks += 1
+        rows = self.sparse_rows(s, n)
+        if rows is None:
             return super().attend_seq(q, k, v, s, k_cache, v_cache)
+        a, b = rows
+        if (a, b) != (0, n):   # dense rows below the threshold, sparse rows, the dense tail: in order
+            outs = []
+            for lo, hi, part in split_chunk(s, a, b):
+                run = self.attend_seq if lo == a else super().attend_seq
+                outs.append(run(q[lo:hi], k[lo:hi], v[lo:hi], part, k_cache, v_cache))
+            return torch.cat(outs)
         write_kv(k_cache, s.slots, start, k)
         write_kv(v_cache, s.slots, start, v)
         m = start + n
@@ -215,12 +221,17 @@ class SparseAttentionBackend(DenseAttentionBackend):
         self.stats.recall.setdefault(self._layer, []).append(rec)
 
 
-def split_chunk(s: SeqChunk, d: int) -> tuple[SeqChunk, SeqChunk]:
-    """A sequence's chunk cut at its row d: rows [0, d) (no prompt tail of their own: they are not
-    split again) and rows [d, n) from position start_pos + d."""
-    head = replace(s, row_end=s.row_start + d, prompt_len=0)
-    tail = replace(s, row_start=s.row_start + d, start_pos=s.start_pos + d)
-    return head, tail
+def split_chunk(s: SeqChunk, a: int, b: int) -> list[tuple[int, int, SeqChunk]]:
+    """A sequence's chunk cut at its rows a <= b: (lo, hi, chunk of rows [lo, hi) from position
+    start_pos + lo) for the non-empty ones of [0, a), [a, b), [b, n). The middle one has no prompt
+    tail of its own (it is not split again)."""
+    n, out = s.num_new, []
+    for lo, hi in ((0, a), (a, b), (b, n)):
+        if lo < hi:
+            out.append((lo, hi, replace(s, row_start=s.row_start + lo, row_end=s.row_start + hi,
+                                        start_pos=s.start_pos + lo,
+                                        prompt_len=0 if lo == a else s.prompt_len)))
+    return out
 
 
 def dense_lse(q: torch.Tensor, keys: torch.Tensor, q_pos0: int, k0: int, k1: int,

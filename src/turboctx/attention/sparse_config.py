@@ -28,7 +28,7 @@ Budget = tuple[int, int]   # (vertical_size, slash_size) of one query head
 
 @dataclass
 class SparseConfig:
-    threshold: int = 32768          # sparse when the sequence length at the chunk's end >= this
+    threshold: int = 32768          # prompt rows at positions >= this run sparse; earlier rows dense
     vertical_size: int = 1000       # default key columns kept per head
     slash_size: int = 6096          # default diagonals kept per head
     last_q: int = 64                # queries of each chunk that estimate the pattern

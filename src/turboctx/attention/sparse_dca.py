@@ -18,7 +18,7 @@ The cache holds keys rotated at their in-chunk offset r = j % chunk_len (dca.py)
     r + chunk_size: between the two.)
   - Attention: the attended set (sparse_blocks.py) is intersected with each DCA part and the
     parts are merged by log-sum-exp.
-Sequences below the sparse threshold, and decode steps, run plain DCA.
+Rows below the sparse threshold, the prompt's dense tail and decode steps run plain DCA.
 """
 from __future__ import annotations
 
@@ -85,20 +85,17 @@ class DCASparseAttentionBackend(DCAAttentionBackend):
 
     def attend_one(self, layer, s, q, qs, plan, k_cache, v_cache) -> torch.Tensor:
         sp, start, n = self.sparse, s.start_pos, q.shape[0]
-        d = sp.dense_tail_from(s, n)
-        if d < n:   # rows [d, n) are the prompt's tail: plain DCA; rows [0, d) a chunk of their own
-            head, tail = split_chunk(s, d)
-            out_tail = super().attend_one(layer, tail, q[d:], {kd: x[d:] for kd, x in qs.items()},
-                                          plan_parts(self.cfg, start + d, n - d), k_cache, v_cache)
-            if d == 0:
-                return out_tail
-            out_head = self.attend_one(layer, head, q[:d], {kd: x[:d] for kd, x in qs.items()},
-                                       plan_parts(self.cfg, start, d), k_cache, v_cache)
-            return torch.cat([out_head, out_tail])
-        if not sp.use_sparse(start, n):
-            if n > 1:
-                sp.stats.dense_chunks += 1
+        rows = sp.sparse_rows(s, n)
+        if rows is None:
             return super().attend_one(layer, s, q, qs, plan, k_cache, v_cache)
+        a, b = rows
+        if (a, b) != (0, n):   # plain DCA below the threshold, sparse rows, plain DCA tail: in order
+            outs = []
+            for lo, hi, part in split_chunk(s, a, b):
+                run = self.attend_one if lo == a else super().attend_one
+                outs.append(run(layer, part, q[lo:hi], {kd: x[lo:hi] for kd, x in qs.items()},
+                                plan_parts(self.cfg, start + lo, hi - lo), k_cache, v_cache))
+            return torch.cat(outs)
         sp._layer = layer
         m = start + n
         keys, vals = read_kv(k_cache, s.slots, 0, m), read_kv(v_cache, s.slots, 0, m)
