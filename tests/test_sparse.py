@@ -388,8 +388,8 @@ def test_prompt_tail_runs_dense(H, Hkv, tail, device):
     """The prompt's last `dense_tail` rows attend every key (the dense reference); the chunk's
     rows before them run sparse as a chunk of their own (pattern from their own last queries),
     also when the tail starts in an earlier chunk; rows below the threshold attend densely too
-    (tail 150: dense, sparse and tail rows in one chunk). On CUDA: the Triton estimator and kernel for
-    the sparse rows, the dense GPU path for the tail."""
+    (tail 150: dense, sparse and tail rows in one chunk). On CUDA: the Triton estimator and
+    kernel for the sparse rows, the dense GPU path for the tail."""
     D, B, total, chunks = 64, 16, 301, [100, 100, 101]
     rotary = RotaryEmbedding(D, 10000.0)
     g = torch.Generator().manual_seed(tail)
@@ -414,7 +414,8 @@ def test_prompt_tail_runs_dense(H, Hkv, tail, device):
         mask = causal_mask(torch.arange(start, m), torch.arange(m)).expand(H, n, m).clone()
         assert (backend.stats.sparse_chunks > before) == (a < b)
         if a < b:        # rows [a, b) ran sparse, by their pattern
-            mask[:, a:b, :start + b] = vertical_slash_mask(backend.last_pattern.to("cpu"), b - a, start + a)
+            pattern = backend.last_pattern.to("cpu")
+            mask[:, a:b, :start + b] = vertical_slash_mask(pattern, b - a, start + a)
             sparse_rows += b - a
         ref, _ = reference_attention(qr[start:m], kr[:m], v[:m], mask, D ** -0.5)
         torch.testing.assert_close(out.double(), ref, **tol)
