@@ -80,12 +80,14 @@ case "${1:-tests}" in
     # instead of running dense again; use SETTINGS without dense then.
     RES=${RES:-/root/res/paired}; mkdir -p $RES; export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
     CAL=docs/results/sparse_eval_s5/calibration_dca/sparse_attention_config.json
+    V4000=docs/results/sparse_eval_s7/budgets_4000x6096/sparse_attention_config.json  # every head
     SETS=${SETTINGS:-dense sparse cal}; SEEDS=${SEEDS:-${SEED:-7}}
     D="--depths 0.05,0.15,0.25,0.35,0.45,0.55,0.65,0.75,0.85,0.95"
     flags() { case $1 in dense) echo "--attention dense" ;; sparse) echo "--attention sparse --sparse-threshold 4096" ;;
               notail) echo "--attention sparse --sparse-threshold 4096 --sparse-dense-tail 0" ;;
               tail*) echo "--attention sparse --sparse-threshold 4096 --sparse-dense-tail ${1#tail}" ;;  # e.g. tail2048
-              cal) echo "--attention sparse --sparse-threshold 4096 --sparse-config $CAL" ;; esac; }
+              cal) echo "--attention sparse --sparse-threshold 4096 --sparse-config $CAL" ;;
+              v4000) echo "--attention sparse --sparse-threshold 4096 --sparse-config $V4000" ;; esac; }
     for s in $SEEDS; do
       R=$RES/seed$s; mkdir -p $R      # a bounded KV cache: the processes share the GPU
       PK="--model $GGUF --device cuda --dca --dtype bfloat16 --max-model-len 34000 --batch-size 8
