@@ -23,7 +23,7 @@ from turboctx.attention.sparse_pattern import (VSPattern, block_diagonal_sums, e
                                                vertical_slash_scores_torch)
 from turboctx.kv_cache import KVCache, SeqSlots
 from turboctx.models.layers import RotaryEmbedding, apply_rotary
-from sparse_expect import expected_sparse_rows
+from sparse_expect import expected_sparse_rows, feed_prompt
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -313,18 +313,6 @@ def test_flex_equals_reference_gpu(H, Hkv, D, n, start, B, dtype):
 
 # ---------------------------------------------------------------- backend through the KV cache
 
-def _run_chunks(backend, q, k, v, chunks, cache, slots, rotary):
-    outs = []
-    start = 0
-    for n in chunks:
-        pos = torch.arange(start, start + n)
-        batch = AttentionBatch([SeqChunk(0, n, start, slots)], pos, cache)
-        backend.prepare(batch, q.dtype)
-        outs.append(backend.forward(0, q[start:start + n], k[start:start + n], v[start:start + n], batch))
-        yield start, n, outs[-1]
-        start += n
-
-
 @pytest.mark.parametrize("H, Hkv", [(7, 1), (6, 2)])
 def test_backend_chunked_prefill_equals_reference_of_its_set(H, Hkv):
     D, B, total, chunks = 64, 16, 301, [100, 100, 101]
@@ -338,7 +326,7 @@ def test_backend_chunked_prefill_equals_reference_of_its_set(H, Hkv):
     slots = SeqSlots(block_table=list(range(39, 0, -1)), block_size=8)   # gathered, not a view
     cos, sin = rotary.cos_sin(torch.arange(total), torch.float32)
     qr, kr = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-    for start, n, out in _run_chunks(backend, q, k, v, chunks, cache, slots, rotary):
+    for start, n, out, _ in feed_prompt(backend, q, k, v, chunks, cache, slots):
         m, rows = start + n, expected_sparse_rows(start, n, cfg.threshold)
         mask = causal_mask(torch.arange(start, m), torch.arange(m)).expand(H, n, m).clone()
         if rows:      # rows below the threshold attend densely; rows [a, b) by their pattern
@@ -378,7 +366,7 @@ def test_backend_with_full_budgets_equals_dense_backend():
                           ("dense", DenseAttentionBackend(rotary, D))):
         cache = KVCache(1, Hkv, D, num_blocks=26, block_size=8, dtype=torch.float32, device="cpu")
         slots = SeqSlots(block_table=list(range(26)), block_size=8)
-        outs[name] = torch.cat([o for _, _, o in _run_chunks(backend, q, k, v, chunks, cache, slots, rotary)])
+        outs[name] = torch.cat([o for _, _, o, _ in feed_prompt(backend, q, k, v, chunks, cache, slots)])
     torch.testing.assert_close(outs["sparse"], outs["dense"], atol=1e-5, rtol=1e-5)
 
 
@@ -403,16 +391,12 @@ def test_prompt_tail_runs_dense(H, Hkv, tail, device):
     tol = dict(atol=3e-5, rtol=1e-5) if device == "cpu" else dict(atol=5e-3, rtol=5e-3)   # TF32 dots
     cos, sin = rotary.cos_sin(torch.arange(total), torch.float32)
     qr, kr = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-    start, sparse_rows = 0, 0
-    for n in chunks:
-        m, before = start + n, backend.stats.sparse_chunks
-        batch = AttentionBatch([SeqChunk(0, n, start, slots, prompt_len=total)],
-                               torch.arange(start, m, device=device), cache)
-        backend.prepare(batch, torch.float32)
-        out = backend.forward(0, *(t[start:m].to(device) for t in (q, k, v)), batch).cpu()
+    sparse_rows = 0
+    for start, n, out, ran_sparse in feed_prompt(backend, q, k, v, chunks, cache, slots, total, device):
+        m = start + n
         a, b = expected_sparse_rows(start, n, cfg.threshold, total, tail) or (n, n)
         mask = causal_mask(torch.arange(start, m), torch.arange(m)).expand(H, n, m).clone()
-        assert (backend.stats.sparse_chunks > before) == (a < b)
+        assert ran_sparse == (a < b)
         if a < b:        # rows [a, b) ran sparse, by their pattern
             pattern = backend.last_pattern.to("cpu")
             mask[:, a:b, :start + b] = vertical_slash_mask(pattern, b - a, start + a)
@@ -424,7 +408,6 @@ def test_prompt_tail_runs_dense(H, Hkv, tail, device):
             dense, _ = reference_attention(qr[start + d:m], kr[:m], v[:m],
                                            causal_mask(torch.arange(start + d, m), torch.arange(m)), D ** -0.5)
             torch.testing.assert_close(out[d:].double(), dense, **tol)
-        start = m
     assert backend.stats.dense_tail_rows == tail and sparse_rows > 0
 
 

@@ -15,7 +15,7 @@ from turboctx.attention.dca import plan_parts
 from turboctx.attention.sparse_pattern import vertical_slash_scores_torch
 from turboctx.kv_cache import KVCache, SeqSlots
 from turboctx.models.layers import RotaryEmbedding, apply_rotary
-from sparse_expect import expected_sparse_rows
+from sparse_expect import expected_sparse_rows, feed_prompt
 
 
 def test_merged_parts_join_adjacent_key_ranges():
@@ -50,12 +50,8 @@ def test_dca_sparse_backend_equals_reference(H, Hkv, D, cs, local, chunks, B, ya
     q, k, v = (torch.randn(total, h, D, generator=g) for h in (H, Hkv, Hkv))
     cache = KVCache(1, Hkv, D, num_blocks=60, block_size=8, dtype=torch.float32, device="cpu")
     slots = SeqSlots(block_table=list(range(59, 0, -1)), block_size=8)
-    start = 0
-    for n in chunks:
+    for start, n, out, _ in feed_prompt(backend, q, k, v, chunks, cache, slots):
         m = start + n
-        batch = AttentionBatch([SeqChunk(0, n, start, slots)], torch.arange(start, m), cache)
-        backend.prepare(batch, torch.float32)
-        out = backend.forward(0, q[start:m], k[start:m], v[start:m], batch)
         mult = torch.full((n,), yarn_logit_scale(m, cs) if yarn else 1.0, dtype=torch.float64)
         mask = None
         if m > sparse.threshold:        # every row of these chunks is at or past it
@@ -67,7 +63,6 @@ def test_dca_sparse_backend_equals_reference(H, Hkv, D, cs, local, chunks, B, ya
                                           torch.arange(m), cs, local, rotary.inv_freq, D ** -0.5,
                                           rotary.attention_scaling, mult, mask=mask)
         assert (out.double() - want).abs().max().item() < 1e-4
-        start = m
     st = backend.stats
     assert st.sparse_chunks == len(chunks) - 1 and st.dense_chunks == 1
     rec = torch.stack(st.recall[0])
@@ -152,16 +147,12 @@ def test_dca_sparse_prompt_tail_is_plain_dca(tail, chunks, device):
     q, k, v = (torch.randn(total, h, D, generator=g) for h in (H, Hkv, Hkv))
     cache = KVCache(1, Hkv, D, num_blocks=60, block_size=8, dtype=torch.float32, device=device)
     slots = SeqSlots(block_table=list(range(59, 0, -1)), block_size=8)
-    start, sparse_rows = 0, 0
-    for n in chunks:
-        m, before = start + n, backend.stats.sparse_chunks
-        batch = AttentionBatch([SeqChunk(0, n, start, slots, prompt_len=total)],
-                               torch.arange(start, m, device=device), cache)
-        backend.prepare(batch, torch.float32)
-        out = backend.forward(0, *(t[start:m].to(device) for t in (q, k, v)), batch).cpu()
+    sparse_rows = 0
+    for start, n, out, ran_sparse in feed_prompt(backend, q, k, v, chunks, cache, slots, total, device):
+        m = start + n
         mult = torch.full((n,), yarn_logit_scale(m, cs), dtype=torch.float64)
         a, b = expected_sparse_rows(start, n, sparse.threshold, total, tail) or (n, n)
-        assert (backend.stats.sparse_chunks > before) == (a < b)
+        assert ran_sparse == (a < b)
         mask = None
         if a < b:       # rows [a, b) ran sparse, by their pattern; the others plain DCA
             mask = torch.ones(H, n, m, dtype=torch.bool)
@@ -178,5 +169,4 @@ def test_dca_sparse_prompt_tail_is_plain_dca(tail, chunks, device):
                                                torch.arange(m), cs, local, rotary.inv_freq, D ** -0.5,
                                                rotary.attention_scaling, mult[d:])
             assert (out[d:].double() - plain).abs().max().item() < bound
-        start = m
     assert backend.stats.dense_tail_rows == tail and sparse_rows > 0

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-Attention = Annotated[str, typer.Option(help="dense | sparse | auto: vertical-slash prefill once the "
-                                             "sequence reaches --sparse-threshold (auto: on GPUs only)")]
+Attention = Annotated[str, typer.Option(help="dense | sparse | auto: vertical-slash prefill for prompt "
+                                             "rows from --sparse-threshold on (auto: on GPUs only)")]
 SparseThreshold = Annotated[Optional[int], typer.Option(help="tokens; sparse prefill from this length on (default 32768)")]
 SparseConfigFile = Annotated[Optional[Path], typer.Option("--sparse-config", help="per-head sparse budgets (sparse_attention_config.json, e.g. from `turboctx calibrate`); default: the file beside HF weights, else 1000 vertical / 6096 slash")]
 SparseDenseTail = Annotated[Optional[int], typer.Option(min=0, help="tokens at the prompt's end that attend densely under sparse prefill (default 512; 0: none)")]
