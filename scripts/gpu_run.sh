@@ -77,12 +77,14 @@ case "${1:-tests}" in
     # TRIALS / SAMPLES / SETTINGS / T (seconds per process) / RES / KV per call; reruns resume.
     # One call of T=480 and one seed gave 120 RULER + 60 passkey pairs per setting. DENSE_RUNS=DIR
     # (e.g. docs/results/sparse_eval_s7) pairs with the dense runs kept there (DIR/seedN/*_dense)
-    # instead of running dense again; use SETTINGS without dense then.
+    # instead of running dense again; use SETTINGS without dense then. TASKS="ruler passkey"
+    # (default both); PK_DEPTHS (default the 10-depth grid of the stored runs) e.g. random:30 with
+    # TRIALS=1: every seed puts its passkeys at new positions (eval paired clusters by position).
     RES=${RES:-/root/res/paired}; mkdir -p $RES; export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
     CAL=docs/results/sparse_eval_s5/calibration_dca/sparse_attention_config.json
     V4000=docs/results/sparse_eval_s7/budgets_4000x6096/sparse_attention_config.json  # every head
     SETS=${SETTINGS:-dense sparse cal}; SEEDS=${SEEDS:-${SEED:-7}}
-    D="--depths 0.05,0.15,0.25,0.35,0.45,0.55,0.65,0.75,0.85,0.95"
+    D="--depths ${PK_DEPTHS:-0.05,0.15,0.25,0.35,0.45,0.55,0.65,0.75,0.85,0.95}"; TASKS=${TASKS:-ruler passkey}
     flags() { case $1 in dense) echo "--attention dense" ;; sparse) echo "--attention sparse --sparse-threshold 4096" ;;
               notail) echo "--attention sparse --sparse-threshold 4096 --sparse-dense-tail 0" ;;
               tail*) echo "--attention sparse --sparse-threshold 4096 --sparse-dense-tail ${1#tail}" ;;  # e.g. tail2048
@@ -93,19 +95,21 @@ case "${1:-tests}" in
       PK="--model $GGUF --device cuda --dca --dtype bfloat16 --max-model-len 34000 --batch-size 8
           --kv-cache-tokens ${KV:-300000} --seed $s"
       for a in $SETS; do
-        timeout ${T:-480} python3 -m turboctx.cli eval ruler $PK $(flags $a) --lengths 16k --samples ${SAMPLES:-40} \
-          --tasks niah_single_2,niah_multikey_1,niah_multivalue --out $R/ruler_$a > $R/ruler_$a.log 2>&1 &
-        sleep 1
-        timeout ${T:-480} python3 -m turboctx.cli eval passkey $PK $(flags $a) $D --lengths 16k,32k \
-          --trials ${TRIALS:-3} --out $R/passkey_$a > $R/passkey_$a.log 2>&1 &
-        sleep 1
+        case " $TASKS " in *" ruler "*)
+          timeout ${T:-480} python3 -m turboctx.cli eval ruler $PK $(flags $a) --lengths 16k --samples ${SAMPLES:-40} \
+            --tasks niah_single_2,niah_multikey_1,niah_multivalue --out $R/ruler_$a > $R/ruler_$a.log 2>&1 &
+          sleep 1 ;; esac
+        case " $TASKS " in *" passkey "*)
+          timeout ${T:-480} python3 -m turboctx.cli eval passkey $PK $(flags $a) $D --lengths 16k,32k \
+            --trials ${TRIALS:-3} --out $R/passkey_$a > $R/passkey_$a.log 2>&1 &
+          sleep 1 ;; esac
       done
     done
     wait
     for f in $RES/seed*/*.log; do echo "== $f"; tr '\r' '\n' < $f | grep -v -i warn | grep -v "sample/s" | tail -3; done
     for b in $SETS; do
       [ $b = dense ] && continue
-      for t in ruler passkey; do
+      for t in $TASKS; do
         pairs=""; for s in $SEEDS; do
           pairs="$pairs --a ${DENSE_RUNS:-$RES}/seed$s/${t}_dense --b $RES/seed$s/${t}_$b"; done
         python3 -m turboctx.cli eval paired $pairs --json $RES/paired_${t}_$b.json | tail -8

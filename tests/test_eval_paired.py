@@ -6,11 +6,13 @@ import pytest
 from typer.testing import CliRunner
 
 from turboctx.eval import cli
-from turboctx.eval.paired import compare_paired, pair_runs, paired_stats, sign_test_p
+from turboctx.eval.paired import (cluster_of, compare_paired, pair_runs, paired_stats,
+                                  sign_test_p, t_quantile_975)
 
 
-def _rec(i, score, task="passkey", length=16384, sha=None, answer=None):
-    return {"task": task, "length": length, "depth": 0.5, "index": i,
+def _rec(i, score, task="passkey", length=16384, sha=None, answer=None, depth=None):
+    # depth None: every prompt its own cluster (the independent case)
+    return {"task": task, "length": length, "depth": depth, "index": i,
             "prompt_sha256": sha or f"p{task}{length}{i}", "expected": ["1"],
             "answer": answer if answer is not None else str(score), "score": score}
 
@@ -57,6 +59,52 @@ def test_differences_and_interval():
     assert s.sign_p == pytest.approx(sign_test_p(1, 9))
     with pytest.raises(ValueError, match="nothing to compare"):
         paired_stats([])
+
+
+def test_t_quantile_against_tables():
+    # Student's t, 0.975 (printed tables / scipy.stats.t.ppf)
+    for dof, t in ((1, 12.7062), (2, 4.3027), (3, 3.1824), (4, 2.7764), (9, 2.2622),
+                   (19, 2.0930), (39, 2.0227), (1000, 1.9623)):
+        assert t_quantile_975(dof) == pytest.approx(t, abs=0.004)
+    with pytest.raises(ValueError, match="degrees of freedom"):
+        t_quantile_975(0)
+
+
+def test_clusters_are_task_length_depth():
+    assert cluster_of(_rec(0, 1.0, depth=0.15)) == cluster_of(_rec(7, 0.0, depth=0.15, sha="x"))
+    assert cluster_of(_rec(0, 1.0, depth=0.15)) != cluster_of(_rec(0, 1.0, depth=0.25))
+    assert cluster_of(_rec(0, 1.0, depth=0.15)) != cluster_of(_rec(0, 1.0, depth=0.15, length=32768))
+    assert cluster_of(_rec(0, 1.0)) != cluster_of(_rec(1, 1.0))          # no depth: its own
+
+
+def test_flips_in_one_cell_widen_the_interval():
+    # 200 prompts in 20 depth cells; B loses all 10 prompts of one cell and nothing else.
+    # As independent prompts: -5 points, interval clear of 0. As 20 cells, one of which moved:
+    # the cluster-robust interval is wider than the naive one (and t at 19 dof, not 1.96).
+    def pairs(spread):
+        out = []
+        for i in range(200):
+            cell = i // 10 if not spread else i % 20
+            lost = (i // 10 == 0) if not spread else (i < 10)
+            out.append((_rec(i, 1.0, depth=cell / 20), _rec(i, 0.0 if lost else 1.0, depth=cell / 20)))
+        return out
+    one_cell = paired_stats(pairs(spread=False))
+    spread = paired_stats(pairs(spread=True))            # the same 10 losses, in 10 cells
+    for s in (one_cell, spread):
+        assert s.n == 200 and s.clusters == 20 and s.diff == pytest.approx(-5.0)
+        assert s.iid_ci_lo == pytest.approx(spread.iid_ci_lo)
+    d = [-10.0] + [0.0] * 19                            # cell sums of d: CR1 by hand
+    m = -10.0 / 200
+    se_cr = math.sqrt(20 / 19 * sum((x - 10 * m) ** 2 for x in d)) / 200
+    assert one_cell.ci_lo == pytest.approx(100 * (m - t_quantile_975(19) * se_cr))
+    assert one_cell.ci_hi > 0 > one_cell.iid_ci_hi        # one cell: not shown; naively "shown"
+    assert spread.ci_hi < 0                               # spread over cells: still a loss
+    assert one_cell.ci_hi - one_cell.ci_lo > 2 * (spread.ci_hi - spread.ci_lo)
+
+
+def test_one_cluster_has_no_interval():
+    s = paired_stats([(_rec(i, 1.0, depth=0.5), _rec(i, float(i % 2), depth=0.5)) for i in range(40)])
+    assert s.clusters == 1 and s.ci_lo == -math.inf and s.ci_hi == math.inf and not s.within(2.0)
 
 
 def test_fractional_scores():

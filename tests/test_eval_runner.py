@@ -30,6 +30,21 @@ def test_parse_sizes():
         parse_size("4x")
 
 
+def test_parse_depths():
+    from turboctx.eval.common import parse_depths
+    assert parse_depths("0,50,100", 1) == [0.0, 0.5, 1.0]
+    assert parse_depths("grid:5", 1) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert parse_depths("grid:1", 1) == [0.5]
+    r7, r8 = parse_depths("random:50", 7), parse_depths("random:50", 8)
+    assert r7 == parse_depths("random:50", 7) and r7 != r8          # the seed picks the positions
+    assert r7 == sorted(r7) and 45 <= len(r7) <= 50 and all(0 <= d < 1 for d in r7)
+    assert all(d == round(d, 4) for d in r7)
+    for bad, msg in (("random:0", "whole number"), ("grid:x", "whole number"),
+                     ("2,300", "0..1"), ("-0.5", "0..1"), ("a,b", "comma-separated"), ("", "0..1")):
+        with pytest.raises(ValueError, match=msg):
+            parse_depths(bad, 1)
+
+
 def test_passkey_prompt_classic(tok):
     s = passkey.generate([1024], [0.5], 1, 0, _count(tok))[0]
     key = s.expected[0]
@@ -118,6 +133,13 @@ def test_heatmap_and_ppl_png(tmp_path):
     grid = {"0.0000": {"1024": 100.0, "2048": 50.0}, "1.0000": {"1024": 0.0, "2048": None}}
     p = heatmap(grid, tmp_path / "h.png", title="t")
     assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from turboctx.eval.plots import _bin_depths
+    many = {f"{d / 40:.4f}": {"1024": 100.0 * (d < 20), "2048": 0.0} for d in range(41)}
+    assert heatmap(many, tmp_path / "many.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    depths = sorted(many, key=float)
+    rows, labels = _bin_depths(depths, [[many[d]["1024"], many[d]["2048"]] for d in depths], 2)
+    assert len(rows) == 10 and labels[0] == "0-10% (4)" and labels[-1] == "90-100% (5)"
+    assert rows[0] == [100.0, 0.0] and rows[4][0] == 100.0 and rows[5][0] == 0.0
     q = nll_by_position({"a": {"0-2K": 3.0, "2K-8K": 2.5}, "b": {"0-2K": 3.1, "2K-8K": None}},
                         tmp_path / "p.png")
     assert q.stat().st_size > 1000
@@ -154,6 +176,15 @@ def test_cli_passkey_niah_ruler(tok, tmp_path, monkeypatch):
                              "chunk_size": 8192}
     assert (tmp_path / "pk" / "passkey_heatmap.png").exists()
     assert json.loads((tmp_path / "pk" / "summary.json").read_text())["overall"] == 100.0
+    for args, msg in ((["--depths", "random:x"], "--depths"), (["--lengths", "4q"], "--lengths"),
+                      (["--max-model-len", "8q"], "--max-model-len")):
+        r = run(cli.eval_app, ["passkey", "--model", "m.gguf", "--out", str(tmp_path / "bad"), *args])
+        assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output, r.output
+    r = run(cli.eval_app, ["passkey", "--lengths", "1k", "--depths", "random:30", "--trials", "1",
+                           "--seed", "3", "--out", str(tmp_path / "pkr")])
+    assert r.exit_code == 0, r.output
+    recs = [json.loads(x) for x in (tmp_path / "pkr" / "samples.jsonl").read_text().splitlines()]
+    assert len({x["depth"] for x in recs}) == len(recs) >= 25
     r = run(cli.eval_app, ["niah", "--lengths", "1k", "--depths", "0,100", "--out", str(tmp_path / "n")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "n" / "niah_heatmap.png").exists()

@@ -18,7 +18,9 @@ import typer
 
 from turboctx.eval import niah as niah_mod
 from turboctx.eval import passkey as passkey_mod
-from turboctx.eval.common import parse_floats, parse_size, parse_sizes
+from turboctx.eval.common import parse_depths as _parse_depths
+from turboctx.eval.common import parse_size
+from turboctx.eval.common import parse_sizes as _parse_sizes
 from turboctx.eval.targets import LocalTarget, OpenAITarget, TargetUnavailable, load_tokenizer
 
 eval_app = typer.Typer(help="Long-context evaluation: passkey, needle-in-a-haystack, RULER, "
@@ -70,6 +72,24 @@ def parse_extra(args: list[str]) -> dict[str, Any]:
     return out
 
 
+def parse_sizes(text: str, option: str = "--lengths") -> list[int]:
+    """Sizes from an option, bad input as a usage error naming the option (not a traceback)."""
+    try:
+        sizes = _parse_sizes(text)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint=option) from None
+    if not sizes:
+        raise typer.BadParameter(f"no length in {text!r} (use e.g. 4k,16k)", param_hint=option)
+    return sizes
+
+
+def parse_depths(text: str, seed: int) -> list[float]:
+    try:
+        return _parse_depths(text, seed)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--depths") from None
+
+
 def _typed(v: str) -> Any:
     low = v.lower()
     if low in ("true", "false"):
@@ -87,7 +107,7 @@ def _typed(v: str) -> Any:
 
 def engine_flags(dca, attention, max_model_len, device, dtype, extra: list[str]) -> dict[str, Any]:
     flags = {"dca": dca, "attention": attention, "device": device, "dtype": dtype,
-             "max_model_len": parse_size(max_model_len) if max_model_len else None}
+             "max_model_len": parse_sizes(max_model_len, "--max-model-len")[0] if max_model_len else None}
     flags = {k: v for k, v in flags.items() if v is not None}
     flags.update(parse_extra(extra))
     return flags
@@ -169,7 +189,8 @@ def passkey(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[b
             tokenizer: Optional[str] = TokOpt, concurrency: int = ConcOpt,
             batch_size: int = BatchOpt,
             lengths: str = typer.Option("1k,2k,4k,8k", help="Total tokens per prompt (k = 1024)."),
-            depths: str = typer.Option("0,0.25,0.5,0.75,1", help="Needle depths (fractions or %)."),
+            depths: str = typer.Option("0,0.25,0.5,0.75,1", help="Needle depths: fractions, "
+                                      "percents, grid:N (evenly spaced) or random:N (from --seed)."),
             trials: int = typer.Option(5, help="Trials per (length, depth) cell."),
             digits: int = typer.Option(5, help="Digits of the pass key."),
             seed: int = SeedOpt, template: str = TemplateOpt,
@@ -179,7 +200,7 @@ def passkey(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[b
     target = make_target(model, flags, base_url, api_key, chat, served_model, tokenizer,
                          concurrency, batch_size, kind=target_kind)
     wrap = make_wrap(target, template)
-    samples = passkey_mod.generate(parse_sizes(lengths), parse_floats(depths), trials, seed,
+    samples = passkey_mod.generate(parse_sizes(lengths), parse_depths(depths, seed), trials, seed,
                                    target.count_tokens, wrap=lambda p: wrap(p, ""), digits=digits)
     _run(samples, target, out, save_prompts, {"command": "passkey", "seed": seed, "flags": flags},
          heat=True)
@@ -194,7 +215,8 @@ def niah(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[bool
          chat: bool = ChatOpt, served_model: Optional[str] = ServedOpt,
          tokenizer: Optional[str] = TokOpt, concurrency: int = ConcOpt, batch_size: int = BatchOpt,
          lengths: str = typer.Option("1k,2k,4k,8k"),
-         depths: str = typer.Option("0,10,20,30,40,50,60,70,80,90,100"),
+         depths: str = typer.Option("0,10,20,30,40,50,60,70,80,90,100",
+                                    help="Needle depths: percents, fractions, grid:N or random:N."),
          trials: int = typer.Option(1), seed: int = SeedOpt, template: str = TemplateOpt,
          needle: str = typer.Option(niah_mod.NEEDLE, help="Needle sentence; {value} = a random 7-digit number."),
          question: str = typer.Option(niah_mod.QUESTION),
@@ -208,7 +230,7 @@ def niah(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[bool
     target = make_target(model, flags, base_url, api_key, chat, served_model, tokenizer,
                          concurrency, batch_size, kind=target_kind)
     samples = niah_mod.generate(
-        parse_sizes(lengths), parse_floats(depths), trials, seed, target.count_tokens,
+        parse_sizes(lengths), parse_depths(depths, seed), trials, seed, target.count_tokens,
         wrap=make_wrap(target, template), needle=needle, question=question,
         answer_prefix=answer_prefix,
         expected=[w.strip() for w in expected.split(",")] if expected else None,
@@ -316,8 +338,9 @@ def paired(a: list[Path] = typer.Option(..., "--a", help="Run A's output directo
            b: list[Path] = typer.Option(..., "--b", help="Run B's output directory (e.g. sparse)."),
            margin: float = typer.Option(2.0, help="Points: is B shown within this of A?"),
            json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows here.")):
-    """Paired difference of two runs on the same prompts: B - A in points with a 95% interval,
-    samples where each did better, sign test (turboctx/eval/paired.py)."""
+    """Paired difference of two runs on the same prompts: B - A in points with a 95% interval
+    (cluster-robust over prompts that share a needle position), samples where each did better,
+    sign test (turboctx/eval/paired.py)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -332,12 +355,13 @@ def paired(a: list[Path] = typer.Option(..., "--a", help="Run A's output directo
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2)
     table = Table(title=f"B - A on the same prompts, points (within {margin:g}: the whole 95% "
-                  "interval inside +-margin)")
-    for col in ("task", "length", "n", "A", "B", "B - A", "95% interval", "A>B", "B>A",
-                "sign p", f"within {margin:g}"):
+                  "interval inside +-margin; prompts sharing task, length and needle depth count "
+                  "as one cluster)")
+    for col in ("task", "length", "n", "clusters", "A", "B", "B - A", "95% interval", "A>B",
+                "B>A", "sign p", f"within {margin:g}"):
         table.add_column(col, justify="left" if col == "task" else "right")
     for r in res["rows"]:
-        table.add_row(r["task"], str(r["length"]), str(r["n"]), f"{r['score_a']:.1f}",
+        table.add_row(r["task"], str(r["length"]), str(r["n"]), str(r["clusters"]), f"{r['score_a']:.1f}",
                       f"{r['score_b']:.1f}", f"{r['diff']:+.1f}", f"[{r['ci_lo']:+.1f}, {r['ci_hi']:+.1f}]",
                       str(r["a_better"]), str(r["b_better"]), f"{r['sign_p']:.3f}",
                       "yes" if r["within"] else "no")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 import re
 from dataclasses import dataclass, field
 from typing import Callable
@@ -29,6 +30,34 @@ def parse_floats(text: str) -> list[float]:
     vals = [float(t) for t in str(text).split(",") if t.strip()]
     if any(v > 1 for v in vals):
         vals = [v / 100 for v in vals]
+    return vals
+
+
+def parse_depths(text: str, seed: int) -> list[float]:
+    """Needle depths as fractions in [0, 1]:
+    - '0,0.25,0.5' or '0,25,50,100' (percent when any value > 1);
+    - 'grid:N': N evenly spaced from 0 to 1;
+    - 'random:N': N drawn uniformly from the seed (4 decimals), so that each seed puts its needles
+      at new positions. Prompts at one depth share haystack and needle position and differ only
+      in the key; `turboctx eval paired` counts them as one cluster, so a paired comparison
+      gains precision from more positions, not from more trials at the same ones."""
+    text = str(text).strip()
+    kind, _, count = text.partition(":")
+    if kind in ("grid", "random"):
+        if not count.strip().isdigit() or int(count) < 1:
+            raise ValueError(f"depths {text!r}: use {kind}:N with N a whole number >= 1")
+        n = int(count)
+        if kind == "grid":
+            return [round(i / (n - 1), 6) for i in range(n)] if n > 1 else [0.5]
+        rng = random.Random(f"depths/{seed}")
+        return sorted({round(rng.random(), 4) for _ in range(n)})
+    try:
+        vals = parse_floats(text)
+    except ValueError:
+        raise ValueError(f"depths {text!r}: give comma-separated fractions (0,0.5,1), percents "
+                         "(0,50,100), grid:N or random:N") from None
+    if not vals or any(v < 0 or v > 1 for v in vals):
+        raise ValueError(f"depths {text!r}: each depth must lie in 0..1 (or 0..100 as percent)")
     return vals
 
 

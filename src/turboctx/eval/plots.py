@@ -20,11 +20,14 @@ def heatmap(grid: dict[str, dict[str, float | None]], path: str | Path, title: s
     lengths = sorted({L for row in grid.values() for L in row}, key=int)
     data = [[(grid[d].get(L) if grid[d].get(L) is not None else float("nan")) for L in lengths]
             for d in depths]
+    labels = [f"{100 * float(d):.0f}%" for d in depths]
+    if len(depths) > MAX_DEPTH_ROWS:   # many depths (random:N): rows of 10% of depth, mean score
+        data, labels = _bin_depths(depths, data, len(lengths))
     cmap = LinearSegmentedColormap.from_list("niah", ["#F0496E", "#EBB839", "#0CD79F"])
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(lengths), 1.2 + 0.45 * len(depths)))
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(lengths), 1.2 + 0.45 * len(labels)))
     im = ax.imshow(data, cmap=cmap, vmin=0, vmax=100, aspect="auto")
     ax.set_xticks(range(len(lengths)), [_fmt_len(int(L)) for L in lengths])
-    ax.set_yticks(range(len(depths)), [f"{100 * float(d):.0f}%" for d in depths])
+    ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("needle depth")
     for i, row in enumerate(data):
@@ -34,6 +37,25 @@ def heatmap(grid: dict[str, dict[str, float | None]], path: str | Path, title: s
     fig.colorbar(im, ax=ax, label="score (%)")
     ax.set_title(title)
     return _save(plt, fig, path)
+
+
+MAX_DEPTH_ROWS = 20
+
+
+def _bin_depths(depths: list[str], data: list[list[float]], n_cols: int, bins: int = 10):
+    """Rows of depth [0, 10%), ..., [90, 100%]: the mean of the scores of the depths inside."""
+    rows, labels = [], []
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        inside = [r for d, r in zip(depths, data)
+                  if lo <= float(d) < hi or (b == bins - 1 and float(d) == hi)]
+        rows.append([_mean([r[j] for r in inside if r[j] == r[j]]) for j in range(n_cols)])
+        labels.append(f"{100 * lo:.0f}-{100 * hi:.0f}% ({len(inside)})")
+    return rows, labels
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
 
 
 def nll_by_position(results: dict[str, dict[str, float | None]], path: str | Path,
