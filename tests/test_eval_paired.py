@@ -102,9 +102,16 @@ def test_flips_in_one_cell_widen_the_interval():
     assert one_cell.ci_hi - one_cell.ci_lo > 2 * (spread.ci_hi - spread.ci_lo)
 
 
-def test_one_cluster_has_no_interval():
+def test_one_cluster_has_no_interval(tmp_path):
     s = paired_stats([(_rec(i, 1.0, depth=0.5), _rec(i, float(i % 2), depth=0.5)) for i in range(40)])
     assert s.clusters == 1 and s.ci_lo == -math.inf and s.ci_hi == math.inf and not s.within(2.0)
+    a = _write(tmp_path / "a", [_rec(i, 1.0, depth=0.5) for i in range(6)])
+    b = _write(tmp_path / "b", [_rec(i, float(i % 2), depth=0.5) for i in range(6)])
+    r = CliRunner().invoke(cli.eval_app, ["paired", "--a", str(a), "--b", str(b),
+                                          "--json", str(tmp_path / "p.json")])
+    assert r.exit_code == 0 and "none: 1 cluster" in r.output, r.output
+    row = json.loads((tmp_path / "p.json").read_text())["rows"][0]   # strict JSON: no Infinity
+    assert row["ci_lo"] is None and row["ci_hi"] is None and row["within"] is False
 
 
 def test_fractional_scores():

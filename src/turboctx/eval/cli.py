@@ -362,7 +362,8 @@ def paired(a: list[Path] = typer.Option(..., "--a", help="Run A's output directo
         table.add_column(col, justify="left" if col == "task" else "right")
     for r in res["rows"]:
         table.add_row(r["task"], str(r["length"]), str(r["n"]), str(r["clusters"]), f"{r['score_a']:.1f}",
-                      f"{r['score_b']:.1f}", f"{r['diff']:+.1f}", f"[{r['ci_lo']:+.1f}, {r['ci_hi']:+.1f}]",
+                      f"{r['score_b']:.1f}", f"{r['diff']:+.1f}", (f"[{r['ci_lo']:+.1f}, {r['ci_hi']:+.1f}]" if r["ci_lo"] is not None
+                       else "none: 1 cluster"),
                       str(r["a_better"]), str(r["b_better"]), f"{r['sign_p']:.3f}",
                       "yes" if r["within"] else "no")
     Console(width=max(Console().width, 120)).print(table)

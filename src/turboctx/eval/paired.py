@@ -151,7 +151,9 @@ def compare_paired(run_pairs: list[tuple[Path, Path]], margin: float = 2.0) -> d
     order = lambda kv: (kv[0][0], kv[0][1] == "all", kv[0][1] if kv[0][1] != "all" else 0)  # noqa: E731
     def row(task, length, pairs) -> dict:
         st = paired_stats(pairs)
-        return {"task": task, "length": length, **st.as_dict(), "within": st.within(margin)}
+        d = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)   # JSON: no Infinity
+             for k, v in st.as_dict().items()}                                  # (one cluster: None)
+        return {"task": task, "length": length, **d, "within": st.within(margin)}
 
     rows = [row(t, L, p) for (t, L), p in sorted(cells.items(), key=order)]
     if len({x["task"] for x, _ in pooled}) > 1:
