@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU measurements on the H200 machine (no network there; the package runs from src/).
-# usage: scripts/gpu_run.sh tests|bench|prefill-1m|decode|dca-cost|dca-eval|sparse-eval|sparse-passkey|sparse-diag|sparse-paired|
+# usage: scripts/gpu_run.sh tests|bench|prefill-1m|decode|dca-cost|dca-eval|sparse-eval|sparse-passkey|sparse-diag|sparse-paired|profile-eval|
 #        suite|ttft-sparse   (JSON/PNG/logs under $OUT; the default-model modes need $GGUF: scripts/gpu_stage.sh)
 set -uo pipefail
 export PYTHONPATH="$PWD/src:$PWD/tests:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
@@ -116,6 +116,14 @@ case "${1:-tests}" in
       done
     done
     tar czf "$OUT/paired.tgz" -C $RES . ;;
+  profile-eval)  # default model + DCA at 16K, bf16: where a prefill (and 16 decode steps) goes, dense
+    # then sparse from 4096, op by op (scripts/profile_prefill.py): the paired runs' throughput
+    for a in dense sparse; do
+      thr=""; [ $a = sparse ] && thr="--sparse-threshold 4096"
+      timeout 150 python3 scripts/profile_prefill.py --model "$GGUF" --dca --attention $a $thr \
+        --length ${LENGTH:-16k} --decode 16 --device cuda --dtype bfloat16 --top 30 --out "$OUT" 2>&1 | \
+        grep -v -i warn | tee "$OUT/profile_$a.log" | head -80
+    done ;;
   suite)  # issue #6: engine, HF and the server on the same prompts (resumes when rerun)
     timeout "${SUITE_TIMEOUT:-420}" python3 scripts/eval_suite.py /root/suite --model "$GGUF" \
       --device cuda --batch-size "${SUITE_BATCH:-64}" --doc /root/suite/EVAL.md 2>&1 | grep -v -i warn | tail -25
