@@ -24,8 +24,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from turboctx import LLM, SamplingParams
-from turboctx.errors import TurboctxError
 from turboctx.bench.prefill import random_prompt
+from turboctx.errors import TurboctxError
 from turboctx.eval.common import parse_size
 
 

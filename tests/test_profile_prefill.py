@@ -1,4 +1,5 @@
-"""scripts/profile_prefill.py runs end to end (CPU, random weights of the default model's shape, dense and sparse with DCA)."""
+"""scripts/profile_prefill.py runs end to end: CPU, random weights of the default model's shape,
+dense and sparse with DCA; a bad model is a one-line error."""
 import os
 import subprocess
 import sys
