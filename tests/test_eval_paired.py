@@ -1,13 +1,14 @@
 """Paired comparison of two eval runs (turboctx/eval/paired.py) and `turboctx eval paired`."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from turboctx.eval import cli
-from turboctx.eval.paired import (cluster_of, compare_paired, pair_runs, paired_stats,
-                                  sign_test_p, t_quantile_975)
+from turboctx.eval.paired import (cluster_of, compare_paired, expand_run_pairs, pair_runs,
+                                  paired_stats, sign_test_p, t_quantile_975)
 
 
 def _rec(i, score, task="passkey", length=16384, sha=None, answer=None, depth=None):
@@ -161,3 +162,23 @@ def test_cli(tmp_path):
     assert r.exit_code == 2 and "in pairs" in r.output
     r = run(cli.eval_app, ["paired", "--a", str(a), "--b", str(tmp_path / "none")])
     assert r.exit_code == 2 and "samples.jsonl" in r.output
+
+
+def test_globs_pair_runs_by_folder(tmp_path):
+    for seed in (7, 8, 9):
+        _write(tmp_path / "s7" / f"seed{seed}" / "dense", [_rec(i + 10 * seed, 1.0) for i in range(5)])
+    for seed in (7, 8):
+        _write(tmp_path / "s8" / f"seed{seed}" / "sparse",
+               [_rec(i + 10 * seed, float(i > 0)) for i in range(5)])
+    ga, gb = str(tmp_path / "s7" / "seed*" / "dense"), str(tmp_path / "s8" / "seed*" / "sparse")
+    pairs, alone = expand_run_pairs([ga], [gb])
+    assert [(x.parent.name, y.parent.name) for x, y in pairs] == [("seed7", "seed7"), ("seed8", "seed8")]
+    assert alone == [str(tmp_path / "s7" / "seed9" / "dense")]
+    r = CliRunner().invoke(cli.eval_app, ["paired", "--a", ga, "--b", gb])
+    assert r.exit_code == 0 and "seed9" in r.output and "without a partner" in r.output, r.output
+    assert "-20.0" in r.output                             # 2 of 10 lost
+    with pytest.raises(ValueError, match="matches no run"):
+        expand_run_pairs([str(tmp_path / "none*")], [gb])
+    with pytest.raises(ValueError, match="in common"):
+        expand_run_pairs([str(tmp_path / "s7" / "seed*")], [str(tmp_path / "s8")])
+    assert expand_run_pairs(["x", "y"], ["z", "w"])[0] == [(Path("x"), Path("z")), (Path("y"), Path("w"))]

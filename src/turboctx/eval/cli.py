@@ -333,9 +333,11 @@ def ppl(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[bool]
 
 
 @eval_app.command()
-def paired(a: list[Path] = typer.Option(..., "--a", help="Run A's output directory (the baseline, "
-                                        "e.g. dense); repeat, one per --b, to pool runs."),
-           b: list[Path] = typer.Option(..., "--b", help="Run B's output directory (e.g. sparse)."),
+def paired(a: list[str] = typer.Option(..., "--a", help="Run A's output directory (the baseline, "
+                                       "e.g. dense); repeat, one per --b, to pool runs; or one "
+                                       "glob ('runs/seed*/ruler_dense')."),
+           b: list[str] = typer.Option(..., "--b", help="Run B's output directory (e.g. sparse), or "
+                                       "one glob; glob matches pair by their folder (seed7)."),
            margin: float = typer.Option(2.0, help="Points: is B shown within this of A?"),
            json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows here.")):
     """Paired difference of two runs on the same prompts: B - A in points with a 95% interval
@@ -344,13 +346,10 @@ def paired(a: list[Path] = typer.Option(..., "--a", help="Run A's output directo
     from rich.console import Console
     from rich.table import Table
 
-    from turboctx.eval.paired import compare_paired
-    if len(a) != len(b):
-        typer.secho(f"error: {len(a)} --a but {len(b)} --b; give them in pairs (--a DENSE --b SPARSE "
-                    "per run)", fg="red", err=True)
-        raise typer.Exit(2)
+    from turboctx.eval.paired import compare_paired, expand_run_pairs
     try:
-        res = compare_paired(list(zip(a, b)), margin)
+        run_pairs, alone = expand_run_pairs(a, b)
+        res = compare_paired(run_pairs, margin)
     except (FileNotFoundError, ValueError) as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2)
@@ -367,6 +366,8 @@ def paired(a: list[Path] = typer.Option(..., "--a", help="Run A's output directo
                       str(r["a_better"]), str(r["b_better"]), f"{r['sign_p']:.3f}",
                       "yes" if r["within"] else "no")
     Console(width=max(Console().width, 120)).print(table)
+    if alone:
+        typer.echo(f"{len(alone)} run(s) without a partner, not compared: {', '.join(alone)}")
     if res["left_out"]:
         typer.echo(f"{res['left_out']} sample(s) left out: not in both runs with the same prompt "
                    "and a score, or paired already in an earlier run pair")

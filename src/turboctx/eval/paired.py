@@ -21,6 +21,7 @@ Several run pairs (lengths run separately, seeds, sessions) pool by concatenatin
 """
 from __future__ import annotations
 
+import glob
 import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -128,6 +129,27 @@ def pair_runs(dir_a: Path, dir_b: Path) -> tuple[list[tuple[dict, dict]], int]:
             continue
         pairs.append((x, y))
     return pairs, left
+
+
+def expand_run_pairs(a: list[str], b: list[str]) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """--a / --b as given, in pairs; or one glob each ('runs/seed*/ruler_dense' against
+    'runs2/seed*/ruler_sparse'), whose matches pair up by their parent folder's name (seed7 with
+    seed7) -> (run pairs, the matches left without a partner, to be reported)."""
+    if len(a) == 1 and len(b) == 1 and any(c in a[0] + b[0] for c in "*?["):
+        ma, mb = ({Path(x).parent.name: Path(x) for x in sorted(glob.glob(pat))} for pat in (a[0], b[0]))
+        for pat, m in ((a[0], ma), (b[0], mb)):
+            if not m:
+                raise ValueError(f"{pat!r} matches no run directory")
+        both = sorted(set(ma) & set(mb))
+        if not both:
+            raise ValueError(f"no folder name in common between {a[0]!r} and {b[0]!r}: glob matches "
+                             "pair by their parent folder (e.g. seed7 in both)")
+        alone = [str(m[k]) for m in (ma, mb) for k in sorted(set(m) - set(both))]
+        return [(ma[k], mb[k]) for k in both], alone
+    if len(a) != len(b):
+        raise ValueError(f"{len(a)} --a but {len(b)} --b; give them in pairs (--a DENSE --b SPARSE "
+                         "per run), or one glob each")
+    return [(Path(x), Path(y)) for x, y in zip(a, b)], []
 
 
 def compare_paired(run_pairs: list[tuple[Path, Path]], margin: float = 2.0) -> dict:
