@@ -2,7 +2,7 @@
 
 Made for the paired retrieval runs of issue #5: the default model (135M) with DCA takes about
 0.56 s to prefill 16K tokens sparse on the H200, far above what its FLOPs need, and eval
-throughput follows it. This prints the ops that take the time and how many kernels run.
+throughput may be bound by it. This prints the ops that take the time and how many kernels run.
 
     export PYTHONPATH=$PWD/src:$PWD/tests
     python3 scripts/profile_prefill.py --model $GGUF --dca --attention sparse --sparse-threshold 4096 \
