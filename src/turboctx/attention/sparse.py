@@ -169,8 +169,8 @@ class SparseAttentionBackend(DenseAttentionBackend):
         a, b = rows
         if (a, b) != (0, n):   # dense rows below the threshold, sparse rows, the dense tail: in order
             outs = []
-            for lo, hi, part in split_chunk(s, a, b):
-                run = self.attend_seq if lo == a else super().attend_seq
+            for lo, hi, part, sparse in split_chunk(s, a, b):
+                run = self.attend_seq if sparse else super().attend_seq
                 outs.append(run(q[lo:hi], k[lo:hi], v[lo:hi], part, k_cache, v_cache))
             return torch.cat(outs)
         write_kv(k_cache, s.slots, start, k)
@@ -221,16 +221,17 @@ class SparseAttentionBackend(DenseAttentionBackend):
         self.stats.recall.setdefault(self._layer, []).append(rec)
 
 
-def split_chunk(s: SeqChunk, a: int, b: int) -> list[tuple[int, int, SeqChunk]]:
+def split_chunk(s: SeqChunk, a: int, b: int) -> list[tuple[int, int, SeqChunk, bool]]:
     """A sequence's chunk cut at its rows a <= b: (lo, hi, chunk of rows [lo, hi) from position
-    start_pos + lo) for the non-empty ones of [0, a), [a, b), [b, n). The middle one has no prompt
-    tail of its own (it is not split again)."""
+    start_pos + lo, sparse) for the non-empty ones of [0, a), [a, b), [b, n). Only the middle one
+    runs sparse; it has no prompt tail of its own (it is not split again)."""
     n, out = s.num_new, []
     for lo, hi in ((0, a), (a, b), (b, n)):
         if lo < hi:
+            sparse = (lo, hi) == (a, b)
             out.append((lo, hi, replace(s, row_start=s.row_start + lo, row_end=s.row_start + hi,
                                         start_pos=s.start_pos + lo,
-                                        prompt_len=0 if lo == a else s.prompt_len)))
+                                        prompt_len=0 if sparse else s.prompt_len), sparse))
     return out
 
 

@@ -91,8 +91,8 @@ class DCASparseAttentionBackend(DCAAttentionBackend):
         a, b = rows
         if (a, b) != (0, n):   # plain DCA below the threshold, sparse rows, plain DCA tail: in order
             outs = []
-            for lo, hi, part in split_chunk(s, a, b):
-                run = self.attend_one if lo == a else super().attend_one
+            for lo, hi, part, sparse in split_chunk(s, a, b):
+                run = self.attend_one if sparse else super().attend_one
                 outs.append(run(layer, part, q[lo:hi], {kd: x[lo:hi] for kd, x in qs.items()},
                                 plan_parts(self.cfg, start + lo, hi - lo), k_cache, v_cache))
             return torch.cat(outs)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from turboctx.cli_options import (Attention, Dca, SparseConfigFile, SparseDenseTail, SparseThreshold,
-                                  attention_flags)
+                                  attention_flags, option_sizes)
 
 bench_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
@@ -70,9 +70,8 @@ def prefill(model: Annotated[str, typer.Option("--model", "-m")] = "random:qwen2
     from turboctx.bench.report import environment, plot_ttft, print_table, write_json
     from turboctx.config import parse_dtype
     from turboctx.engine.llm_engine import resolve_device
-    from turboctx.eval.common import parse_sizes
     from turboctx.weights import open_checkpoint
-    ns = parse_sizes(lengths)
+    ns = option_sizes(lengths)
     if compare not in (None, "hf"):
         raise typer.BadParameter(f"--compare {compare!r}: only 'hf' is supported")
     extra = attention_flags(dca, sparse_threshold, sparse_config, sparse_dense_tail)
@@ -129,8 +128,7 @@ def decode(model: Annotated[str, typer.Option("--model", "-m")] = "random:qwen2.
     """Decode ms/token at long context (synthetic random-valued cache: no prefill needed)."""
     from turboctx.bench.decode import bench_decode
     from turboctx.bench.report import environment, print_table, write_json
-    from turboctx.eval.common import parse_sizes
-    ns = parse_sizes(lengths)
+    ns = option_sizes(lengths)
     llm = _setup(model, device, dtype, max(ns) + steps + 16, "dense", None, attention_flags(dca), cuda_graphs,
                  tensor_parallel_size)
     ceilings = _ceilings(llm)

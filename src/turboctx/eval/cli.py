@@ -18,9 +18,8 @@ import typer
 
 from turboctx.eval import niah as niah_mod
 from turboctx.eval import passkey as passkey_mod
-from turboctx.eval.common import parse_depths as _parse_depths
-from turboctx.eval.common import parse_size
-from turboctx.eval.common import parse_sizes as _parse_sizes
+from turboctx.cli_options import option_sizes, parse_option
+from turboctx.eval.common import parse_depths, parse_size
 from turboctx.eval.targets import LocalTarget, OpenAITarget, TargetUnavailable, load_tokenizer
 
 eval_app = typer.Typer(help="Long-context evaluation: passkey, needle-in-a-haystack, RULER, "
@@ -72,24 +71,6 @@ def parse_extra(args: list[str]) -> dict[str, Any]:
     return out
 
 
-def parse_sizes(text: str, option: str = "--lengths") -> list[int]:
-    """Sizes from an option, bad input as a usage error naming the option (not a traceback)."""
-    try:
-        sizes = _parse_sizes(text)
-    except ValueError as e:
-        raise typer.BadParameter(str(e), param_hint=option) from None
-    if not sizes:
-        raise typer.BadParameter(f"no length in {text!r} (use e.g. 4k,16k)", param_hint=option)
-    return sizes
-
-
-def parse_depths(text: str, seed: int) -> list[float]:
-    try:
-        return _parse_depths(text, seed)
-    except ValueError as e:
-        raise typer.BadParameter(str(e), param_hint="--depths") from None
-
-
 def _typed(v: str) -> Any:
     low = v.lower()
     if low in ("true", "false"):
@@ -107,7 +88,7 @@ def _typed(v: str) -> Any:
 
 def engine_flags(dca, attention, max_model_len, device, dtype, extra: list[str]) -> dict[str, Any]:
     flags = {"dca": dca, "attention": attention, "device": device, "dtype": dtype,
-             "max_model_len": parse_sizes(max_model_len, "--max-model-len")[0] if max_model_len else None}
+             "max_model_len": option_sizes(max_model_len, "--max-model-len")[0] if max_model_len else None}
     flags = {k: v for k, v in flags.items() if v is not None}
     flags.update(parse_extra(extra))
     return flags
@@ -200,7 +181,8 @@ def passkey(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[b
     target = make_target(model, flags, base_url, api_key, chat, served_model, tokenizer,
                          concurrency, batch_size, kind=target_kind)
     wrap = make_wrap(target, template)
-    samples = passkey_mod.generate(parse_sizes(lengths), parse_depths(depths, seed), trials, seed,
+    samples = passkey_mod.generate(option_sizes(lengths),
+                                   parse_option("--depths", parse_depths, depths, seed), trials, seed,
                                    target.count_tokens, wrap=lambda p: wrap(p, ""), digits=digits)
     _run(samples, target, out, save_prompts, {"command": "passkey", "seed": seed, "flags": flags},
          heat=True)
@@ -230,7 +212,8 @@ def niah(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[bool
     target = make_target(model, flags, base_url, api_key, chat, served_model, tokenizer,
                          concurrency, batch_size, kind=target_kind)
     samples = niah_mod.generate(
-        parse_sizes(lengths), parse_depths(depths, seed), trials, seed, target.count_tokens,
+        option_sizes(lengths), parse_option("--depths", parse_depths, depths, seed), trials, seed,
+        target.count_tokens,
         wrap=make_wrap(target, template), needle=needle, question=question,
         answer_prefix=answer_prefix,
         expected=[w.strip() for w in expected.split(",")] if expected else None,
@@ -264,7 +247,7 @@ def ruler(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[boo
     wrap = make_wrap(target, template)
     all_samples, not_run = [], {}
     for name in names:
-        for L in parse_sizes(lengths):
+        for L in option_sizes(lengths):
             try:
                 all_samples += ruler_mod.generate(name, L, samples, seed, target.count_tokens, wrap,
                                                   haystack=str(haystack) if haystack else None,
@@ -299,7 +282,7 @@ def ppl(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[bool]
     from turboctx.eval.plots import nll_by_position
     from turboctx.eval.ppl import run_ppl
     flags = engine_flags(dca, attention, max_model_len, device, dtype, ctx.args)
-    length = max(parse_sizes(lengths))
+    length = max(option_sizes(lengths))
     if base_url:
         targets = {"remote": make_target(model, flags, base_url, api_key, False, served_model,
                                          tokenizer, 1, 1)}
