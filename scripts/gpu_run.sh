@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU measurements on the H200 machine (no network there; the package runs from src/).
-# usage: scripts/gpu_run.sh tests|bench|prefill-1m|decode|dca-cost|dca-eval|sparse-eval|sparse-passkey|sparse-diag|sparse-paired|profile-eval|
+# usage: scripts/gpu_run.sh tests|bench|prefill-1m|decode|dca-cost|dca-eval|sparse-eval|sparse-passkey|sparse-diag|sparse-paired|dca-decode|profile-eval|
 #        suite|ttft-sparse   (JSON/PNG/logs under $OUT; the default-model modes need $GGUF: scripts/gpu_stage.sh)
 set -uo pipefail
 export PYTHONPATH="$PWD/src:$PWD/tests:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
@@ -80,20 +80,28 @@ case "${1:-tests}" in
     # instead of running dense again; use SETTINGS without dense then. TASKS="ruler passkey"
     # (default both); PK_DEPTHS (default the 10-depth grid of the stored runs) e.g. random:30 with
     # TRIALS=1: every seed puts its passkeys at new positions (eval paired clusters by position).
+    # Setting `full`: the sparse path with budgets over every key (density 100%), a control for
+    # what the sparse path costs apart from sparsity. With DENSE_RUNS decode stays eager, as in the
+    # stored runs (CUDA graphs decode DCA since session 9; their rounding differs): DECODE= overrides.
     RES=${RES:-/root/res/paired}; mkdir -p $RES; export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
     CAL=docs/results/sparse_eval_s5/calibration_dca/sparse_attention_config.json
     V4000=docs/results/sparse_eval_s7/budgets_4000x6096/sparse_attention_config.json  # every head
+    FULL=$RES/full_budgets.json      # the default model: 30 layers, 9 query heads
+    python3 -c "from turboctx.attention.sparse_config import write_sparse_attention_config as w
+w('$FULL', [[(1 << 20, 1 << 20)] * 9] * 30)"
+    DECODE=${DECODE-$([ -n "${DENSE_RUNS:-}" ] && echo --no-cuda-graphs)}
     SETS=${SETTINGS:-dense sparse cal}; SEEDS=${SEEDS:-${SEED:-7}}
     D="--depths ${PK_DEPTHS:-0.05,0.15,0.25,0.35,0.45,0.55,0.65,0.75,0.85,0.95}"; TASKS=${TASKS:-ruler passkey}
     flags() { case $1 in dense) echo "--attention dense" ;; sparse) echo "--attention sparse --sparse-threshold 4096" ;;
               notail) echo "--attention sparse --sparse-threshold 4096 --sparse-dense-tail 0" ;;
               tail*) echo "--attention sparse --sparse-threshold 4096 --sparse-dense-tail ${1#tail}" ;;  # e.g. tail2048
               cal) echo "--attention sparse --sparse-threshold 4096 --sparse-config $CAL" ;;
-              v4000) echo "--attention sparse --sparse-threshold 4096 --sparse-config $V4000" ;; esac; }
+              v4000) echo "--attention sparse --sparse-threshold 4096 --sparse-config $V4000" ;;
+              full) echo "--attention sparse --sparse-threshold 4096 --sparse-config $FULL" ;; esac; }
     for s in $SEEDS; do
       R=$RES/seed$s; mkdir -p $R      # a bounded KV cache: the processes share the GPU
       PK="--model $GGUF --device cuda --dca --dtype bfloat16 --max-model-len 34000 --batch-size 8
-          --kv-cache-tokens ${KV:-300000} --seed $s"
+          --kv-cache-tokens ${KV:-300000} --seed $s $DECODE"
       for a in $SETS; do
         case " $TASKS " in *" ruler "*)
           timeout ${T:-480} python3 -m turboctx.cli eval ruler $PK $(flags $a) --lengths 16k --samples ${SAMPLES:-40} \
@@ -116,6 +124,11 @@ case "${1:-tests}" in
       done
     done
     tar czf "$OUT/paired.tgz" -C $RES . ;;
+  dca-decode)  # random:qwen2.5-7b with DCA (its config: chunk 32768): decode eager, then in CUDA graphs
+    for g in --no-cuda-graphs --cuda-graphs; do
+      timeout 250 python3 -m turboctx.cli bench decode --model random:qwen2.5-7b --dca --lengths ${LENGTHS:-128k,1m} \
+        --steps 64 --repeat 3 $g --json "$OUT/decode_7b_dca${g#--}.json" 2>&1 | grep -v -i warn | tail -5
+    done ;;
   profile-eval)  # default model + DCA at 16K, bf16: where a prefill (and 16 decode steps) goes, dense
     # then sparse from 4096, op by op (scripts/profile_prefill.py): the paired runs' throughput
     for a in dense sparse; do
@@ -128,7 +141,8 @@ case "${1:-tests}" in
     timeout "${SUITE_TIMEOUT:-420}" python3 scripts/eval_suite.py /root/suite --model "$GGUF" \
       --device cuda --batch-size "${SUITE_BATCH:-64}" --doc /root/suite/EVAL.md 2>&1 | grep -v -i warn | tail -25
     tar czf "$OUT/suite.tgz" -C /root/suite . ;;
-  ttft-sparse)  # random:qwen2.5-7b, default budgets; LENGTHS / REPEAT, dense beside it via DENSE,
+  ttft-sparse)  # random:qwen2.5-7b, default budgets; LENGTHS / REPEAT, dense beside it via DENSE
+    # (e.g. DENSE=128k,256k,512k DENSE_REPEAT=1: dense 512K takes ~2 min a run),
     # TAILS="0 512 2048" times each dense tail in turn (default: the engine's, 512)
     for tl in ${TAILS:-default}; do
       tflag=""; [ "$tl" != default ] && tflag="--sparse-dense-tail $tl"
@@ -137,8 +151,8 @@ case "${1:-tests}" in
         --json "$OUT/prefill_7b_sparse_$(echo "${LENGTHS:-1m}" | tr , _)_tail$tl.json" 2>&1 | grep -v -i warn | tail -6
     done
     if [ -n "${DENSE:-}" ]; then
-      timeout 200 python3 -m turboctx.cli bench prefill --model random:qwen2.5-7b --attention dense \
-        --lengths "$DENSE" --repeat 2 --json "$OUT/prefill_7b_dense_$(echo "$DENSE" | tr , _).json" 2>&1 | grep -v -i warn | tail -5
+      timeout "${DENSE_TIMEOUT:-300}" python3 -m turboctx.cli bench prefill --model random:qwen2.5-7b --attention dense \
+        --lengths "$DENSE" --repeat "${DENSE_REPEAT:-2}" --json "$OUT/prefill_7b_dense_$(echo "$DENSE" | tr , _).json" 2>&1 | grep -v -i warn | tail -5
     fi ;;
   sparse-speed)  # random:qwen2.5-7b, default budgets (1000 vertical / 6096 slash per head)
     timeout 170 python3 -m turboctx.cli bench prefill --model random:qwen2.5-7b --attention sparse --lengths 128k,256k,512k \

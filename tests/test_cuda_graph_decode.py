@@ -21,16 +21,25 @@ def _prompts(lengths, vocab, seed=0):
     return [torch.randint(3, vocab, (n,), generator=g).tolist() for n in lengths]
 
 
+DCA = dict(dca=True, dca_chunk_size=64, dca_local_size=16)   # chunk_len 48
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the gpu tests capture for real")
-@pytest.mark.parametrize("name", ["qwen2-gqa7-bias-untied", "llama-gqa3-nobias-tied"])
-def test_graph_body_equals_eager_step_cpu(tmp_path, name):
+@pytest.mark.parametrize("name, extra, lengths", [
+    ("qwen2-gqa7-bias-untied", {}, [5, 70, 131]),
+    ("llama-gqa3-nobias-tied", {}, [5, 70, 131]),
+    # DCA: decode at 50 (intra + succ), 100 (intra + succ + inter), 131 (intra + inter)
+    ("qwen2-gqa7-bias-untied", DCA, [50, 100, 131]),
+    ("llama-gqa3-nobias-tied", dict(DCA, attention="sparse", sparse_threshold=300), [50, 100, 131]),
+])
+def test_graph_body_equals_eager_step_cpu(tmp_path, name, extra, lengths):
     pytest.importorskip("triton")
     from turboctx.engine.cuda_graph import DecodeGraphRunner
     make_tiny_hf(name, tmp_path)
     llm = LLM(str(tmp_path), device="cpu", dtype="float32", max_model_len=1024, prefill_chunk_size=64,
-              block_size=16)
+              block_size=16, **extra)
     eng = llm.engine
-    for ids in _prompts([5, 70, 131], 512):       # 3 sequences: the graph of size 4, one padding row
+    for ids in _prompts(lengths, 512):            # 3 sequences: the graph of size 4, one padding row
         eng.add_request(eng.make_request(ids, SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)))
     while any(r.is_prefill for r in eng.scheduler.running + list(eng.scheduler.waiting)):
         eng.step()
@@ -75,6 +84,28 @@ def _generate_both(spec, dtype, lengths, max_tokens, vocab, **kw):
     return outs[False], outs[True], captured
 
 
+def _assert_same(eager, graph):
+    """fp32: the same tokens, logprobs within 1e-3."""
+    for e, g in zip(eager, graph):
+        assert g.token_ids == e.token_ids
+        worst = max(abs(g.logprobs[i][t] - lp) for i, top in enumerate(e.logprobs) for t, lp in top.items()
+                    if t in g.logprobs[i])
+        assert worst < 1e-3
+
+
+def _assert_close_bf16(eager, graph):
+    """bf16: rounding differs (fused fp32 rotary, another reduction order), so tokens may part at a
+    near-tie; logprobs are compared while the tokens agree (at least the first graph step)."""
+    for e, g in zip(eager, graph):
+        assert g.token_ids[0] == e.token_ids[0]        # from the (eager) prefill in both
+        for i in range(len(e.token_ids)):
+            shared = set(e.logprobs[i]) & set(g.logprobs[i])
+            assert len(shared) >= 3
+            assert max(abs(e.logprobs[i][t] - g.logprobs[i][t]) for t in shared) < 0.1
+            if e.token_ids[i] != g.token_ids[i]:
+                break
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["qwen2-gqa7-bias-untied", "llama-gqa3-nobias-tied"])
 def test_gpu_graph_decode_equals_eager_tiny_hf_fp32(tmp_path, name):
@@ -84,11 +115,7 @@ def test_gpu_graph_decode_equals_eager_tiny_hf_fp32(tmp_path, name):
         str(tmp_path), "float32", [7, 300, 1000, 64, 2049], [24, 24, 12, 12, 40], 512,
         max_model_len=4096, prefill_chunk_size=256, block_size=16)
     assert 1 in captured and len(captured) >= 2, captured
-    for e, g in zip(eager, graph):
-        assert g.token_ids == e.token_ids
-        worst = max(abs(g.logprobs[i][t] - lp) for i, top in enumerate(e.logprobs) for t, lp in top.items()
-                    if t in g.logprobs[i])
-        assert worst < 1e-3
+    _assert_same(eager, graph)
 
 
 @pytest.mark.gpu
@@ -101,24 +128,49 @@ def test_gpu_graph_decode_equals_eager_qwen_fp32():
 
 @pytest.mark.gpu
 def test_gpu_graph_decode_close_to_eager_qwen_bf16():
-    """bf16: rounding differs (fused fp32 rotary, another reduction order), so tokens may part at a
-    near-tie; logprobs are compared while the tokens agree (at least the first graph step)."""
+    """bf16: see _assert_close_bf16."""
     eager, graph, _ = _generate_both("random:qwen2.5-0.5b", "bfloat16", [100, 5000, 40_000], [12, 12, 12],
                                      150_000, max_model_len=65536, kv_cache_tokens=65536)
-    for e, g in zip(eager, graph):
-        assert g.token_ids[0] == e.token_ids[0]        # from the (eager) prefill in both
-        for i in range(len(e.token_ids)):
-            shared = set(e.logprobs[i]) & set(g.logprobs[i])
-            assert len(shared) >= 3
-            assert max(abs(e.logprobs[i][t] - g.logprobs[i][t]) for t in shared) < 0.1
-            if e.token_ids[i] != g.token_ids[i]:
-                break
+    _assert_close_bf16(eager, graph)
 
 
 @pytest.mark.gpu
-def test_gpu_graphs_fall_back_for_dca():
+@pytest.mark.parametrize("attention", ["dense", "sparse"])
+def test_gpu_graph_decode_equals_eager_dca_tiny_hf_fp32(tmp_path, attention):
+    """DCA decode in graphs: decode rows cross from the local window (intra + succ [+ inter]) to
+    far rows (intra + inter) and into a new DCA chunk (chunk_len 192)."""
+    make_tiny_hf("qwen2-gqa7-bias-untied", tmp_path)
+    extra = dict(sparse_threshold=512) if attention == "sparse" else {}
+    eager, graph, captured = _generate_both(
+        str(tmp_path), "float32", [7, 180, 1000, 64, 2049], [24, 24, 12, 12, 40], 512,
+        max_model_len=4096, prefill_chunk_size=256, block_size=16, dca=True, dca_chunk_size=256,
+        dca_local_size=64, attention=attention, **extra)
+    assert 1 in captured and len(captured) >= 2, captured
+    _assert_same(eager, graph)
+
+
+@pytest.mark.gpu
+def test_gpu_graph_decode_close_to_eager_dca_default_model_bf16(default_gguf_path):
+    """The default model with DCA from its config (chunk 8192, YaRN past 8192 tokens), bf16."""
+    eager, graph, _ = _generate_both(default_gguf_path, "bfloat16", [100, 9000, 20_000], [12, 12, 12],
+                                     40_000, max_model_len=32768, kv_cache_tokens=65536, dca=True)
+    _assert_close_bf16(eager, graph)
+
+
+@pytest.mark.gpu
+def test_gpu_graphs_fall_back_for_dca_prompt_length_yarn():
     llm = LLM("random:qwen2.5-0.5b", device="cuda", dtype="bfloat16", max_model_len=8192,
-              kv_cache_tokens=8192, cuda_graphs=True, dca=True, dca_chunk_size=2048, dca_local_size=256)
+              kv_cache_tokens=8192, cuda_graphs=True, dca=True, dca_chunk_size=2048, dca_local_size=256,
+              dca_yarn_per_position=False)
     assert llm.engine.runner.graphs is None
     out = llm.generate(_prompts([3000], 150_000)[0], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
     assert len(out[0].token_ids) == 4
+
+
+@pytest.mark.gpu
+def test_gpu_dca_graphs_only_when_asked():
+    """DCA decodes in graphs when cuda_graphs=True; by default not yet (GraphDCADecodeBackend)."""
+    kw = dict(device="cuda", dtype="bfloat16", max_model_len=8192, kv_cache_tokens=8192, dca=True,
+              dca_chunk_size=2048, dca_local_size=256)
+    assert LLM("random:qwen2.5-0.5b", **kw).engine.runner.graphs is None
+    assert LLM("random:qwen2.5-0.5b", cuda_graphs=True, **kw).engine.runner.graphs is not None

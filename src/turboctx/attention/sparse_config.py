@@ -37,7 +37,7 @@ class SparseConfig:
     local_diagonals: int = 100      # diagonals nearest the main one always kept
     # the prompt's last dense_tail tokens attend densely (0: none). The question usually ends the
     # prompt, and only its rows decide the first answer token: on the default model, RULER needles
-    # at 16K were lost when the question's chunk ran sparse (docs/SPARSE.md). Their cost is
+    # at 16K were lost when the question's chunk ran sparse (docs/SPARSE_RETRIEVAL.md). Their cost is
     # dense_tail / prefill_chunk_size of one chunk, once per prompt.
     dense_tail: int = 512
     kernel: Literal["auto", "triton", "flex", "portable"] = "auto"   # auto: triton on CUDA, else portable

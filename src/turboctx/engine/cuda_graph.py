@@ -11,8 +11,9 @@ the smallest captured size B >= n; rows n..B-1 get length 0, which writes nothin
 nothing. The rotary tables are computed inside the graph from the positions buffer, once per
 step; rotary, the cache write and attention are three Triton launches per layer.
 
-Used only for plain decode steps of the dense backend whose sequences each own one consecutive
-run of cache blocks (ModelRunner checks `can_run`); everything else stays eager.
+Used only for plain decode steps whose sequences each own one consecutive run of cache blocks
+(ModelRunner checks `can_run`), with the dense backend or DCA (attention/dca_graph_decode.py); the
+sparse backends decode as the one they wrap. Everything else stays eager.
 
 torch.compile'd FusedOps (RMSNorm, SiLU*mul) are captured as they are: each graph is first run
 twice eagerly on a side stream (with every length 0, so the cache is not touched), which compiles
@@ -34,12 +35,30 @@ log = logging.getLogger("turboctx")
 GRAPH_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 
 
+def graph_decode_backend(backend: AttentionBackend) -> AttentionBackend | str:
+    """The captured-decode twin of an eager backend (its decode steps give the same result), or
+    why there is none. Sparse backends decode as the dense / DCA backend they extend."""
+    from turboctx.attention.dca import DCAAttentionBackend
+    from turboctx.attention.dca_graph_decode import GraphDCADecodeBackend, graph_unsupported_reason
+    if isinstance(backend, DCAAttentionBackend):
+        return graph_unsupported_reason(backend) or GraphDCADecodeBackend(backend)
+    if isinstance(backend, DenseAttentionBackend):
+        return GraphDecodeBackend(backend)
+    return f"the {backend.name} attention backend decodes eagerly"
+
+
 class GraphDecodeBackend(AttentionBackend):
     """Dense attention for one new token per sequence, with lengths and offsets on the device."""
     name = "dense-graph-decode"
 
     def __init__(self, dense: DenseAttentionBackend):
         self.rotary, self.scale = dense.rotary, dense.scale
+
+    def step_extras(self, pos: torch.Tensor, lens: torch.Tensor, starts: torch.Tensor,
+                    dtype: torch.dtype, num_splits: int) -> dict:
+        """Per-step tensors (device ops only): rotary tables [B, D], lengths, first slots."""
+        return {"cos_sin": self.rotary.cos_sin(pos, dtype), "seq_lens": lens, "slot_starts": starts,
+                "num_splits": num_splits}
 
     def forward(self, layer, q, k, v, batch: AttentionBatch) -> torch.Tensor:
         cos, sin = batch.extras["cos_sin"]                                  # [B, D]
@@ -51,12 +70,15 @@ class GraphDecodeBackend(AttentionBackend):
 
 
 class DecodeGraphRunner:
-    def __init__(self, model, backend: DenseAttentionBackend, kv_cache, device, dtype,
+    def __init__(self, model, backend: AttentionBackend, kv_cache, device, dtype,
                  max_len: int, batch_sizes: tuple[int, ...] = GRAPH_BATCH_SIZES):
+        """backend: the eager one (dense, DCA or a sparse one over them: graph_decode_backend)."""
         self.model, self.backend, self.kv_cache = model, backend, kv_cache
         self.device, self.dtype, self.max_len = torch.device(device), dtype, max_len
         self.batch_sizes = tuple(sorted(batch_sizes))
-        self.graph_backend = GraphDecodeBackend(backend)
+        self.graph_backend = graph_decode_backend(backend)
+        if isinstance(self.graph_backend, str):
+            raise ValueError(f"no CUDA-graph decode: {self.graph_backend}")
         # rows: token id, position, sequence length, first cache slot
         self.inputs = torch.zeros(4, self.batch_sizes[-1], dtype=torch.int64, device=self.device)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
@@ -107,9 +129,9 @@ class DecodeGraphRunner:
     def _step(self, B: int) -> torch.Tensor:
         """The captured body: embedding -> layers -> norm -> lm_head for B rows."""
         ids, pos, lens, starts = self.inputs[:, :B]
-        batch = AttentionBatch([], pos, self.kv_cache, extras={
-            "cos_sin": self.backend.rotary.cos_sin(pos, self.dtype), "seq_lens": lens, "slot_starts": starts,
-            "num_splits": num_splits_for(B, self.kv_cache.num_kv_heads, self.max_len, self.device)})
+        batch = AttentionBatch([], pos, self.kv_cache, extras=self.graph_backend.step_extras(
+            pos, lens, starts, self.dtype,
+            num_splits_for(B, self.kv_cache.num_kv_heads, self.max_len, self.device)))
         return self.model.compute_logits(self.model(ids, batch))          # [B, V]
 
     def _capture(self, B: int) -> bool:

@@ -55,15 +55,17 @@ class ModelRunner:
         self.graphs = None if cuda_graphs is False else self._graph_runner(max_model_len, cuda_graphs)
 
     def _graph_runner(self, max_model_len: int | None, asked: bool | None):
-        """CUDA graphs for decode steps (engine/cuda_graph.py): CUDA and the dense backend only.
-        asked=None (the default) uses them where they run and says nothing where they do not."""
-        from turboctx.attention.dense import DenseAttentionBackend
-        why = ("the device is not CUDA" if self.device.type != "cuda" else
-               f"the {self.backend.name} attention backend decodes eagerly"
-               if type(self.backend) is not DenseAttentionBackend else None)
+        """CUDA graphs for decode steps (engine/cuda_graph.py): CUDA, with the dense or DCA backend
+        (or a sparse one over them). asked=None (the default) uses them where they run and says
+        nothing where they do not."""
+        why = "the device is not CUDA" if self.device.type != "cuda" else None
         if why is None:
             try:
-                from turboctx.engine.cuda_graph import DecodeGraphRunner
+                from turboctx.engine.cuda_graph import DecodeGraphRunner, graph_decode_backend
+                twin = graph_decode_backend(self.backend)
+                why = twin if isinstance(twin, str) else None
+                if why is None and asked is None and not getattr(twin, "on_by_default", True):
+                    return None            # e.g. DCA: only when asked, until checked on a GPU
             except ImportError as err:
                 why = f"Triton is not available ({err})"
         if why is not None:

@@ -1,0 +1,112 @@
+"""DCA decode with lengths and offsets on the device (the CUDA-graph body) equals the eager DCA
+backend, one new token per sequence: every part kind (intra only; intra + succ; intra + succ +
+inter; intra + inter for rows past the local window), chunk boundaries, YaRN on and off, GQA
+ratios, padding rows. On the CPU the Triton kernels run in the interpreter."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"      # before triton.jit runs (see test_decode_kernel.py)
+
+pytest.importorskip("triton")
+
+from turboctx.attention.backend import AttentionBatch, SeqChunk  # noqa: E402
+from turboctx.attention.dca import DCAAttentionBackend, DCAConfig, plan_parts  # noqa: E402
+from turboctx.attention.dca_graph_decode import (GraphDCADecodeBackend,  # noqa: E402
+                                                 graph_unsupported_reason, merge_parts)
+from turboctx.engine.cuda_graph import GraphDecodeBackend, graph_decode_backend  # noqa: E402
+from turboctx.kv_cache import KVCache, SeqSlots  # noqa: E402
+from turboctx.models.layers import RotaryEmbedding  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+CHUNK, LOCAL = 64, 16          # chunk_len 48
+BLOCK = 16
+
+
+def _positions_by_kind():
+    """Decode positions that give every plan shape (checked against plan_parts)."""
+    cfg = DCAConfig(CHUNK, LOCAL, 4096)
+    pos = [0, 5, 47,            # chunk 0: intra only
+           48, 50, 63,          # chunk 1, r < local: intra + succ
+           70, 95,              # chunk 1, far: intra + inter over chunk 0
+           96, 100, 150,        # chunk 2, near: intra + succ + inter
+           170, 191, 200]       # chunk 3/4, far and near
+    kinds = {tuple(p[2] for p in plan_parts(cfg, x, 1)) for x in pos}
+    assert kinds == {(0,), (0, 1), (0, 2), (0, 1, 2)}, kinds
+    return pos
+
+
+@pytest.mark.parametrize("H, Hkv, D", [(4, 4, 32), (8, 2, 64), (14, 2, 64), (9, 3, 64)])
+@pytest.mark.parametrize("yarn", [False, True])
+def test_graph_dca_decode_equals_eager(H, Hkv, D, yarn):
+    torch.manual_seed(H * D + yarn)
+    pos = _positions_by_kind()
+    # YaRN active from position 64 on when the trained length is 64
+    cfg = DCAConfig(CHUNK, LOCAL, 64 if yarn else 4096, yarn_scaling=yarn, yarn_per_position=True)
+    rotary = RotaryEmbedding(D, 10000.0)
+    eager, graph = DCAAttentionBackend(rotary, D, cfg), GraphDCADecodeBackend(DCAAttentionBackend(rotary, D, cfg))
+    B = len(pos) + 2                               # two padding rows at the end
+    per_seq = 256 // BLOCK                         # blocks per sequence, one run each
+    caches = [KVCache(1, Hkv, D, per_seq * B, BLOCK, torch.float32, DEVICE) for _ in range(2)]
+    base = torch.randn(1, Hkv, per_seq * B * BLOCK, D, device=DEVICE)
+    for c in caches:                               # the same old keys/values in both caches
+        c.k.copy_(base)
+        c.v.copy_(base.flip(-1))
+    q = torch.randn(B, H, D, device=DEVICE)
+    k, v = torch.randn(B, Hkv, D, device=DEVICE), torch.randn(B, Hkv, D, device=DEVICE)
+
+    # eager: one sequence per row, each its own consecutive block run
+    slots = [SeqSlots(list(range(i * per_seq, (i + 1) * per_seq)), BLOCK) for i in range(len(pos))]
+    seqs = [SeqChunk(i, i + 1, p, slots[i]) for i, p in enumerate(pos)]
+    tpos = torch.tensor(pos, device=DEVICE)
+    batch = AttentionBatch(seqs, tpos, caches[0])
+    eager.prepare(batch, torch.float32)
+    want = eager.forward(0, q[:len(pos)], k[:len(pos)], v[:len(pos)], batch)
+
+    # graph body: lengths / first slots on the device; padding rows have length 0
+    gpos = torch.tensor(pos + [0, 0], device=DEVICE)
+    lens = torch.tensor([p + 1 for p in pos] + [0, 0], device=DEVICE)
+    starts = torch.tensor([s.contiguous_start for s in slots] + [0, 0], device=DEVICE)
+    gbatch = AttentionBatch([], gpos, caches[1], extras=graph.step_extras(gpos, lens, starts, torch.float32, 3))
+    got = graph.forward(0, q, k, v, gbatch)
+
+    assert (got[:len(pos)] - want).abs().max() < 2e-5, (got[:len(pos)] - want).abs().max()
+    assert got[len(pos):].abs().max() == 0                       # padding rows: nothing
+    assert torch.equal(caches[0].k, caches[1].k) or (caches[0].k - caches[1].k).abs().max() < 1e-6
+    assert torch.equal(caches[0].v, caches[1].v)                 # same slots written, nothing else
+
+
+def test_merge_parts_is_exact_and_empty_rows_are_zero():
+    torch.manual_seed(0)
+    o = [torch.randn(3, 2, 8) for _ in range(3)]
+    lse = [torch.randn(3, 2) for _ in range(3)]
+    lse[1][0] = float("-inf")                                   # part 1 empty for row 0
+    for part in lse:
+        part[2] = float("-inf")                                 # row 2: no keys at all
+    got = merge_parts(o, lse)
+    w = torch.softmax(torch.stack(lse[:])[:, :2], dim=0)        # [P, 2, H]
+    want = sum(w[i][..., None] * o[i][:2] for i in range(3))
+    assert (got[:2] - want).abs().max() < 1e-6
+    assert got[2].abs().max() == 0
+
+
+def test_graph_twin_of_each_backend():
+    rotary = RotaryEmbedding(32, 10000.0)
+    from turboctx.attention.dense import DenseAttentionBackend
+    from turboctx.attention.sparse import SparseAttentionBackend
+    from turboctx.attention.sparse_dca import DCASparseAttentionBackend
+    cfg = DCAConfig(CHUNK, LOCAL, 4096, yarn_per_position=True)      # from_model's default
+    assert isinstance(graph_decode_backend(DenseAttentionBackend(rotary, 32)), GraphDecodeBackend)
+    assert isinstance(graph_decode_backend(SparseAttentionBackend(rotary, 32)), GraphDecodeBackend)
+    assert isinstance(graph_decode_backend(DCAAttentionBackend(rotary, 32, cfg)), GraphDCADecodeBackend)
+    assert isinstance(graph_decode_backend(DCASparseAttentionBackend(rotary, 32, cfg)), GraphDCADecodeBackend)
+    vllm_rule = DCAAttentionBackend(rotary, 32, DCAConfig(CHUNK, LOCAL, 64, yarn_per_position=False))
+    assert "prompt-length rule" in graph_decode_backend(vllm_rule)
+    assert graph_unsupported_reason(vllm_rule) == graph_decode_backend(vllm_rule)
+    no_yarn = DCAAttentionBackend(rotary, 32, DCAConfig(CHUNK, LOCAL, 64, yarn_scaling=False,
+                                                        yarn_per_position=False))
+    assert isinstance(graph_decode_backend(no_yarn), GraphDCADecodeBackend)
