@@ -135,16 +135,18 @@ def test_gpu_graph_decode_close_to_eager_qwen_bf16():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("attention", ["dense", "sparse"])
-def test_gpu_graph_decode_equals_eager_dca_tiny_hf_fp32(tmp_path, attention):
+@pytest.mark.parametrize("dca, attention", [(True, "dense"), (True, "sparse"), (False, "sparse")])
+def test_gpu_graph_decode_equals_eager_dca_and_sparse_tiny_hf_fp32(tmp_path, dca, attention):
     """DCA decode in graphs: decode rows cross from the local window (intra + succ [+ inter]) to
-    far rows (intra + inter) and into a new DCA chunk (chunk_len 192)."""
+    far rows (intra + inter) and into a new DCA chunk (chunk_len 192). Sparse backends (prefill
+    sparse from 512 tokens) decode as the backend they extend."""
     make_tiny_hf("qwen2-gqa7-bias-untied", tmp_path)
     extra = dict(sparse_threshold=512) if attention == "sparse" else {}
+    if dca:
+        extra.update(dca=True, dca_chunk_size=256, dca_local_size=64)
     eager, graph, captured = _generate_both(
         str(tmp_path), "float32", [7, 180, 1000, 64, 2049], [24, 24, 12, 12, 40], 512,
-        max_model_len=4096, prefill_chunk_size=256, block_size=16, dca=True, dca_chunk_size=256,
-        dca_local_size=64, attention=attention, **extra)
+        max_model_len=4096, prefill_chunk_size=256, block_size=16, attention=attention, **extra)
     assert 1 in captured and len(captured) >= 2, captured
     _assert_same(eager, graph)
 
@@ -168,9 +170,10 @@ def test_gpu_graphs_fall_back_for_dca_prompt_length_yarn():
 
 
 @pytest.mark.gpu
-def test_gpu_dca_graphs_only_when_asked():
-    """DCA decodes in graphs when cuda_graphs=True; by default not yet (GraphDCADecodeBackend)."""
-    kw = dict(device="cuda", dtype="bfloat16", max_model_len=8192, kv_cache_tokens=8192, dca=True,
-              dca_chunk_size=2048, dca_local_size=256)
+@pytest.mark.parametrize("extra", [dict(dca=True, dca_chunk_size=2048, dca_local_size=256),
+                                   dict(attention="sparse")])
+def test_gpu_dca_and_sparse_graphs_only_when_asked(extra):
+    """DCA and sparse decode in graphs when cuda_graphs=True; by default not yet (on_by_default)."""
+    kw = dict(device="cuda", dtype="bfloat16", max_model_len=8192, kv_cache_tokens=8192, **extra)
     assert LLM("random:qwen2.5-0.5b", **kw).engine.runner.graphs is None
     assert LLM("random:qwen2.5-0.5b", cuda_graphs=True, **kw).engine.runner.graphs is not None

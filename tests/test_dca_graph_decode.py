@@ -104,6 +104,10 @@ def test_graph_twin_of_each_backend():
     assert isinstance(graph_decode_backend(SparseAttentionBackend(rotary, 32)), GraphDecodeBackend)
     assert isinstance(graph_decode_backend(DCAAttentionBackend(rotary, 32, cfg)), GraphDCADecodeBackend)
     assert isinstance(graph_decode_backend(DCASparseAttentionBackend(rotary, 32, cfg)), GraphDCADecodeBackend)
+    # on by default: dense only, until the others have passed the GPU tests
+    assert graph_decode_backend(DenseAttentionBackend(rotary, 32)).on_by_default
+    assert not graph_decode_backend(SparseAttentionBackend(rotary, 32)).on_by_default
+    assert not graph_decode_backend(DCAAttentionBackend(rotary, 32, cfg)).on_by_default
     vllm_rule = DCAAttentionBackend(rotary, 32, DCAConfig(CHUNK, LOCAL, 64, yarn_per_position=False))
     assert "prompt-length rule" in graph_decode_backend(vllm_rule)
     assert graph_unsupported_reason(vllm_rule) == graph_decode_backend(vllm_rule)

@@ -32,7 +32,8 @@ def graph_unsupported_reason(dca: DCAAttentionBackend) -> str | None:
 class GraphDCADecodeBackend(AttentionBackend):
     name = "dca-graph-decode"
     # Used only when asked (cuda_graphs=True) until the captured path has passed the GPU tests
-    # (tests/test_cuda_graph_decode.py, gpu-marked); the CPU tests run its body uncaptured.
+    # (tests/test_cuda_graph_decode.py, gpu-marked); the CPU tests run its body uncaptured. Then
+    # set this True, and GraphDecodeBackend.on_by_default for the sparse backend.
     on_by_default = False
 
     def __init__(self, dca: DCAAttentionBackend):

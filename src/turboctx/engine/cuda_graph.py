@@ -53,6 +53,9 @@ class GraphDecodeBackend(AttentionBackend):
 
     def __init__(self, dense: DenseAttentionBackend):
         self.rotary, self.scale = dense.rotary, dense.scale
+        # a sparse backend (it decodes as dense): graphs only when asked until the GPU tests of
+        # that pairing have passed (tests/test_cuda_graph_decode.py, gpu-marked)
+        self.on_by_default = type(dense) is DenseAttentionBackend
 
     def step_extras(self, pos: torch.Tensor, lens: torch.Tensor, starts: torch.Tensor,
                     dtype: torch.dtype, num_splits: int) -> dict:
