@@ -92,12 +92,12 @@ w('$FULL', [[(1 << 20, 1 << 20)] * 9] * 30)"
     DECODE=${DECODE-$([ -n "${DENSE_RUNS:-}" ] && echo --no-cuda-graphs)}
     SETS=${SETTINGS:-dense sparse cal}; SEEDS=${SEEDS:-${SEED:-7}}
     D="--depths ${PK_DEPTHS:-0.05,0.15,0.25,0.35,0.45,0.55,0.65,0.75,0.85,0.95}"; TASKS=${TASKS:-ruler passkey}
-    flags() { case $1 in dense) echo "--attention dense" ;; sparse) echo "--attention sparse --sparse-threshold 4096" ;;
-              notail) echo "--attention sparse --sparse-threshold 4096 --sparse-dense-tail 0" ;;
-              tail*) echo "--attention sparse --sparse-threshold 4096 --sparse-dense-tail ${1#tail}" ;;  # e.g. tail2048
-              cal) echo "--attention sparse --sparse-threshold 4096 --sparse-config $CAL" ;;
-              v4000) echo "--attention sparse --sparse-threshold 4096 --sparse-config $V4000" ;;
-              full) echo "--attention sparse --sparse-threshold 4096 --sparse-config $FULL" ;; esac; }
+    SP="--attention sparse --sparse-threshold 4096"
+    flags() { case $1 in dense) echo "--attention dense" ;; sparse) echo "$SP" ;;
+              notail) echo "$SP --sparse-dense-tail 0" ;;
+              tail*) echo "$SP --sparse-dense-tail ${1#tail}" ;;  # e.g. tail2048
+              cal) echo "$SP --sparse-config $CAL" ;; v4000) echo "$SP --sparse-config $V4000" ;;
+              full) echo "$SP --sparse-config $FULL" ;; esac; }
     for s in $SEEDS; do
       R=$RES/seed$s; mkdir -p $R      # a bounded KV cache: the processes share the GPU
       PK="--model $GGUF --device cuda --dca --dtype bfloat16 --max-model-len 34000 --batch-size 8

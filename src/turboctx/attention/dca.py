@@ -188,13 +188,13 @@ class DCAAttentionBackend(AttentionBackend):
                 scales.extend([cfg.yarn_logit_scale(length)] * s.num_new)
         q_scale = None
         if any(x != 1.0 for x in scales):
-            q_scale = torch.tensor(scales, dtype=torch.float32, device=pos.device)[:, None, None]
+            q_scale = torch.tensor(scales, dtype=torch.float32, device=pos.device)[:, None, None].to(dtype)
         batch.extras["dca"] = {
             "k": self.rotary.cos_sin(r, dtype),  # keys and intra queries: position j % chunk_len
             "succ": self.rotary.cos_sin(succ_pos, dtype) if SUCC in kinds else None,
             "inter": self.rotary.cos_sin(inter_pos, dtype) if INTER in kinds else None,
             "plans": plans,
-            "q_scale": q_scale,                  # [N, 1, 1] YaRN logit multiplier per query
+            "q_scale": q_scale,                  # [N, 1, 1] YaRN logit multiplier per query, in dtype
         }
 
     def prefix_cache_salt(self, num_prompt_tokens: int) -> bytes:
@@ -210,7 +210,7 @@ class DCAAttentionBackend(AttentionBackend):
         """q: [N, H, D]; k, v: [N, Hkv, D] un-rotated -> [N, H, D]."""
         ex = batch.extras["dca"]
         if ex["q_scale"] is not None:
-            q = q * ex["q_scale"].to(q.dtype)
+            q = q * ex["q_scale"]
         cos, sin = ex["k"]
         k = apply_rotary(k, cos, sin)
         qs = {INTRA: apply_rotary(q, cos, sin)}

@@ -59,7 +59,7 @@ class GraphDCADecodeBackend(AttentionBackend):
         if cfg.yarn_scaling:
             s = (pos + 1).float() / cfg.original_max_position_embeddings
             q_scale = torch.where(s > 1, (0.1 * torch.log(s.clamp(min=1.0)) + 1.0) ** 2,
-                                  torch.ones_like(s))[:, None, None]      # [B, 1, 1] float32
+                                  torch.ones_like(s))[:, None, None].to(dtype)   # [B, 1, 1]
         return {"dca_cos_sin": [self.rotary.cos_sin(x, dtype) for x in (r, succ_pos, inter_pos)],
                 "seq_lens": lens, "slot_starts": starts, "dca_ranges": ranges,
                 "q_scale": q_scale, "num_splits": num_splits}
@@ -68,7 +68,7 @@ class GraphDCADecodeBackend(AttentionBackend):
         """q: [B, H, D]; k, v: [B, Hkv, D] un-rotated -> [B, H, D]."""
         ex = batch.extras
         if ex["q_scale"] is not None:
-            q = q * ex["q_scale"].to(q.dtype)
+            q = q * ex["q_scale"]
         (cos_r, sin_r), succ, inter = ex["dca_cos_sin"]
         k_cache, v_cache = batch.kv_cache.k[layer], batch.kv_cache.v[layer]
         # keys (and intra queries) at r; the new k/v go to slot start + len - 1
@@ -76,8 +76,7 @@ class GraphDCADecodeBackend(AttentionBackend):
         outs, lses = [], []
         for qk, (first, n) in zip((q_intra, apply_rotary(q, *succ), apply_rotary(q, *inter)),
                                   ex["dca_ranges"]):
-            o, lse = decode_attention(qk.contiguous(), k_cache, v_cache, n, first, self.scale,
-                                      ex["num_splits"])
+            o, lse = decode_attention(qk, k_cache, v_cache, n, first, self.scale, ex["num_splits"])
             outs.append(o)
             lses.append(lse)                                             # [B, H], -inf: empty
         return merge_parts(outs, lses).to(q.dtype)

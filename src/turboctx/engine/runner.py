@@ -64,7 +64,7 @@ class ModelRunner:
                 from turboctx.engine.cuda_graph import DecodeGraphRunner, graph_decode_backend
                 twin = graph_decode_backend(self.backend)
                 why = twin if isinstance(twin, str) else None
-                if why is None and asked is None and not getattr(twin, "on_by_default", True):
+                if why is None and asked is None and not twin.on_by_default:
                     return None            # e.g. DCA: only when asked, until checked on a GPU
             except ImportError as err:
                 why = f"Triton is not available ({err})"

@@ -11,6 +11,9 @@ def _plt():
     return plt
 
 
+MAX_DEPTH_ROWS = 20   # more depths than this (random:N): the heatmap bins them into rows of 10%
+
+
 def heatmap(grid: dict[str, dict[str, float | None]], path: str | Path, title: str = "") -> Path:
     """grid[depth][length] = score in percent (summary.json's "grid"): the usual NIAH picture,
     green = retrieved, red = missed, depth 0% on top."""
@@ -38,8 +41,6 @@ def heatmap(grid: dict[str, dict[str, float | None]], path: str | Path, title: s
     ax.set_title(title)
     return _save(plt, fig, path)
 
-
-MAX_DEPTH_ROWS = 20
 
 
 def _bin_depths(depths: list[str], data: list[list[float]], n_cols: int, bins: int = 10):
