@@ -151,12 +151,34 @@ def test_gpu_graph_decode_equals_eager_dca_and_sparse_tiny_hf_fp32(tmp_path, dca
     _assert_same(eager, graph)
 
 
+def _drift(runs, reference) -> torch.Tensor:
+    """|logprob - reference logprob| [n, len(runs)] over the top tokens every run and the reference
+    list, at the decode steps where all of them still share every earlier token (same context)."""
+    rows = []
+    for ref, *outs in zip(reference, *runs):
+        n = 0
+        while n < len(ref.token_ids) and all(o.token_ids[n] == ref.token_ids[n] for o in outs):
+            n += 1
+        for i in range(min(n + 1, len(ref.token_ids))):
+            rows += [[abs(o.logprobs[i][t] - lp) for o in outs] for t, lp in ref.logprobs[i].items()
+                     if all(t in o.logprobs[i] for o in outs)]
+    assert len(rows) >= 30, len(rows)
+    return torch.tensor(rows)
+
+
 @pytest.mark.gpu
-def test_gpu_graph_decode_close_to_eager_dca_default_model_bf16(default_gguf_path):
-    """The default model with DCA from its config (chunk 8192, YaRN past 8192 tokens), bf16."""
-    eager, graph, _ = _generate_both(default_gguf_path, "bfloat16", [100, 9000, 20_000], [12, 12, 12],
-                                     40_000, max_model_len=32768, kv_cache_tokens=65536, dca=True)
-    _assert_close_bf16(eager, graph)
+def test_gpu_graph_decode_dca_default_model(default_gguf_path):
+    """The default model with DCA from its config (chunk 8192, YaRN past 8192 tokens). fp32: graphs
+    give eager's tokens. bf16: graph decode is no further from the fp32 logprobs than eager decode
+    is (on random-token prompts this model's bf16 logprobs drift by tenths of a nat either way)."""
+    lengths, steps, kw = [100, 9000, 20_000], [12, 12, 12], dict(max_model_len=32768, kv_cache_tokens=65536, dca=True)
+    eager32, graph32, _ = _generate_both(default_gguf_path, "float32", lengths, steps, 40_000, **kw)
+    _assert_same(eager32, graph32)
+    eager16, graph16, _ = _generate_both(default_gguf_path, "bfloat16", lengths, steps, 40_000, **kw)
+    d = _drift([eager16, graph16], eager32)                             # [n, (eager, graphs)]
+    print(f"bf16 drift from fp32 (mean / max nats): eager {d[:, 0].mean():.4f} / {d[:, 0].max():.4f}, "
+          f"graphs {d[:, 1].mean():.4f} / {d[:, 1].max():.4f}, over {len(d)} logprobs")
+    assert d[:, 1].mean() <= 1.25 * d[:, 0].mean() + 0.005
 
 
 @pytest.mark.gpu

@@ -31,8 +31,10 @@ class FusedOps:
     @classmethod
     def enable_compiled(cls) -> None:
         if not cls.compiled:
-            cls.rms_norm = staticmethod(torch.compile(rms_norm, dynamic=True, fullgraph=True))
-            cls.silu_mul = staticmethod(torch.compile(silu_mul, dynamic=True, fullgraph=True))
+            # not fullgraph: past Dynamo's recompile limit (a process that loads many models or
+            # dtypes) a function then runs eagerly instead of raising in the middle of a request
+            cls.rms_norm = staticmethod(torch.compile(rms_norm, dynamic=True))
+            cls.silu_mul = staticmethod(torch.compile(silu_mul, dynamic=True))
             cls.compiled = True
 
 
