@@ -6,18 +6,21 @@ from turboctx.models.layers import FusedOps, rms_norm, silu_mul
 
 
 @pytest.fixture
-def compiled_ops(monkeypatch):
+def compiled_ops():
     """FusedOps compiled, with Dynamo's recompile limit lowered to 2; the class restored after."""
     import torch._dynamo
     pytest.importorskip("torch._inductor")
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
     saved = dict(vars(FusedOps))
     torch._dynamo.reset()
-    FusedOps.enable_compiled()
-    yield FusedOps
-    for name in ("rms_norm", "silu_mul", "compiled"):
-        setattr(FusedOps, name, saved[name])
-    torch._dynamo.reset()
+    FusedOps.compiled = False
+    try:
+        with torch._dynamo.config.patch(recompile_limit=2):
+            FusedOps.enable_compiled()
+            yield FusedOps
+    finally:
+        for name in ("rms_norm", "silu_mul", "compiled"):
+            setattr(FusedOps, name, saved[name])
+        torch._dynamo.reset()
 
 
 def test_compiled_ops_run_eagerly_past_the_recompile_limit(compiled_ops):
