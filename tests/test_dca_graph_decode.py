@@ -16,8 +16,8 @@ pytest.importorskip("triton")
 
 from turboctx.attention.backend import AttentionBatch, SeqChunk  # noqa: E402
 from turboctx.attention.dca import DCAAttentionBackend, DCAConfig, plan_parts  # noqa: E402
-from turboctx.attention.dca_graph_decode import (GraphDCADecodeBackend,  # noqa: E402
-                                                 graph_unsupported_reason, merge_parts)
+from turboctx.attention.dca_graph_decode import GraphDCADecodeBackend, graph_unsupported_reason  # noqa: E402
+from turboctx.attention.kernels import merge_parts  # noqa: E402
 from turboctx.engine.cuda_graph import GraphDecodeBackend, graph_decode_backend  # noqa: E402
 from turboctx.kv_cache import KVCache, SeqSlots  # noqa: E402
 from turboctx.models.layers import RotaryEmbedding  # noqa: E402

@@ -82,6 +82,13 @@ class DCAConfig:
             return 1.0
         return (0.1 * math.log(s) + 1.0) ** 2
 
+    def yarn_logit_scales(self, lengths: torch.Tensor) -> torch.Tensor:
+        """yarn_logit_scale of every length in a tensor, by device ops alone (CUDA-graph decode
+        computes it inside the graph): float64 as the scalar form, returned in float32."""
+        s = (lengths.double() / self.original_max_position_embeddings).clamp(min=1.0)
+        scale = (0.1 * torch.log(s) + 1.0) ** 2                   # exactly 1 where s <= 1
+        return (scale if self.yarn_scaling else torch.ones_like(scale)).float()
+
     @classmethod
     def from_model(cls, model_config: Any, overrides: dict | None = None) -> "DCAConfig":
         """From a ModelConfig (or HF config dict) and user overrides (field names, None = unset).
@@ -178,17 +185,19 @@ class DCAAttentionBackend(AttentionBackend):
         inter_pos = inter_pos[:1]
         plans = [plan_parts(cfg, s.start_pos, s.num_new) for s in batch.seqs]
         kinds = {p[2] for plan in plans for p in plan}
-        seq_lens = batch.extras.get(SEQ_LENS_KEY)
-        scales = []
-        for i, s in enumerate(batch.seqs):
-            if cfg.yarn_per_position:
-                scales.extend(cfg.yarn_logit_scale(s.start_pos + j + 1) for j in range(s.num_new))
-            else:
+        q_scale = None   # [N, 1, 1]: None where every query's scale is 1 (no row past the trained length)
+        if cfg.yarn_per_position:
+            longest = max((s.start_pos + s.num_new for s in batch.seqs), default=0)
+            if cfg.yarn_scaling and longest > cfg.original_max_position_embeddings:
+                q_scale = cfg.yarn_logit_scales(pos + 1)[:, None, None].to(dtype)
+        else:
+            seq_lens = batch.extras.get(SEQ_LENS_KEY)
+            scales = []
+            for i, s in enumerate(batch.seqs):
                 length = seq_lens[i] if seq_lens is not None else s.start_pos + s.num_new
                 scales.extend([cfg.yarn_logit_scale(length)] * s.num_new)
-        q_scale = None
-        if any(x != 1.0 for x in scales):
-            q_scale = torch.tensor(scales, dtype=torch.float32, device=pos.device)[:, None, None].to(dtype)
+            if any(x != 1.0 for x in scales):
+                q_scale = torch.tensor(scales, dtype=torch.float32, device=pos.device)[:, None, None].to(dtype)
         batch.extras["dca"] = {
             "k": self.rotary.cos_sin(r, dtype),  # keys and intra queries: position j % chunk_len
             "succ": self.rotary.cos_sin(succ_pos, dtype) if SUCC in kinds else None,

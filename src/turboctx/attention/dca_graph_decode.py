@@ -19,6 +19,7 @@ import torch
 from turboctx.attention.backend import AttentionBackend, AttentionBatch
 from turboctx.attention.dca import DCAAttentionBackend, query_positions
 from turboctx.attention.decode_kernel import decode_attention, rotary_store_kv
+from turboctx.attention.kernels import merge_parts
 from turboctx.models.layers import apply_rotary
 
 
@@ -55,11 +56,7 @@ class GraphDCADecodeBackend(AttentionBackend):
             (starts + (c0 - cl).clamp(min=0), torch.where(live & near, torch.full_like(pos, cl), zero)),
             (starts, torch.where(live, torch.where(near, (c0 - cl).clamp(min=0), c0), zero)),
         )
-        q_scale = None
-        if cfg.yarn_scaling:
-            s = (pos + 1).float() / cfg.original_max_position_embeddings
-            q_scale = torch.where(s > 1, (0.1 * torch.log(s.clamp(min=1.0)) + 1.0) ** 2,
-                                  torch.ones_like(s))[:, None, None].to(dtype)   # [B, 1, 1]
+        q_scale = cfg.yarn_logit_scales(pos + 1)[:, None, None].to(dtype) if cfg.yarn_scaling else None
         return {"dca_cos_sin": [self.rotary.cos_sin(x, dtype) for x in (r, succ_pos, inter_pos)],
                 "seq_lens": lens, "slot_starts": starts, "dca_ranges": ranges,
                 "q_scale": q_scale, "num_splits": num_splits}
@@ -81,13 +78,3 @@ class GraphDCADecodeBackend(AttentionBackend):
             lses.append(lse)                                             # [B, H], -inf: empty
         return merge_parts(outs, lses).to(q.dtype)
 
-
-def merge_parts(outs: list[torch.Tensor], lses: list[torch.Tensor]) -> torch.Tensor:
-    """Exact log-sum-exp merge of attention over disjoint key sets, in float32: outs [B, H, D],
-    lses [B, H] (-inf: no keys). Rows with no keys at all give 0."""
-    lse = torch.stack(lses)                                              # [P, B, H]
-    m = lse.max(0).values
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    w = torch.exp(lse - m)                                               # [P, B, H], 0 where -inf
-    acc = sum(o.float() * w[i][..., None] for i, o in enumerate(outs))
-    return acc / w.sum(0).clamp(min=torch.finfo(torch.float32).tiny)[..., None]

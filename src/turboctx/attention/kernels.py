@@ -132,3 +132,14 @@ def merge_attention(o1: torch.Tensor, lse1: torch.Tensor, o2: torch.Tensor,
     w2 = torch.exp(lse2 - lse).nan_to_num_(0.0)[..., None]
     out = o1.float() * w1 + o2.float() * w2
     return out.to(o1.dtype), lse
+
+
+def merge_parts(outs: list[torch.Tensor], lses: list[torch.Tensor]) -> torch.Tensor:
+    """Exact log-sum-exp merge of attention over disjoint key sets, in float32: outs [B, H, D],
+    lses [B, H] (-inf: no keys). Rows with no keys at all give 0."""
+    lse = torch.stack(lses)                                              # [P, B, H]
+    m = lse.max(0).values
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    w = torch.exp(lse - m)                                               # [P, B, H], 0 where -inf
+    acc = sum(o.float() * w[i][..., None] for i, o in enumerate(outs))
+    return acc / w.sum(0).clamp(min=torch.finfo(torch.float32).tiny)[..., None]

@@ -42,7 +42,6 @@ def heatmap(grid: dict[str, dict[str, float | None]], path: str | Path, title: s
     return _save(plt, fig, path)
 
 
-
 def _bin_depths(depths: list[str], data: list[list[float]], n_cols: int, bins: int = 10):
     """Rows of depth [0, 10%), ..., [90, 100%]: the mean of the scores of the depths inside."""
     rows, labels = [], []
