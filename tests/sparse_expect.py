@@ -27,7 +27,7 @@ def feed_prompt(backend, q, k, v, chunks, cache, slots, prompt_len: int = 0, dev
     start = 0
     for n in chunks:
         m = start + n
-        stats = getattr(backend, "stats", None)
+        stats = getattr(backend.pattern, "stats", None)
         before = stats.sparse_chunks if stats else 0
         batch = AttentionBatch([SeqChunk(0, n, start, slots, prompt_len=prompt_len)],
                                torch.arange(start, m, device=device), cache)

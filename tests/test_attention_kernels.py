@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-import turboctx.attention.kernels as kernels
+import turboctx.attention.ops as kernels
 from turboctx.attention.backend import AttentionBatch, SeqChunk
-from turboctx.attention.dense import DenseAttentionBackend
+from backends import dense_backend
 from turboctx.attention.reference import causal_mask, reference_attention
 from turboctx.kv_cache import KVCache, SeqSlots
-from turboctx.models.layers import RotaryEmbedding, apply_rotary
+from turboctx.attention.rotary import RotaryEmbedding, apply_rotary
 
 SHAPES = [(1, 1, 64), (3, 1, 64), (7, 1, 128), (7, 2, 64), (3, 4, 128)]   # (G, Hkv, D)
 
@@ -56,7 +56,6 @@ def test_merge_is_exact():
 def _run_backend(backend, cache, slots, q, k, v, chunk):
     """Feed a sequence through the backend in prefill chunks of `chunk`, then decode the rest."""
     outs, pos = [], 0
-    rot = backend.rotary
     while pos < q.shape[0]:
         n = chunk if pos + chunk <= q.shape[0] - 3 else 1     # last 3 tokens: decode steps
         batch = AttentionBatch([SeqChunk(0, n, pos, slots)], torch.arange(pos, pos + n), cache)
@@ -71,7 +70,7 @@ def _run_backend(backend, cache, slots, q, k, v, chunk):
 def test_dense_backend_chunked_prefill_and_decode(G, Hkv, D, scattered):
     L, chunk = 203, 64
     rot = RotaryEmbedding(D, 10000.0)
-    backend = DenseAttentionBackend(rot, D)
+    backend = dense_backend(rot, D)
     cache = KVCache(1, Hkv, D, num_blocks=8, block_size=32, dtype=torch.float32, device="cpu")
     slots = SeqSlots([5, 0, 3, 7, 1, 2, 6] if scattered else [1, 2, 3, 4, 5, 6, 7], 32)
     assert (slots.contiguous_start is None) == scattered

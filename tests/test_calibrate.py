@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hf_reference import make_tiny_hf
-from turboctx.attention.calibrate import CalibrationRound, raise_budgets
+from turboctx.calibration.rounds import CalibrationRound, raise_budgets
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +35,13 @@ def test_raise_budgets_only_under_threshold_and_capped():
 def test_calibrate_cli_raises_low_heads_and_writes_the_file(folder, tmp_path):
     from typer.testing import CliRunner
 
-    from turboctx.cli import app
+    from turboctx.cli import full_app
+    app = full_app()
     out, png, js = tmp_path / "cal", tmp_path / "heat.png", tmp_path / "cal.json"
     r = CliRunner().invoke(app, [
         "calibrate", "--model", str(folder), "--length", "700", "--prompts", "random",
         "--recall-threshold", "0.9", "--rounds", "2", "--vertical-size", "4", "--slash-size", "16",
-        "--prefill-chunk-size", "256", "--device", "cpu", "--out", str(out), "--plot", str(png),
+        "--max-num-batched-tokens", "256", "--device", "cpu", "--out", str(out), "--plot", str(png),
         "--json", str(js)])
     assert r.exit_code == 0, r.output
     assert "recall per head" in r.output
@@ -56,4 +57,4 @@ def test_calibrate_cli_raises_low_heads_and_writes_the_file(folder, tmp_path):
     # the engine reads the file back
     from turboctx import LLM
     llm = LLM(str(folder), device="cpu", attention="sparse", sparse_config=str(out))
-    assert llm.engine.backend.config.budgets(0, 6) == [tuple(doc[0][str(h)][1:3]) for h in range(6)]
+    assert llm.engine.sparse_config().budgets(0, 6) == [tuple(doc[0][str(h)][1:3]) for h in range(6)]

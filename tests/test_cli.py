@@ -50,11 +50,16 @@ def test_chat_reads_stdin():
     (["ask", "--file", "/no/such/file.txt", "question"], "does not exist"),
     (["generate", "--max-model-len", "8", "--max-tokens", "4", "a long prompt that cannot fit in eight tokens"],
      "max_model_len"),
+    (["generate", "hi", "--max-num-seq", "3"], "--max-num-seqs"),                 # closest flag named
+    (["generate", "hi", "--sparse-threshold", "12x"], "sparse_threshold='12x' is not a size"),
+    (["serve", "--quantization", "fp8"], "--quantization is a vLLM option"),
+    (["serve", "m.gguf", "--model", "other.gguf"], "two models given"),
+    (["info", "--max-model-len", "8", "--sparse-threshold", "4"], "attention='dense'"),
 ])
 def test_bad_input_is_one_clear_line(args, words):
     r = run(*args)
     assert r.returncode == 2
-    assert "Traceback" not in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert words in r.stderr and r.stderr.strip().startswith("error:")
 
 
@@ -80,7 +85,7 @@ def test_bench_repeats_compute_the_whole_prompt():
     from turboctx.bench.cli import _setup
     from turboctx.bench.prefill import random_prompt
     from turboctx import SamplingParams
-    llm = _setup("random:smollm2-135m", "cpu", None, 600, "dense", None, {})
+    llm = _setup({"model": "random:smollm2-135m", "device": "cpu"}, 600)
     ids = random_prompt(49152, 520, 0)
     sp = SamplingParams(max_tokens=1, temperature=0)
     outs = [llm.generate(ids, sp)[0] for _ in range(2)]

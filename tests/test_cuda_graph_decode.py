@@ -36,32 +36,33 @@ def test_graph_body_equals_eager_step_cpu(tmp_path, name, extra, lengths):
     pytest.importorskip("triton")
     from turboctx.engine.cuda_graph import DecodeGraphRunner
     make_tiny_hf(name, tmp_path)
-    llm = LLM(str(tmp_path), device="cpu", dtype="float32", max_model_len=1024, prefill_chunk_size=64,
+    llm = LLM(str(tmp_path), device="cpu", dtype="float32", max_model_len=1024, max_num_batched_tokens=64,
               block_size=16, **extra)
     eng = llm.engine
     for ids in _prompts(lengths, 512):            # 3 sequences: the graph of size 4, one padding row
         eng.add_request(eng.make_request(ids, SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)))
     while any(r.is_prefill for r in eng.scheduler.running + list(eng.scheduler.waiting)):
         eng.step()
-    graphs = DecodeGraphRunner(eng.model, eng.backend, eng.kv_cache, eng.device, eng.config.dtype, 1024)
+    w = eng.worker
+    graphs = DecodeGraphRunner(w.model, w.backend, w.kv_cache, eng.device, eng.config.dtype, 1024)
     for _ in range(3):
         chunks = eng.scheduler.schedule()
         assert graphs.can_run(chunks) and len(chunks) == 3
         with torch.inference_mode():
             body = graphs.run_uncaptured(chunks)      # writes the same k/v the eager step writes
-            eager = eng.runner.execute(chunks)
+            eager = eng.runner.logits(chunks)
         assert body.shape == eager.shape
         assert (body - eager).abs().max() < 1e-4, (body - eager).abs().max()
         assert eager.abs().max() > 1e-2
         tokens = eager.argmax(-1).tolist()
         for c, t in zip(chunks, tokens):
             c.request.num_computed_tokens += 1
-            eng._append_token(c.request, t, None)
+            c.request.append_token(t, None)
 
 
-def test_cuda_graphs_option_is_ignored_on_cpu(default_gguf_path):
-    llm = LLM(default_gguf_path, device="cpu", max_model_len=512, cuda_graphs=True)
-    assert llm.engine.runner.graphs is None
+def test_no_cuda_graphs_on_cpu(default_gguf_path):
+    llm = LLM(default_gguf_path, device="cpu", max_model_len=512)
+    assert llm.engine.runner.graphs is None and not llm.engine.attention_setup()["decode_in_cuda_graphs"]
     out = llm.generate([1, 2, 3], SamplingParams(max_tokens=2, temperature=0, ignore_eos=True))[0]
     assert len(out.token_ids) == 2
 
@@ -73,7 +74,7 @@ def _generate_both(spec, dtype, lengths, max_tokens, vocab, **kw):
     params = [SamplingParams(max_tokens=m, temperature=0, logprobs=5, ignore_eos=True) for m in max_tokens]
     outs = {}
     for graphs in (False, True):
-        llm = LLM(spec, device="cuda", dtype=dtype, cuda_graphs=graphs, **kw)
+        llm = LLM(spec, device="cuda", dtype=dtype, enforce_eager=not graphs, **kw)
         outs[graphs] = llm.generate(prompts, params, use_tqdm=False)
         if graphs:
             g = llm.engine.runner.graphs
@@ -113,7 +114,7 @@ def test_gpu_graph_decode_equals_eager_tiny_hf_fp32(tmp_path, name):
     # different lengths and different max_tokens: the batch shrinks 5 -> 3 -> 1 (graphs 8, 4, 1)
     eager, graph, captured = _generate_both(
         str(tmp_path), "float32", [7, 300, 1000, 64, 2049], [24, 24, 12, 12, 40], 512,
-        max_model_len=4096, prefill_chunk_size=256, block_size=16)
+        max_model_len=4096, max_num_batched_tokens=256, block_size=16)
     assert 1 in captured and len(captured) >= 2, captured
     _assert_same(eager, graph)
 
@@ -146,7 +147,7 @@ def test_gpu_graph_decode_equals_eager_dca_and_sparse_tiny_hf_fp32(tmp_path, dca
         extra.update(dca=True, dca_chunk_size=256, dca_local_size=64)
     eager, graph, captured = _generate_both(
         str(tmp_path), "float32", [7, 180, 1000, 64, 2049], [24, 24, 12, 12, 40], 512,
-        max_model_len=4096, prefill_chunk_size=256, block_size=16, attention=attention, **extra)
+        max_model_len=4096, max_num_batched_tokens=256, block_size=16, attention=attention, **extra)
     assert 1 in captured and len(captured) >= 2, captured
     _assert_same(eager, graph)
 
@@ -182,20 +183,14 @@ def test_gpu_graph_decode_dca_default_model(default_gguf_path):
 
 
 @pytest.mark.gpu
-def test_gpu_graphs_fall_back_for_dca_prompt_length_yarn():
-    llm = LLM("random:qwen2.5-0.5b", device="cuda", dtype="bfloat16", max_model_len=8192,
-              kv_cache_tokens=8192, cuda_graphs=True, dca=True, dca_chunk_size=2048, dca_local_size=256,
-              dca_yarn_per_position=False)
-    assert llm.engine.runner.graphs is None
-    out = llm.generate(_prompts([3000], 150_000)[0], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
-    assert len(out[0].token_ids) == 4
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("extra", [dict(dca=True, dca_chunk_size=2048, dca_local_size=256),
-                                   dict(attention="sparse")])
-def test_gpu_dca_and_sparse_graphs_only_when_asked(extra):
-    """DCA and sparse decode in graphs when cuda_graphs=True; by default not yet (on_by_default)."""
+@pytest.mark.parametrize("extra", [{}, dict(dca=True, dca_chunk_size=2048, dca_local_size=256),
+                                   dict(attention="sparse"), dict(attention="sparse", dca=True)])
+def test_gpu_graphs_by_default_for_every_attention_setup(extra):
+    """Decode runs in CUDA graphs by default whatever the positions and the prefill pattern;
+    enforce_eager turns them off."""
     kw = dict(device="cuda", dtype="bfloat16", max_model_len=8192, kv_cache_tokens=8192, **extra)
-    assert LLM("random:qwen2.5-0.5b", **kw).engine.runner.graphs is None
-    assert LLM("random:qwen2.5-0.5b", cuda_graphs=True, **kw).engine.runner.graphs is not None
+    llm = LLM("random:qwen2.5-0.5b", **kw)
+    out = llm.generate(_prompts([3000], 150_000)[0], SamplingParams(max_tokens=4, temperature=0,
+                                                                     ignore_eos=True))
+    assert len(out[0].token_ids) == 4 and llm.engine.captured_graph_sizes() == [1]
+    assert LLM("random:qwen2.5-0.5b", enforce_eager=True, **kw).engine.runner.graphs is None

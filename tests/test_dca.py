@@ -4,46 +4,50 @@ from __future__ import annotations
 import pytest
 import torch
 
+from backends import dca_backend, dense_backend
 from turboctx.attention.backend import AttentionBatch, SeqChunk
-from turboctx.attention.dca import DCAAttentionBackend, DCAConfig, plan_parts
-from turboctx.attention.dca_reference import (dca_position_matrices, dca_relative_positions,
-                                              reference_dca_attention, yarn_logit_scale)
-from turboctx.attention.dense import DenseAttentionBackend
-from turboctx.config import ModelConfig
+from turboctx.attention.dca import DCAConfig, plan_parts
+from turboctx.attention.reference import (dca_position_matrices, dca_relative_positions,
+                                          reference_dca_attention, yarn_logit_scale)
+from turboctx.attention.rotary import RotaryEmbedding
+from turboctx.config import AttentionConfig, ModelArchitecture
+from turboctx.config.engine import resolve_dca
+from turboctx.errors import InvalidRequestError
 from turboctx.kv_cache import KVCache, SeqSlots
-from turboctx.models.layers import RotaryEmbedding
 
 NUM_LAYERS, BLOCK = 2, 4
 
 
-def _model_config(max_pos, dca=None):
-    return ModelConfig(family="llama", vocab_size=10, hidden_size=64, intermediate_size=64,
-                       num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1,
-                       head_dim=64, max_position_embeddings=max_pos,
-                       dual_chunk_attention_config=dca)
+def _arch(max_pos, dca=None):
+    return ModelArchitecture(family="llama", vocab_size=10, hidden_size=64, intermediate_size=64,
+                             num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1,
+                             head_dim=64, max_position_embeddings=max_pos,
+                             dual_chunk_attention_config=dca)
 
 
 # ---------------------------------------------------------------- config
 
-def test_from_model_reads_qwen_1m_config():
-    cfg = DCAConfig.from_model(_model_config(1010000, {
+def test_resolve_reads_qwen_1m_config():
+    cfg = resolve_dca(AttentionConfig(), _arch(1010000, {
         "chunk_size": 262144, "local_size": 8192, "original_max_position_embeddings": 262144}))
     assert (cfg.chunk_size, cfg.local_size, cfg.original_max_position_embeddings,
             cfg.yarn_scaling) == (262144, 8192, 262144, True)
 
 
-def test_from_model_vllm_defaults_and_no_yarn_without_original_length():
-    cfg = DCAConfig.from_model({"max_position_embeddings": 32768, "dual_chunk_attention_config": {}})
+def test_resolve_vllm_defaults_and_no_yarn_without_original_length():
+    cfg = resolve_dca(AttentionConfig(), _arch(32768, {}))
     assert (cfg.chunk_size, cfg.local_size, cfg.yarn_scaling) == (8192, 1024, False)
 
 
-def test_from_model_defaults_from_trained_length_and_overrides():
-    cfg = DCAConfig.from_model(_model_config(8192))      # SmolLM2: trained to 8192
+def test_resolve_defaults_from_trained_length_and_options():
+    assert resolve_dca(AttentionConfig(), _arch(8192)) is None     # no DCA config: off unless asked
+    cfg = resolve_dca(AttentionConfig(dca=True), _arch(8192))      # SmolLM2: trained to 8192
     assert (cfg.chunk_size, cfg.local_size, cfg.original_max_position_embeddings,
             cfg.chunk_len, cfg.yarn_scaling) == (8192, 1024, 8192, 7168, True)
-    cfg = DCAConfig.from_model(_model_config(8192), {"chunk_size": 4096, "local_size": None,
-                                                     "yarn_scaling": False})
-    assert (cfg.chunk_size, cfg.local_size, cfg.yarn_scaling) == (4096, 512, False)
+    cfg = resolve_dca(AttentionConfig(dca=True, dca_chunk_size=4096), _arch(8192))
+    assert (cfg.chunk_size, cfg.local_size, cfg.yarn_scaling) == (4096, 512, True)
+    with pytest.raises(InvalidRequestError, match="dca_chunk_size given but DCA is off"):
+        resolve_dca(AttentionConfig(dca=False, dca_chunk_size=4096), _arch(8192))
 
 
 @pytest.mark.parametrize("kwargs, words", [
@@ -54,8 +58,9 @@ def test_from_model_defaults_from_trained_length_and_overrides():
 def test_config_errors_say_what_to_change(kwargs, words):
     with pytest.raises(ValueError, match=words):
         DCAConfig(**kwargs)
-    with pytest.raises(ValueError, match="unknown DCA option"):
-        DCAConfig.from_model(_model_config(8192), {"chunk": 4096})
+    with pytest.raises(InvalidRequestError, match=words):
+        resolve_dca(AttentionConfig(dca=True, dca_chunk_size=kwargs["chunk_size"],
+                                    dca_local_size=kwargs["local_size"]), _arch(8192))
 
 
 def test_yarn_factor():
@@ -66,9 +71,9 @@ def test_yarn_factor():
     assert DCAConfig(8192, 1024, 8192, yarn_scaling=False).yarn_logit_scale(65536) == 1.0
 
 
-# ---------------------------------------------------------------- positions (issue 4's reference form)
+# ---------------------------------------------------------------- positions (the reference setting)
 
-def test_positions_match_issue_reference_setting():
+def test_positions_match_the_reference_setting():
     """Keys at j mod 7168; a query at i mod 7168 toward its own chunk, at 7168 + i mod 7168
     toward the previous chunk while i mod 7168 < 1024 and at 8191 otherwise, 8191 toward older."""
     cl = 7168
@@ -106,7 +111,7 @@ def _slots(num_tokens, first_block, scatter):
     return SeqSlots(block_table=blocks, block_size=BLOCK)
 
 
-def _run(backend, data, schedule, Hkv, D, seq_lens=None):
+def _run(backend, data, schedule, Hkv, D):
     """data: per sequence (q [T,H,D], k [T,Hkv,D], v). schedule: steps of [(seq, n_new)].
     Returns per sequence the outputs of every layer, [L, T, H, D], in position order."""
     total = sum(d[0].shape[0] for d in data)
@@ -128,8 +133,6 @@ def _run(backend, data, schedule, Hkv, D, seq_lens=None):
             pos.append(torch.arange(a, a + n))
             row += n
         batch = AttentionBatch(seqs, torch.cat(pos), cache)
-        if seq_lens is not None:
-            batch.extras["seq_lens"] = [seq_lens[sid] for sid, _ in step]
         backend.prepare(batch, torch.float32)
         for layer in range(NUM_LAYERS):   # layer l sees its inputs scaled by (l + 1)
             o = backend.forward(layer, torch.cat(qs) * (layer + 1), torch.cat(ks) * (layer + 1),
@@ -157,68 +160,54 @@ def test_dca_equals_dense_within_one_chunk():
     gen = torch.Generator().manual_seed(0)
     data = [_random(55, H, Hkv, D, gen), _random(30, H, Hkv, D, gen)]
     schedule = [[(0, 17), (1, 30)], [(0, 20)]] + [[(0, 1)]] * 18
-    dca = _run(DCAAttentionBackend(rotary, D, cfg), data, schedule, Hkv, D)
-    dense = _run(DenseAttentionBackend(rotary, D), data, schedule, Hkv, D)
+    dca = _run(dca_backend(rotary, D, cfg), data, schedule, Hkv, D)
+    dense = _run(dense_backend(rotary, D), data, schedule, Hkv, D)
     for a, b in zip(dca, dense):
         assert (a - b).abs().max().item() <= 1e-5
 
 
-CASES = [  # H, Hkv, D, chunk_size, local_size, prefill chunks, decode steps, yarn per position
-    (4, 4, 64, 16, 4, [61], 0, False),              # one-shot prefill over 6 DCA chunks, MHA
-    (6, 2, 128, 24, 8, [10, 23, 30], 5, False),     # boundaries inside DCA chunks, 3:1
-    (7, 1, 64, 20, 5, [15, 15, 30, 7], 6, True),    # boundaries on and across chunk edges, 7:1
-    (14, 2, 64, 33, 0, [40, 41], 4, False),         # no local window, 7:1
-    (3, 1, 128, 9, 8, [5, 9, 3], 4, False),         # chunk_len 1: every token its own chunk
-    (4, 2, 64, 12, 3, [1], 30, True),               # one prompt token, then decode only
+CASES = [  # H, Hkv, D, chunk_size, local_size, prefill chunks, decode steps
+    (4, 4, 64, 16, 4, [61], 0),              # one-shot prefill over 6 DCA chunks, MHA
+    (6, 2, 128, 24, 8, [10, 23, 30], 5),     # boundaries inside DCA chunks, 3:1
+    (7, 1, 64, 20, 5, [15, 15, 30, 7], 6),   # boundaries on and across chunk edges, 7:1
+    (14, 2, 64, 33, 0, [40, 41], 4),         # no local window, 7:1
+    (3, 1, 128, 9, 8, [5, 9, 3], 4),         # chunk_len 1: every token its own chunk
+    (4, 2, 64, 12, 3, [1], 30),              # one prompt token, then decode only
 ]
 
 
-@pytest.mark.parametrize("H, Hkv, D, cs, local, prefill, decode, per_pos", CASES)
-def test_backend_matches_reference(H, Hkv, D, cs, local, prefill, decode, per_pos):
+def _want(data, cs, local, rotary, D, layer=0):
+    """The reference with YaRN's scale from each query's own position."""
+    q, k, v = (x * (layer + 1) for x in data)
+    T = q.shape[0]
+    pos = torch.arange(T)
+    mult = torch.tensor([yarn_logit_scale(x, cs) for x in range(1, T + 1)], dtype=torch.float64)
+    return reference_dca_attention(q, k, v, pos, pos, cs, local, rotary.inv_freq, D ** -0.5,
+                                   rotary.attention_scaling, mult)[0]
+
+
+@pytest.mark.parametrize("H, Hkv, D, cs, local, prefill, decode", CASES)
+def test_backend_matches_reference(H, Hkv, D, cs, local, prefill, decode):
     T = sum(prefill) + decode
     rotary = RotaryEmbedding(D, theta=500.0)
-    orig = cs   # YaRN active once the sequence passes the chunk size
-    cfg = DCAConfig(cs, local, orig, yarn_scaling=True, yarn_per_position=per_pos)
+    cfg = DCAConfig(cs, local, cs, yarn_scaling=True)   # YaRN active past the chunk size
     gen = torch.Generator().manual_seed(T * 31 + H)
     data = [_random(T, H, Hkv, D, gen)]
-    schedule = _one_seq_schedule(prefill, decode)
-    out = _run(DCAAttentionBackend(rotary, D, cfg), data, schedule, Hkv, D)[0]
-    step_len = [sum(prefill[:i + 1]) for i, n in enumerate(prefill) for _ in range(n)]
-    step_len += list(range(sum(prefill) + 1, T + 1))
-    lengths = range(1, T + 1) if per_pos else step_len
-    mult = torch.tensor([yarn_logit_scale(x, orig) for x in lengths], dtype=torch.float64)
-    assert per_pos or mult.max() > 1.0 or T <= cs
-    pos = torch.arange(T)
+    out = _run(dca_backend(rotary, D, cfg), data, _one_seq_schedule(prefill, decode), Hkv, D)[0]
     for layer in range(NUM_LAYERS):
-        q, k, v = (x * (layer + 1) for x in data[0])
-        want, _ = reference_dca_attention(q, k, v, pos, pos, cs, local, rotary.inv_freq,
-                                          D ** -0.5, rotary.attention_scaling, mult)
+        want = _want(data[0], cs, local, rotary, D, layer)
         assert (out[layer].double() - want).abs().max().item() < 1e-4
 
 
-def test_batched_sequences_and_engine_seq_lens():
-    """A prefill and a decode in one step, a scattered block table, YaRN length from extras."""
+def test_batched_sequences():
+    """A prefill and a decode in one step, a scattered block table."""
     H, Hkv, D, cs, local = 6, 2, 64, 16, 5
     rotary = RotaryEmbedding(D, theta=500.0)
     cfg = DCAConfig(cs, local, cs)
     gen = torch.Generator().manual_seed(7)
     data = [_random(45, H, Hkv, D, gen), _random(40, H, Hkv, D, gen)]
     schedule = [[(1, 30)], [(0, 20), (1, 1)], [(0, 25), (1, 1)]] + [[(1, 1)]] * 8
-    out = _run(DCAAttentionBackend(rotary, D, cfg), data, schedule, Hkv, D)
-    lens = {0: [20] * 20 + [45] * 25, 1: [30] * 30 + list(range(31, 41))}
+    out = _run(dca_backend(rotary, D, cfg), data, schedule, Hkv, D)
     for sid in (0, 1):
-        T = data[sid][0].shape[0]
-        pos = torch.arange(T)
-        mult = torch.tensor([yarn_logit_scale(x, cs) for x in lens[sid]], dtype=torch.float64)
-        q, k, v = data[sid]
-        want, _ = reference_dca_attention(q, k, v, pos, pos, cs, local, rotary.inv_freq,
-                                          D ** -0.5, rotary.attention_scaling, mult)
+        want = _want(data[sid], cs, local, rotary, D)
         assert (out[sid][0].double() - want).abs().max().item() < 1e-4
-    # with seq_lens in extras (the engine: whole prompt length), every prompt chunk uses 45
-    got = _run(DCAAttentionBackend(rotary, D, cfg), data[:1], [[(0, 20)], [(0, 25)]], Hkv, D,
-               seq_lens=[45])
-    mult = torch.full((45,), yarn_logit_scale(45, cs), dtype=torch.float64)
-    q, k, v = data[0]
-    want, _ = reference_dca_attention(q, k, v, torch.arange(45), torch.arange(45), cs, local,
-                                      rotary.inv_freq, D ** -0.5, 1.0, mult)
-    assert (got[0][0].double() - want).abs().max().item() < 1e-4

@@ -22,8 +22,8 @@ def _all_logprobs(out):
 def test_dca_equals_dense_within_one_chunk(folder):
     prompt = torch.randint(3, 512, (700,), generator=torch.Generator().manual_seed(0)).tolist()
     sp = SamplingParams(max_tokens=16, temperature=0, logprobs=5, prompt_logprobs=2, ignore_eos=True)
-    dense = LLM(folder, prefill_chunk_size=128).generate(prompt, sp)[0]
-    dca = LLM(folder, prefill_chunk_size=128, dca=True, dca_chunk_size=1024,
+    dense = LLM(folder, max_num_batched_tokens=128).generate(prompt, sp)[0]
+    dca = LLM(folder, max_num_batched_tokens=128, dca=True, dca_chunk_size=1024,
               dca_local_size=128).generate(prompt, sp)[0]
     assert dense.token_ids == dca.token_ids
     worst = max(abs(a[t] - b[t]) for a, b in zip(_all_logprobs(dense), _all_logprobs(dca)) for t in a)
@@ -33,9 +33,9 @@ def test_dca_equals_dense_within_one_chunk(folder):
 def test_dca_changes_attention_past_one_chunk(folder):
     prompt = torch.randint(3, 512, (700,), generator=torch.Generator().manual_seed(0)).tolist()
     sp = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0)
-    dense = LLM(folder, prefill_chunk_size=128).generate(prompt, sp)[0]
-    dca = LLM(folder, prefill_chunk_size=128, dca=True, dca_chunk_size=256, dca_local_size=32,
-              dca_yarn=False).generate(prompt, sp)[0]
+    dense = LLM(folder, max_num_batched_tokens=128).generate(prompt, sp)[0]
+    dca = LLM(folder, max_num_batched_tokens=128, dca=True, dca_chunk_size=256,
+              dca_local_size=32).generate(prompt, sp)[0]
     diff = [abs(dense.prompt_logprobs[j][prompt[j]] - dca.prompt_logprobs[j][prompt[j]])
             for j in range(1, 700)]          # diff[i]: the query at position i
     assert max(diff[:224]) < 1e-5    # the first DCA chunk (chunk_len = 256 - 32): same positions

@@ -14,13 +14,14 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton")
 
+from backends import dca_backend, dense_backend, sparse_backend  # noqa: E402
 from turboctx.attention.backend import AttentionBatch, SeqChunk  # noqa: E402
-from turboctx.attention.dca import DCAAttentionBackend, DCAConfig, plan_parts  # noqa: E402
-from turboctx.attention.dca_graph_decode import GraphDCADecodeBackend, graph_unsupported_reason  # noqa: E402
-from turboctx.attention.kernels import merge_parts  # noqa: E402
-from turboctx.engine.cuda_graph import GraphDecodeBackend, graph_decode_backend  # noqa: E402
+from turboctx.attention.dca import DCAConfig, plan_parts  # noqa: E402
+from turboctx.attention.dca import DCAGraphDecode  # noqa: E402
+from turboctx.attention.ops import merge_parts  # noqa: E402
+from turboctx.attention.rope import RopeGraphDecode  # noqa: E402
+from turboctx.attention.rotary import RotaryEmbedding  # noqa: E402
 from turboctx.kv_cache import KVCache, SeqSlots  # noqa: E402
-from turboctx.models.layers import RotaryEmbedding  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CHUNK, LOCAL = 64, 16          # chunk_len 48
@@ -46,9 +47,10 @@ def test_graph_dca_decode_equals_eager(H, Hkv, D, yarn):
     torch.manual_seed(H * D + yarn)
     pos = _positions_by_kind()
     # YaRN active from position 64 on when the trained length is 64
-    cfg = DCAConfig(CHUNK, LOCAL, 64 if yarn else 4096, yarn_scaling=yarn, yarn_per_position=True)
+    cfg = DCAConfig(CHUNK, LOCAL, 64 if yarn else 4096, yarn_scaling=yarn)
     rotary = RotaryEmbedding(D, 10000.0)
-    eager, graph = DCAAttentionBackend(rotary, D, cfg), GraphDCADecodeBackend(DCAAttentionBackend(rotary, D, cfg))
+    eager = dca_backend(rotary, D, cfg)
+    graph = eager.graph_decode()
     B = len(pos) + 2                               # two padding rows at the end
     per_seq = 256 // BLOCK                         # blocks per sequence, one run each
     caches = [KVCache(1, Hkv, D, per_seq * B, BLOCK, torch.float32, DEVICE) for _ in range(2)]
@@ -94,23 +96,13 @@ def test_merge_parts_is_exact_and_empty_rows_are_zero():
     assert got[2].abs().max() == 0
 
 
-def test_graph_twin_of_each_backend():
+def test_graph_decode_form_of_each_backend():
+    """The positions decide decode in graphs: sparse prefill decodes as the positions it runs on."""
     rotary = RotaryEmbedding(32, 10000.0)
-    from turboctx.attention.dense import DenseAttentionBackend
-    from turboctx.attention.sparse import SparseAttentionBackend
-    from turboctx.attention.sparse_dca import DCASparseAttentionBackend
-    cfg = DCAConfig(CHUNK, LOCAL, 4096, yarn_per_position=True)      # from_model's default
-    assert isinstance(graph_decode_backend(DenseAttentionBackend(rotary, 32)), GraphDecodeBackend)
-    assert isinstance(graph_decode_backend(SparseAttentionBackend(rotary, 32)), GraphDecodeBackend)
-    assert isinstance(graph_decode_backend(DCAAttentionBackend(rotary, 32, cfg)), GraphDCADecodeBackend)
-    assert isinstance(graph_decode_backend(DCASparseAttentionBackend(rotary, 32, cfg)), GraphDCADecodeBackend)
-    # on by default: dense only, until the others have passed the GPU tests
-    assert graph_decode_backend(DenseAttentionBackend(rotary, 32)).on_by_default
-    assert not graph_decode_backend(SparseAttentionBackend(rotary, 32)).on_by_default
-    assert not graph_decode_backend(DCAAttentionBackend(rotary, 32, cfg)).on_by_default
-    vllm_rule = DCAAttentionBackend(rotary, 32, DCAConfig(CHUNK, LOCAL, 64, yarn_per_position=False))
-    assert "prompt-length rule" in graph_decode_backend(vllm_rule)
-    assert graph_unsupported_reason(vllm_rule) == graph_decode_backend(vllm_rule)
-    no_yarn = DCAAttentionBackend(rotary, 32, DCAConfig(CHUNK, LOCAL, 64, yarn_scaling=False,
-                                                        yarn_per_position=False))
-    assert isinstance(graph_decode_backend(no_yarn), GraphDCADecodeBackend)
+    cfg = DCAConfig(CHUNK, LOCAL, 4096)
+    assert isinstance(dense_backend(rotary, 32).graph_decode(), RopeGraphDecode)
+    assert isinstance(sparse_backend(rotary, 32).graph_decode(), RopeGraphDecode)
+    assert isinstance(dca_backend(rotary, 32, cfg).graph_decode(), DCAGraphDecode)
+    assert isinstance(sparse_backend(rotary, 32, dca=cfg).graph_decode(), DCAGraphDecode)
+    no_yarn = dca_backend(rotary, 32, DCAConfig(CHUNK, LOCAL, 64, yarn_scaling=False))
+    assert isinstance(no_yarn.graph_decode(), DCAGraphDecode)

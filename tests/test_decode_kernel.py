@@ -13,9 +13,9 @@ if INTERPRET:
     os.environ["TRITON_INTERPRET"] = "1"      # before triton.jit runs: decoration reads it
 triton = pytest.importorskip("triton")
 
-from turboctx.attention.decode_kernel import (  # noqa: E402
-    decode_attention, decode_attention_reference, num_splits_for, rotary_store_kv)
-from turboctx.models.layers import RotaryEmbedding, apply_rotary  # noqa: E402
+from turboctx.attention.decode_kernel import decode_attention, num_splits_for, rotary_store_kv  # noqa: E402
+from turboctx.attention.reference import reference_decode_attention  # noqa: E402
+from turboctx.attention.rotary import RotaryEmbedding, apply_rotary  # noqa: E402
 
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
@@ -38,7 +38,7 @@ def _case(Hkv, G, D, lens, dtype, device, gap=7, seed=0):
 def _check(Hkv, G, D, lens, dtype, device, num_splits, block_n=None):
     q, k, v, lens_t, starts = _case(Hkv, G, D, lens, dtype, device)
     out, lse = decode_attention(q, k, v, lens_t, starts, D ** -0.5, num_splits, block_n)
-    ref_out, ref_lse = decode_attention_reference(q, k, v, lens_t, starts, D ** -0.5)
+    ref_out, ref_lse = reference_decode_attention(q, k, v, lens_t, starts, D ** -0.5)
     assert out.dtype == dtype and out.shape == q.shape and lse.shape == q.shape[:2]
     live = torch.tensor(lens) > 0
     err = (out.cpu().double() - ref_out).abs().max().item()
@@ -157,7 +157,7 @@ def test_gpu_decode_attention_int64_slot_offsets():
     lens = torch.tensor([n], dtype=torch.int32, device="cuda")
     starts = torch.tensor([start], dtype=torch.int32, device="cuda")
     out, _ = decode_attention(q, k, v, lens, starts, D ** -0.5, 8)
-    ref, _ = decode_attention_reference(q, k, v, lens, starts, D ** -0.5)
+    ref, _ = reference_decode_attention(q, k, v, lens, starts, D ** -0.5)
     assert (out.cpu().double() - ref).abs().max() < TOL[torch.bfloat16]
 
 

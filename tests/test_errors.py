@@ -64,7 +64,7 @@ def test_bad_model_specs(tmp_path):
 
 
 def test_bad_engine_options():
-    with pytest.raises(InvalidRequestError, match="dtype 'float8'"):
+    with pytest.raises(InvalidRequestError, match="dtype='float8' is not one of auto, float32, bfloat16, float16"):
         LLM("random:smollm2-135m", dtype="float8")
     with pytest.raises(InvalidRequestError, match="attention='fast'"):
         LLM("random:smollm2-135m", attention="fast", max_model_len=64)

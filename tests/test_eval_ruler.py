@@ -5,7 +5,7 @@ import pytest
 
 from turboctx.eval import ruler
 from turboctx.eval.ruler.scoring import postprocess_pred, string_match_all, string_match_part
-from turboctx.eval.testing import OracleTarget, WordTokenizer
+from eval_doubles import OracleTarget, WordTokenizer
 
 # Copied by hand from NVIDIA/RULER scripts/data/synthetic/constants.py (template + answer_prefix),
 # independent of turboctx.eval.ruler.constants.

@@ -6,7 +6,7 @@ import pytest
 from turboctx.eval import niah, passkey
 from turboctx.eval.common import parse_floats, parse_size, parse_sizes
 from turboctx.eval.runner import load_done, run_samples
-from turboctx.eval.testing import DownTarget, OracleTarget, WordTokenizer, WrongTarget
+from eval_doubles import DownTarget, OracleTarget, WordTokenizer, WrongTarget
 from turboctx.eval.targets import TargetUnavailable
 
 FIELDS = {"task", "length", "depth", "prompt_sha256", "expected", "answer", "score"}
@@ -162,18 +162,18 @@ def test_cli_passkey_niah_ruler(tok, tmp_path, monkeypatch):
     from turboctx.eval import cli
     seen = {}
 
-    def fake_target(model, flags, *a, **k):
-        seen.update(model=model, flags=flags)
+    def fake_target(options, *a, **k):
+        seen.update(options=options)
         return OracleTarget(tok)
 
     monkeypatch.setattr(cli, "make_target", fake_target)
     run = CliRunner().invoke
     r = run(cli.eval_app, ["passkey", "--model", "m.gguf", "--dca", "--attention", "sparse",
-                           "--max-model-len", "16k", "--chunk-size", "8k", "--lengths", "1k,2k",
+                           "--max-model-len", "16k", "--max-num-batched-tokens", "8k", "--lengths", "1k,2k",
                            "--depths", "0,50,100", "--trials", "1", "--out", str(tmp_path / "pk")])
     assert r.exit_code == 0, r.output
-    assert seen["flags"] == {"dca": True, "attention": "sparse", "max_model_len": 16384,
-                             "chunk_size": 8192}
+    assert seen["options"] == {"model": "m.gguf", "dca": True, "attention": "sparse",
+                               "max_model_len": 16384, "max_num_batched_tokens": 8192}
     assert (tmp_path / "pk" / "passkey_heatmap.png").exists()
     assert json.loads((tmp_path / "pk" / "summary.json").read_text())["overall"] == 100.0
     for args, msg in ((["--depths", "random:x"], "--depths"), (["--lengths", "4q"], "--lengths"),

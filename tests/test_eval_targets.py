@@ -9,7 +9,7 @@ import pytest
 from turboctx.eval import niah, passkey, ruler
 from turboctx.eval.runner import run_samples
 from turboctx.eval.targets import OpenAITarget, TargetUnavailable
-from turboctx.eval.testing import WordTokenizer
+from eval_doubles import WordTokenizer
 
 LIMIT = 1500  # the fake server's context limit, in WordTokenizer tokens
 

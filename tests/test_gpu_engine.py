@@ -15,7 +15,7 @@ def test_cuda_fp32_matches_hf(tmp_path, name):
     hf = make_tiny_hf(name, tmp_path)
     prompt = torch.randint(3, 512, (300,), generator=torch.Generator().manual_seed(0)).tolist()
     tokens, tops, _ = hf_greedy(hf, prompt, 32)
-    llm = LLM(str(tmp_path), device="cuda", dtype="float32", max_model_len=4096, prefill_chunk_size=128)
+    llm = LLM(str(tmp_path), device="cuda", dtype="float32", max_model_len=4096, max_num_batched_tokens=128)
     out = llm.generate(prompt, SamplingParams(max_tokens=32, temperature=0, logprobs=20, ignore_eos=True))[0]
     assert out.token_ids == tokens
     worst = max(abs(out.logprobs[i][t] - lp) for i, top in enumerate(tops) for t, lp in top.items())
@@ -26,9 +26,9 @@ def test_cuda_bf16_long_chunked_equals_unchunked():
     ids = torch.randint(0, 150000, (40_000,), generator=torch.Generator().manual_seed(1)).tolist()
     sp = SamplingParams(max_tokens=4, temperature=0, logprobs=5, ignore_eos=True)
     kw = dict(device="cuda", dtype="bfloat16", max_model_len=65536, kv_cache_tokens=65536)
-    one = LLM("random:qwen2.5-0.5b", prefill_chunk_size=65536, **kw).generate(ids, sp)[0]
+    one = LLM("random:qwen2.5-0.5b", max_num_batched_tokens=65536, **kw).generate(ids, sp)[0]
     torch.cuda.empty_cache()
-    many = LLM("random:qwen2.5-0.5b", prefill_chunk_size=8192, **kw).generate(ids, sp)[0]
+    many = LLM("random:qwen2.5-0.5b", max_num_batched_tokens=8192, **kw).generate(ids, sp)[0]
     first_one, first_many = one.logprobs[0], many.logprobs[0]
     shared = set(first_one) & set(first_many)
     assert len(shared) >= 3

@@ -40,8 +40,8 @@ def test_chunked_prefill_equals_unchunked(tiny):
     _, folder = tiny
     prompt = torch.randint(3, 512, (333,), generator=torch.Generator().manual_seed(1)).tolist()
     sp = SamplingParams(max_tokens=8, temperature=0, logprobs=5, prompt_logprobs=3, ignore_eos=True)
-    whole = LLM(folder, device="cpu", dtype="float32", prefill_chunk_size=2048).generate(prompt, sp)[0]
-    chunked = LLM(folder, device="cpu", dtype="float32", prefill_chunk_size=64).generate(prompt, sp)[0]
+    whole = LLM(folder, device="cpu", dtype="float32", max_num_batched_tokens=2048).generate(prompt, sp)[0]
+    chunked = LLM(folder, device="cpu", dtype="float32", max_num_batched_tokens=64).generate(prompt, sp)[0]
     assert whole.token_ids == chunked.token_ids
     for a, b in zip(whole.logprobs + whole.prompt_logprobs[1:], chunked.logprobs + chunked.prompt_logprobs[1:]):
         assert a.keys() == b.keys()
@@ -53,7 +53,7 @@ def test_prompt_logprobs_match_hf(tiny):
     prompt = torch.randint(3, 512, (200,), generator=torch.Generator().manual_seed(2)).tolist()
     with torch.no_grad():
         ref = torch.log_softmax(hf_model(torch.tensor([prompt])).logits[0].float(), -1)
-    llm = LLM(folder, device="cpu", dtype="float32", prefill_chunk_size=64)
+    llm = LLM(folder, device="cpu", dtype="float32", max_num_batched_tokens=64)
     out = llm.generate(prompt, SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=2))[0]
     plp = out.prompt_logprobs
     assert len(plp) == len(prompt) and plp[0] is None
@@ -68,7 +68,7 @@ def test_batched_prompts_equal_single(tiny):
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(3, 512, (n,), generator=g).tolist() for n in (5, 130, 61)]
     sp = SamplingParams(max_tokens=12, temperature=0, logprobs=3, ignore_eos=True)
-    llm = LLM(folder, device="cpu", dtype="float32", prefill_chunk_size=100)
+    llm = LLM(folder, device="cpu", dtype="float32", max_num_batched_tokens=100)
     batched = llm.generate(prompts, sp)
     for p, b in zip(prompts, batched):
         single = llm.generate(p, sp)[0]

@@ -1,31 +1,19 @@
-"""scripts/profile_prefill.py runs end to end: CPU, random weights of the default model's shape,
-dense and sparse with DCA; a bad model is a one-line error."""
-import os
-import subprocess
-import sys
-from pathlib import Path
+"""`turboctx bench prefill --profile DIR`: one more run per length under torch.profiler, an op
+table and a Chrome trace per length (CPU, random weights of the default model's shape)."""
+import json
 
-import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from typer.testing import CliRunner
 
 
-@pytest.mark.parametrize("extra", [[], ["--dca", "--attention", "sparse", "--sparse-threshold", "256"]])
-def test_profile_prefill_smoke(tmp_path, extra):
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "profile_prefill.py"), "--model",
-                        "random:smollm2-135m", "--length", "600", "--decode", "2", "--device", "cpu",
-                        "--repeat", "1", "--top", "5", "--out", str(tmp_path), *extra],
-                       capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "ttft" in r.stdout and "Self CPU" in r.stdout
-    tables = list(tmp_path.glob("profile_*.txt"))
-    assert len(tables) == 1 and "aten::" in tables[0].read_text()
-
-
-def test_profile_prefill_bad_model_is_a_clear_error(tmp_path):
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "profile_prefill.py"), "--model",
-                        "random:nope", "--out", str(tmp_path)], capture_output=True, text=True,
-                       env=env, timeout=120)
-    assert r.returncode == 1 and "unknown random preset" in r.stderr and "Traceback" not in r.stderr
+def test_bench_prefill_profile_writes_op_tables(tmp_path):
+    from turboctx.bench.cli import bench_app
+    out = tmp_path / "p.json"
+    r = CliRunner().invoke(bench_app, ["prefill", "--model", "random:smollm2-135m", "--lengths", "300",
+                                       "--repeat", "1", "--device", "cpu", "--dca", "--attention",
+                                       "sparse", "--sparse-threshold", "128", "--json", str(out),
+                                       "--profile", str(tmp_path / "prof")])
+    assert r.exit_code == 0, r.output
+    row = json.loads(out.read_text())["rows"][0]
+    table = tmp_path / "prof" / "profile_dca+sparse_300.txt"
+    assert row["profile"] == str(table) and "aten::" in table.read_text()
+    assert (tmp_path / "prof" / "profile_dca+sparse_300.json").stat().st_size > 1000

@@ -16,8 +16,12 @@ PROMPT = "The capital of France is"
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    srv = start_server(str(tmp_path_factory.mktemp("server")))
+def server(tmp_path_factory, default_gguf_path):
+    # a vLLM command line carries over: the model positional, vLLM's flag names
+    srv = start_server(str(tmp_path_factory.mktemp("server")), str(default_gguf_path),
+                       "--served-model-name", MODEL, "--enable-prefix-caching",
+                       "--max-num-batched-tokens", "8192", "--gpu-memory-utilization", "0.9",
+                       "--max-num-seqs", "16")
     yield srv
     if srv.proc.poll() is None:
         code = srv.stop()
@@ -283,7 +287,8 @@ def test_metrics_exposed(server):
 
 
 def test_serve_is_mounted_in_cli():
-    from turboctx.cli import app
+    from turboctx.cli import full_app
+    app = full_app()
     names = [c.name or c.callback.__name__ for c in app.registered_commands]
     assert "serve" in names
 
@@ -291,7 +296,7 @@ def test_serve_is_mounted_in_cli():
 def test_bench_serve_against_live_server(server):
     import asyncio
 
-    from turboctx.server.bench_serve import run_bench
+    from turboctx.bench.serve import run_bench
     res = asyncio.run(run_bench(server.url, api_key=API_KEY, concurrency=4, num_requests=8, prompt_len=16,
                                 max_tokens=4, timeout_s=120))
     assert res["model"] == MODEL and res["answered"] == 8

@@ -1,7 +1,7 @@
 """Server pieces that need no live server: streamed-text hold-back, error bodies, bench statistics."""
 from __future__ import annotations
 
-from turboctx.server.bench_serve import percentiles, summarize
+from turboctx.bench.serve import percentiles, summarize
 from turboctx.server.errors import error_body
 from turboctx.server.serving_common import TextHoldback
 
@@ -34,27 +34,29 @@ def test_bench_summary_counts_lost_and_duplicates():
 
 
 def test_serve_prefix_caching_flag_reaches_the_engine(monkeypatch):
+    """vLLM's flag names reach the engine's typed config."""
     import turboctx.engine.llm_engine as le
     from turboctx.server.cli import build_engine, serve_app
     from typer.testing import CliRunner
 
     seen = []
-    monkeypatch.setattr(le, "LLMEngine", lambda *a, **kw: seen.append(kw["enable_prefix_caching"]))
-    build_engine(None)
-    build_engine(None, enable_prefix_caching=False)
+    monkeypatch.setattr(le, "LLMEngine", lambda config: seen.append(config.cache.enable_prefix_caching))
+    build_engine({})
+    build_engine({"enable_prefix_caching": False})
     assert seen == [True, False]
     help_text = CliRunner().invoke(serve_app, ["--help"], env={"COLUMNS": "200"}).output
-    assert "--prefix-caching" in help_text and "--no-prefix-caching" in help_text
+    assert "--enable-prefix-caching" in help_text and "--no-enable-prefix-caching" in help_text
 
     import turboctx.server.cli as cli
 
     class Stop(Exception):
         pass
 
-    def fake_build_engine(model, **kw):
-        seen.append(kw["enable_prefix_caching"])
+    def fake_build_engine(options):
+        seen.append(options.get("enable_prefix_caching", True))
         raise Stop
     monkeypatch.setattr(cli, "build_engine", fake_build_engine)
-    for args, want in (([], True), (["--no-prefix-caching"], False), (["--prefix-caching"], True)):
+    for args, want in (([], True), (["--no-enable-prefix-caching"], False),
+                       (["--enable-prefix-caching"], True)):
         r = CliRunner().invoke(serve_app, ["--log-level", "warning", *args])
         assert isinstance(r.exception, Stop) and seen[-1] is want, r.output

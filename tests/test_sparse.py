@@ -1,28 +1,26 @@
 """Vertical-slash sparse prefill: config file, pattern estimation, kernels vs reference, backend."""
 from __future__ import annotations
 
-import functools
 import json
 
 import pytest
 import torch
 
+from backends import dense_backend, sparse_backend
 from turboctx.attention.backend import AttentionBatch, SeqChunk
-from turboctx.attention.dense import DenseAttentionBackend
 from turboctx.attention.reference import causal_mask, reference_attention
-from turboctx.attention.sparse import SparseAttentionBackend
-from turboctx.attention.sparse_attention import (reference_vertical_slash,
-                                                 vertical_slash_attention_flex,
-                                                 vertical_slash_attention_portable)
-from turboctx.attention.sparse_blocks import (causal_entries, count_attended, kv_block_lists,
+from turboctx.attention.sparse.attention import vertical_slash_attention_portable
+from turboctx.attention.sparse.blocks import (causal_entries, count_attended, kv_block_lists,
                                               query_blocks, slash_key_blocks, vertical_slash_mask)
-from turboctx.attention.sparse_config import (SparseConfig, load_sparse_attention_config,
+from turboctx.attention.sparse.config import (SparseConfig, load_sparse_attention_config,
                                               write_sparse_attention_config)
-from turboctx.attention.sparse_pattern import (VSPattern, block_diagonal_sums, estimate_vertical_slash,
-                                               forced_bands, select_vertical_slash,
-                                               vertical_slash_scores_torch)
+from turboctx.attention.sparse.pattern import VSPattern, forced_bands, select_vertical_slash
+from turboctx.attention.sparse.reference import (block_diagonal_sums, reference_vertical_slash_attention,
+                                                 reference_vertical_slash_scores)
+from turboctx.attention.sparse.scores import estimate_vertical_slash
+from turboctx.attention.sparse.stats import RecallObserver
+from turboctx.attention.rotary import RotaryEmbedding, apply_rotary
 from turboctx.kv_cache import KVCache, SeqSlots
-from turboctx.models.layers import RotaryEmbedding, apply_rotary
 from sparse_expect import expected_sparse_rows, feed_prompt
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -73,8 +71,7 @@ def test_config_file_roundtrip_and_qwen_format(tmp_path):
 
 @pytest.mark.parametrize("kwargs, words", [
     (dict(threshold=0), "threshold"), (dict(block_size=0), "block_size"),
-    (dict(block_size=48), "block_size"), (dict(estimator="cuda"), "estimator"),
-    (dict(local_diagonals=0), "local_diagonals"), (dict(kernel="cuda"), "kernel"),
+    (dict(block_size=48), "block_size"), (dict(local_diagonals=0), "local_diagonals"),
     (dict(head_budgets=[[(10, 0)]]), "layer 0 head 0"),
 ])
 def test_config_errors_say_what_to_change(kwargs, words):
@@ -101,7 +98,7 @@ def test_block_diagonal_sums_brute_force(q_pos0, L, B):
 def test_scores_brute_force(H, Hkv, m, L, B):
     q, k, _ = _qkv(L, m - L, H, Hkv, 32, seed=m)
     k = k[:, :m]
-    vert, band = vertical_slash_scores_torch(q, k, m - L, scale=0.3, block_size=B)
+    vert, band = reference_vertical_slash_scores(q, k, m - L, scale=0.3, block_size=B)
     s = torch.einsum("lhd,hmd->hlm", q.double(), k.double().repeat_interleave(H // Hkv, 0)) * 0.3
     pos = m - L + torch.arange(L)
     s = s.masked_fill(torch.arange(m)[None, :] > pos[:, None], float("-inf"))
@@ -238,17 +235,15 @@ def test_portable_equals_reference_on_its_set(H, Hkv, D, n, start, B):
     q, k, v = _qkv(n, start, H, Hkv, D, seed=n)
     pat = _random_pattern(H, start + n, 9, 4, B, seed=start)
     scale = D ** -0.5
-    ref_o, ref_l = reference_vertical_slash(q, k, v, pat, start=start, scale=scale)
+    ref_o, ref_l = reference_vertical_slash_attention(q, k, v, pat, start=start, scale=scale)
     out, lse = vertical_slash_attention_portable(q, k, v, pat, start=start, scale=scale)
     torch.testing.assert_close(out.double(), ref_o, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(lse.double(), ref_l, atol=2e-5, rtol=1e-5)
     assert vertical_slash_mask(pat, n, start).sum() < H * causal_entries(n, start)
 
 
-@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
-@pytest.mark.parametrize("path", ["portable", "flex"])
 @pytest.mark.parametrize("H, Hkv, D, n, start, B", CASES[:3])
-def test_restricted_rows_and_keys_equal_reference(path, H, Hkv, D, n, start, B):
+def test_restricted_rows_and_keys_equal_reference(H, Hkv, D, n, start, B):
     """The DCA building block: the set intersected with rows [lo, hi) x keys [k0, k1)."""
     q, k, v = _qkv(n, start, H, Hkv, D, seed=n + 1)
     pat = _random_pattern(H, start + n, 9, 4, B, seed=start + 1)
@@ -258,9 +253,8 @@ def test_restricted_rows_and_keys_equal_reference(path, H, Hkv, D, n, start, B):
     mask[:, :, :k0] = False
     mask[:, :, k1:] = False
     ref_o, ref_l = reference_attention(q[lo:hi], k.transpose(0, 1), v.transpose(0, 1), mask, 0.2)
-    fn = vertical_slash_attention_portable if path == "portable" else \
-        functools.partial(vertical_slash_attention_flex, compiled=False)
-    out, lse = fn(q, k, v, pat, start=start, scale=0.2, rows=(lo, hi), keys=(k0, k1))
+    out, lse = vertical_slash_attention_portable(q, k, v, pat, start=start, scale=0.2,
+                                                 rows=(lo, hi), keys=(k0, k1))
     torch.testing.assert_close(out.double(), ref_o, atol=2e-5, rtol=1e-5)
     empty = torch.isinf(ref_l)
     assert torch.equal(torch.isinf(lse), empty) and (out[empty] == 0).all()
@@ -281,36 +275,6 @@ def test_everything_selected_equals_dense():
     assert int(count_attended(pat, n, start).sum()) == H * causal_entries(n, start)
 
 
-@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
-def test_flex_mask_mods_match_reference_eager_cpu():
-    """The FlexAttention path's masks (eager flex uses mask_mod only, not the blocks)."""
-    H, Hkv, D, n, start, B = 6, 2, 32, 70, 90, 16
-    q, k, v = _qkv(n, start, H, Hkv, D, seed=11)
-    pat = _random_pattern(H, start + n, 5, 4, B, seed=2)
-    ref_o, ref_l = reference_vertical_slash(q, k, v, pat, start=start, scale=0.2)
-    out, lse = vertical_slash_attention_flex(q, k, v, pat, start=start, scale=0.2, compiled=False)
-    torch.testing.assert_close(out.double(), ref_o, atol=2e-5, rtol=1e-5)
-    torch.testing.assert_close(lse.double(), ref_l, atol=2e-5, rtol=1e-5)
-
-
-@pytest.mark.gpu
-@requires_cuda
-@pytest.mark.parametrize("H, Hkv, D, n, start, B", [
-    (28, 4, 128, 1000, 3000, 64), (7, 1, 64, 517, 1200, 128), (6, 2, 128, 2048, 0, 128),
-    (28, 4, 128, 4096, 8192, 128),
-])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_flex_equals_reference_gpu(H, Hkv, D, n, start, B, dtype):
-    q, k, v = _qkv(n, start, H, Hkv, D, seed=5, dtype=dtype, device="cuda")
-    pat = _random_pattern(H, start + n, 200, 12, B, seed=9).to("cuda")
-    o1, l1 = vertical_slash_attention_flex(q, k, v, pat, start=start, scale=D ** -0.5)
-    o2, l2 = reference_vertical_slash(q.cpu(), k.cpu(), v.cpu(), pat.to("cpu"), start=start,
-                                      scale=D ** -0.5)
-    tol = 2e-2 if dtype == torch.bfloat16 else 2e-4
-    torch.testing.assert_close(o1.double().cpu(), o2, atol=tol, rtol=tol)
-    torch.testing.assert_close(l1.double().cpu(), l2, atol=tol, rtol=tol)
-
-
 # ---------------------------------------------------------------- backend through the KV cache
 
 @pytest.mark.parametrize("H, Hkv", [(7, 1), (6, 2)])
@@ -320,8 +284,9 @@ def test_backend_chunked_prefill_equals_reference_of_its_set(H, Hkv):
     g = torch.Generator().manual_seed(H)
     q, k, v = (torch.randn(total, h, D, generator=g) for h in (H, Hkv, Hkv))
     cfg = SparseConfig(threshold=150, vertical_size=20, slash_size=12, last_q=32, block_size=B,
-                       sink_tokens=4, local_diagonals=8, kernel="portable")
-    backend = SparseAttentionBackend(rotary, D, cfg, record_recall=True)
+                       sink_tokens=4, local_diagonals=8)
+    backend = sparse_backend(rotary, D, cfg, kernel="portable")
+    observer = backend.pattern.observer = RecallObserver()
     cache = KVCache(1, Hkv, D, num_blocks=40, block_size=8, dtype=torch.float32, device="cpu")
     slots = SeqSlots(block_table=list(range(39, 0, -1)), block_size=8)   # gathered, not a view
     cos, sin = rotary.cos_sin(torch.arange(total), torch.float32)
@@ -331,16 +296,16 @@ def test_backend_chunked_prefill_equals_reference_of_its_set(H, Hkv):
         mask = causal_mask(torch.arange(start, m), torch.arange(m)).expand(H, n, m).clone()
         if rows:      # rows below the threshold attend densely; rows [a, b) by their pattern
             a, b = rows
-            mask[:, a:b, :start + b] = vertical_slash_mask(backend.last_pattern, b - a, start + a)
+            mask[:, a:b, :start + b] = vertical_slash_mask(backend.pattern.last_pattern, b - a, start + a)
             assert a == max(0, cfg.threshold - start) and mask.sum() < H * causal_entries(n, start)
         ref, _ = reference_attention(qr[start:m], kr[:m], v[:m], mask, D ** -0.5)
         torch.testing.assert_close(out.double(), ref, atol=3e-5, rtol=1e-5)
-    st = backend.stats
+    st = backend.pattern.stats
     assert (st.sparse_chunks, st.dense_chunks) == (2, 1)
     assert 0 < st.density < 1 and st.estimate_s > 0
     assert list(st.density_by_chunk()) == [150, 200]      # per sparse part's start
-    rec = torch.stack(st.recall[0])                       # [sparse chunks, H]
-    assert set(st.recall) == {0} and rec.shape == (2, H)
+    rec = torch.stack(observer.recall[0])                 # [sparse chunks, H]
+    assert set(observer.recall) == {0} and rec.shape == (2, H)
     assert bool(((rec > 0) & (rec <= 1 + 1e-5)).all())
     # decode after the prefill stays dense and exact
     batch = AttentionBatch([SeqChunk(0, 1, total, slots)], torch.tensor([total]), cache)
@@ -362,8 +327,8 @@ def test_backend_with_full_budgets_equals_dense_backend():
     q, k, v = (torch.randn(total, h, D, generator=g) for h in (H, Hkv, Hkv))
     cfg = SparseConfig(threshold=1, vertical_size=10**6, slash_size=10**6, block_size=16)
     outs = {}
-    for name, backend in (("sparse", SparseAttentionBackend(rotary, D, cfg)),
-                          ("dense", DenseAttentionBackend(rotary, D))):
+    for name, backend in (("sparse", sparse_backend(rotary, D, cfg)),
+                          ("dense", dense_backend(rotary, D))):
         cache = KVCache(1, Hkv, D, num_blocks=26, block_size=8, dtype=torch.float32, device="cpu")
         slots = SeqSlots(block_table=list(range(26)), block_size=8)
         outs[name] = torch.cat([o for _, _, o, _ in feed_prompt(backend, q, k, v, chunks, cache, slots)])
@@ -384,8 +349,8 @@ def test_prompt_tail_runs_dense(H, Hkv, tail, device):
     q, k, v = (torch.randn(total, h, D, generator=g) for h in (H, Hkv, Hkv))
     kernel = "portable" if device == "cpu" else "triton"
     cfg = SparseConfig(threshold=120, vertical_size=20, slash_size=12, last_q=32, block_size=B,
-                       sink_tokens=4, local_diagonals=8, kernel=kernel, estimator="auto", dense_tail=tail)
-    backend = SparseAttentionBackend(RotaryEmbedding(D, 10000.0).to(device), D, cfg)
+                       sink_tokens=4, local_diagonals=8, dense_tail=tail)
+    backend = sparse_backend(RotaryEmbedding(D, 10000.0).to(device), D, cfg, kernel=kernel)
     cache = KVCache(1, Hkv, D, num_blocks=40, block_size=8, dtype=torch.float32, device=device)
     slots = SeqSlots(block_table=list(range(39, 0, -1)), block_size=8)
     tol = dict(atol=3e-5, rtol=1e-5) if device == "cpu" else dict(atol=5e-3, rtol=5e-3)   # TF32 dots
@@ -398,7 +363,7 @@ def test_prompt_tail_runs_dense(H, Hkv, tail, device):
         mask = causal_mask(torch.arange(start, m), torch.arange(m)).expand(H, n, m).clone()
         assert ran_sparse == (a < b)
         if a < b:        # rows [a, b) ran sparse, by their pattern
-            pattern = backend.last_pattern.to("cpu")
+            pattern = backend.pattern.last_pattern.to("cpu")
             mask[:, a:b, :start + b] = vertical_slash_mask(pattern, b - a, start + a)
             sparse_rows += b - a
         ref, _ = reference_attention(qr[start:m], kr[:m], v[:m], mask, D ** -0.5)
@@ -408,7 +373,7 @@ def test_prompt_tail_runs_dense(H, Hkv, tail, device):
             dense, _ = reference_attention(qr[start + d:m], kr[:m], v[:m],
                                            causal_mask(torch.arange(start + d, m), torch.arange(m)), D ** -0.5)
             torch.testing.assert_close(out[d:].double(), dense, **tol)
-    assert backend.stats.dense_tail_rows == tail and sparse_rows > 0
+    assert backend.pattern.stats.dense_tail_rows == tail and sparse_rows > 0
 
 
 def test_dense_tail_config_is_checked():

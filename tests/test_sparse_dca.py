@@ -1,21 +1,28 @@
-"""DCA + sparse prefill: selection at DCA positions (or continuous ones), attention at DCA
-positions, against the float64 DCA reference restricted to the attended set."""
+"""DCA + sparse prefill: selection at the positions DCA attends with, attention at DCA positions,
+against the float64 DCA reference restricted to the attended set."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from turboctx.attention.backend import AttentionBatch, SeqChunk
-from turboctx.attention.dca import DCAConfig
-from turboctx.attention.dca_reference import reference_dca_attention, yarn_logit_scale
-from turboctx.attention.sparse_blocks import causal_entries, vertical_slash_mask
-from turboctx.attention.sparse_config import SparseConfig
-from turboctx.attention.sparse_dca import DCASparseAttentionBackend, merged_parts
-from turboctx.attention.dca import plan_parts
-from turboctx.attention.sparse_pattern import vertical_slash_scores_torch
+from backends import dca_backend, sparse_backend
+from turboctx.attention.backend import AttentionBatch, SeqChunk, SeqQueries
+from turboctx.attention.dca import DCAConfig, plan_parts
+from turboctx.attention.reference import reference_dca_attention, yarn_logit_scale
+from turboctx.attention.rotary import RotaryEmbedding, apply_rotary
+from turboctx.attention.sparse.blocks import causal_entries, vertical_slash_mask
+from turboctx.attention.sparse.config import SparseConfig
+from turboctx.attention.sparse.prefill import merged_parts
+from turboctx.attention.sparse.reference import block_diagonal_sums, reference_vertical_slash_scores
+from turboctx.attention.sparse.stats import RecallObserver
 from turboctx.kv_cache import KVCache, SeqSlots
-from turboctx.models.layers import RotaryEmbedding, apply_rotary
 from sparse_expect import expected_sparse_rows, feed_prompt
+
+
+def _yarn(start: int, m: int, cs: int, yarn: bool = True) -> torch.Tensor:
+    """YaRN's logit multiplier of the rows at positions [start, m), from each row's position."""
+    return torch.tensor([yarn_logit_scale(p + 1, cs) if yarn else 1.0 for p in range(start, m)],
+                        dtype=torch.float64)
 
 
 def test_merged_parts_join_adjacent_key_ranges():
@@ -28,44 +35,43 @@ def test_merged_parts_join_adjacent_key_ranges():
             assert flat[:start + i + 1] == list(range(start + i + 1))
 
 
-CASES = [  # H, Hkv, D, chunk_size, local, prefill chunks, block, yarn, selection
-    (7, 1, 64, 48, 16, [100, 93], 16, False, "dca"),        # boundaries inside DCA chunks, 7:1
-    (6, 2, 64, 40, 8, [64, 64, 71], 16, True, "dca"),        # chunk edges on DCA edges, 3:1, YaRN
-    (6, 2, 128, 64, 0, [150, 61], 32, False, "dca"),         # no local window, odd lengths
-    (6, 2, 64, 40, 8, [64, 64, 71], 16, True, "continuous"),
-    (7, 1, 64, 48, 16, [100, 93], 16, False, "continuous"),
+CASES = [  # H, Hkv, D, chunk_size, local, prefill chunks, block, yarn
+    (7, 1, 64, 48, 16, [100, 93], 16, False),        # boundaries inside DCA chunks, 7:1
+    (6, 2, 64, 40, 8, [64, 64, 71], 16, True),        # chunk edges on DCA edges, 3:1, YaRN
+    (6, 2, 128, 64, 0, [150, 61], 32, False),         # no local window, odd lengths
 ]
 
 
-@pytest.mark.parametrize("H, Hkv, D, cs, local, chunks, B, yarn, selection", CASES)
-def test_dca_sparse_backend_equals_reference(H, Hkv, D, cs, local, chunks, B, yarn, selection):
+@pytest.mark.parametrize("H, Hkv, D, cs, local, chunks, B, yarn", CASES)
+def test_dca_sparse_backend_equals_reference(H, Hkv, D, cs, local, chunks, B, yarn):
     total = sum(chunks)
     rotary = RotaryEmbedding(D, theta=500.0)
     dca = DCAConfig(cs, local, cs, yarn_scaling=yarn)
     sparse = SparseConfig(threshold=chunks[0], vertical_size=12, slash_size=3 * B, last_q=32,
-                          block_size=B, sink_tokens=3, local_diagonals=B, kernel="portable",
-                          dca_selection=selection)
-    backend = DCASparseAttentionBackend(rotary, D, dca, sparse, record_recall=True)
+                          block_size=B, sink_tokens=3, local_diagonals=B)
+    backend = sparse_backend(rotary, D, sparse, dca=dca, kernel="portable")
+    observer = backend.pattern.observer = RecallObserver()
     g = torch.Generator().manual_seed(total)
     q, k, v = (torch.randn(total, h, D, generator=g) for h in (H, Hkv, Hkv))
     cache = KVCache(1, Hkv, D, num_blocks=60, block_size=8, dtype=torch.float32, device="cpu")
     slots = SeqSlots(block_table=list(range(59, 0, -1)), block_size=8)
     for start, n, out, _ in feed_prompt(backend, q, k, v, chunks, cache, slots):
         m = start + n
-        mult = torch.full((n,), yarn_logit_scale(m, cs) if yarn else 1.0, dtype=torch.float64)
+        mult = _yarn(start, m, cs, yarn)
         mask = None
         if m > sparse.threshold:        # every row of these chunks is at or past it
-            pat = backend.last_pattern
+            pat = backend.pattern.last_pattern
             mask = vertical_slash_mask(pat, n, start)
             assert mask.sum() < H * causal_entries(n, start)
-            _check_selection(backend, q[:m] * mult[0].item(), k[:m], rotary, start, n)
+            scaled = q[:m] * _yarn(0, m, cs, yarn).float()[:, None, None]
+            _check_selection(backend, dca, sparse, scaled, k[:m], rotary, start, n)
         want, _ = reference_dca_attention(q[start:m], k[:m], v[:m], torch.arange(start, m),
                                           torch.arange(m), cs, local, rotary.inv_freq, D ** -0.5,
                                           rotary.attention_scaling, mult, mask=mask)
         assert (out.double() - want).abs().max().item() < 1e-4
-    st = backend.stats
+    st = backend.pattern.stats
     assert st.sparse_chunks == len(chunks) - 1 and st.dense_chunks == 1
-    rec = torch.stack(st.recall[0])
+    rec = torch.stack(observer.recall[0])
     assert rec.shape == (len(chunks) - 1, H) and bool(((rec > 0) & (rec <= 1 + 1e-5)).all())
 
 
@@ -80,45 +86,38 @@ def _dca_query_position(p: int, j: int, cfg) -> int:
     return cfg.chunk_size - 1
 
 
-def _check_selection(backend, q, k, rotary, start, n):
+def _check_selection(backend, cfg, sparse, q, k, rotary, start, n):
     """The scores the backend selected from equal, entry by entry, the softmax of the last
-    queries at DCA positions ('dca') or ordinary attention at true positions ('continuous')."""
+    queries at the positions DCA attends with."""
     m = start + n
-    L, B, scale = backend.config.last_q, backend.config.block_size, backend.scale
-    cache_keys = apply_rotary(k, *rotary.cos_sin(torch.arange(m) % backend.cfg.chunk_len,
+    L, B, scale = sparse.last_q, sparse.block_size, q.shape[-1] ** -0.5
+    cache_keys = apply_rotary(k, *rotary.cos_sin(torch.arange(m) % cfg.chunk_len,
                                                   torch.float32)).transpose(0, 1)   # [Hkv, m, D]
-    segs = backend.selection_segments(q[start:], start, m)
-    got = vertical_slash_scores_torch(segs, cache_keys, m - L, scale=scale, block_size=B)
-    if backend.config.dca_selection == "continuous":
-        cos, sin = rotary.cos_sin(torch.arange(m), torch.float32)
-        qr, kr = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin).transpose(0, 1)
-        want = vertical_slash_scores_torch(qr[m - L:], kr, m - L, scale=scale, block_size=B)
-    else:   # one (query, key) product at a time, from the position rule written out above
-        H, G = q.shape[1], q.shape[1] // k.shape[1]
-        s = torch.full((H, L, m), float("-inf"))
-        for i, p in enumerate(range(m - L, m)):
-            for j in range(p + 1):
-                cos, sin = rotary.cos_sin(torch.tensor([_dca_query_position(p, j, backend.cfg)]),
-                                          torch.float32)
-                qp = apply_rotary(q[p:p + 1], cos, sin)[0]                            # [H, D]
-                s[:, i, j] = (qp * cache_keys[:, j].repeat_interleave(G, 0)).sum(-1) * scale
-        p_ = torch.softmax(s, -1)
-        from turboctx.attention.sparse_pattern import block_diagonal_sums
-        want = (p_.sum(1), block_diagonal_sums(p_, m - L, B))
+    segs = backend.positions.selection_queries(SeqQueries(q[start:], {}), start, m, L)
+    got = reference_vertical_slash_scores(segs, cache_keys, m - L, scale=scale, block_size=B)
+    H, G = q.shape[1], q.shape[1] // k.shape[1]
+    s = torch.full((H, L, m), float("-inf"))
+    for i, p in enumerate(range(m - L, m)):       # one (query, key) product at a time
+        for j in range(p + 1):
+            cos, sin = rotary.cos_sin(torch.tensor([_dca_query_position(p, j, cfg)]), torch.float32)
+            qp = apply_rotary(q[p:p + 1], cos, sin)[0]                            # [H, D]
+            s[:, i, j] = (qp * cache_keys[:, j].repeat_interleave(G, 0)).sum(-1) * scale
+    p_ = torch.softmax(s, -1)
+    want = (p_.sum(1), block_diagonal_sums(p_, m - L, B))
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+
 def test_dca_sparse_below_threshold_is_plain_dca():
-    from turboctx.attention.dca import DCAAttentionBackend
     H, Hkv, D, total = 6, 2, 64, 90
     rotary = RotaryEmbedding(D, theta=500.0)
     dca = DCAConfig(32, 8, 32, yarn_scaling=False)
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(total, h, D, generator=g) for h in (H, Hkv, Hkv))
     outs = []
-    for backend in (DCASparseAttentionBackend(rotary, D, dca, SparseConfig(threshold=10**6)),
-                    DCAAttentionBackend(rotary, D, dca)):
+    for backend in (sparse_backend(rotary, D, SparseConfig(threshold=10**6), dca=dca),
+                    dca_backend(rotary, D, dca)):
         cache = KVCache(1, Hkv, D, num_blocks=12, block_size=8, dtype=torch.float32, device="cpu")
         slots = SeqSlots(block_table=list(range(12)), block_size=8)
         batch = AttentionBatch([SeqChunk(0, total, 0, slots)], torch.arange(total), cache)
@@ -139,9 +138,9 @@ def test_dca_sparse_prompt_tail_is_plain_dca(tail, chunks, device):
     rotary = RotaryEmbedding(D, theta=500.0)
     dca = DCAConfig(cs, local, cs, yarn_scaling=True)
     sparse = SparseConfig(threshold=chunks[0] + 9, vertical_size=12, slash_size=3 * B, last_q=32,
-                          block_size=B, sink_tokens=3, local_diagonals=B,
-                          kernel="portable" if device == "cpu" else "triton", dense_tail=tail)
-    backend = DCASparseAttentionBackend(RotaryEmbedding(D, theta=500.0).to(device), D, dca, sparse)
+                          block_size=B, sink_tokens=3, local_diagonals=B, dense_tail=tail)
+    backend = sparse_backend(RotaryEmbedding(D, theta=500.0).to(device), D, sparse, dca=dca,
+                             kernel="portable" if device == "cpu" else "triton")
     bound = 1e-4 if device == "cpu" else 5e-3
     g = torch.Generator().manual_seed(tail)
     q, k, v = (torch.randn(total, h, D, generator=g) for h in (H, Hkv, Hkv))
@@ -150,13 +149,13 @@ def test_dca_sparse_prompt_tail_is_plain_dca(tail, chunks, device):
     sparse_rows = 0
     for start, n, out, ran_sparse in feed_prompt(backend, q, k, v, chunks, cache, slots, total, device):
         m = start + n
-        mult = torch.full((n,), yarn_logit_scale(m, cs), dtype=torch.float64)
+        mult = _yarn(start, m, cs)
         a, b = expected_sparse_rows(start, n, sparse.threshold, total, tail) or (n, n)
         assert ran_sparse == (a < b)
         mask = None
         if a < b:       # rows [a, b) ran sparse, by their pattern; the others plain DCA
             mask = torch.ones(H, n, m, dtype=torch.bool)
-            mask[:, a:b, :start + b] = vertical_slash_mask(backend.last_pattern.to("cpu"), b - a, start + a)
+            mask[:, a:b, :start + b] = vertical_slash_mask(backend.pattern.last_pattern.to("cpu"), b - a, start + a)
             mask[:, a:b, start + b:] = False
             sparse_rows += b - a
         want, _ = reference_dca_attention(q[start:m], k[:m], v[:m], torch.arange(start, m),
@@ -169,4 +168,4 @@ def test_dca_sparse_prompt_tail_is_plain_dca(tail, chunks, device):
                                                torch.arange(m), cs, local, rotary.inv_freq, D ** -0.5,
                                                rotary.attention_scaling, mult[d:])
             assert (out[d:].double() - plain).abs().max().item() < bound
-    assert backend.stats.dense_tail_rows == tail and sparse_rows > 0
+    assert backend.pattern.stats.dense_tail_rows == tail and sparse_rows > 0

@@ -7,10 +7,7 @@ import pytest
 import torch
 
 from turboctx import LLM, SamplingParams
-from turboctx.attention.dense import DenseAttentionBackend
-from turboctx.attention.sparse import SparseAttentionBackend
-from turboctx.attention.sparse_config import write_sparse_attention_config
-from turboctx.attention.sparse_dca import DCASparseAttentionBackend
+from turboctx.attention.sparse.config import write_sparse_attention_config
 from turboctx.errors import InvalidRequestError
 
 from hf_reference import make_tiny_hf
@@ -27,14 +24,14 @@ def folder(tmp_path_factory):
 
 
 def _llm(model=MODEL, **kw):
-    return LLM(str(model), device="cpu", max_model_len=1024, prefill_chunk_size=256,
+    return LLM(str(model), device="cpu", max_model_len=1024, max_num_batched_tokens=256,
                enable_prefix_caching=False, **kw)
 
 
 @pytest.mark.parametrize("kw, words", [
     (dict(attention="dense", sparse_threshold=64), "attention='dense'"),
     (dict(attention="sparse", sparse_threshold=0), "sparse_threshold=0"),
-    (dict(attention="sparse", sparse_threshold="4k"), "positive int"),
+    (dict(attention="sparse", sparse_threshold="4k"), "sparse_threshold='4k' must be an int"),
     (dict(attention="fast"), "attention='fast'"),
     (dict(attention="sparse", sparse_config="/no/such/file.json"), "sparse attention config"),
     (dict(attention="sparse", sparse_dense_tail=-1), "sparse_dense_tail=-1 must be an int >= 0"),
@@ -46,21 +43,20 @@ def test_attention_options_are_checked(kw, words):
         _llm(**kw)
 
 
-def _backend(attention="dense", device="cpu", **options):
-    from turboctx.attention.factory import make_attention_backend
+def _resolved(attention="dense", **options):
     from turboctx.config import EngineConfig
     from turboctx.weights import open_checkpoint
-    m = open_checkpoint(MODEL).config
-    return make_attention_backend(m, EngineConfig(attention=attention), options, torch.device(device))
+    arch = open_checkpoint(MODEL).config
+    return EngineConfig.from_options(attention=attention, **options).resolve(arch, cuda_available=False)
 
 
 def test_attention_choices_pick_the_backend():
-    assert isinstance(_backend("sparse"), SparseAttentionBackend)
-    assert _backend("sparse").config.threshold == 32768
-    assert _backend("sparse", sparse_threshold=300).config.threshold == 300
-    assert type(_backend("auto")) is DenseAttentionBackend          # auto on the CPU: dense
-    assert type(_backend()) is DenseAttentionBackend
-    assert isinstance(_backend("sparse", dca=True), DCASparseAttentionBackend)
+    assert _resolved("sparse").attention_name == "sparse"
+    assert _resolved("sparse").sparse.threshold == 32768
+    assert _resolved("sparse", sparse_threshold=300).sparse.threshold == 300
+    assert _resolved("auto").attention_name == "dense"          # auto on the CPU: dense
+    assert _resolved().attention_name == "dense"
+    assert _resolved("sparse", dca=True).attention_name == "dca+sparse"
 
 
 @pytest.mark.parametrize("dca", [False, True])
@@ -78,9 +74,9 @@ def test_full_budgets_equal_dense_through_the_engine(folder, tmp_path, dca):
     for a, b in zip(sparse.logprobs, dense.logprobs):
         assert a.keys() == b.keys()
         assert max(abs(a[t] - b[t]) for t in a) < 1e-4
-    st = llm.engine.backend.stats
-    assert st.sparse_chunks == LAYERS * 2 and st.dense_chunks == LAYERS
-    assert st.density == pytest.approx(1.0)
+    st = llm.engine.sparse_stats()
+    assert st["sparse_chunk_layers"] == LAYERS * 2 and st["dense_chunk_layers"] == LAYERS
+    assert st["density"] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("dca", [False, True])
@@ -97,8 +93,8 @@ def test_batched_prompts_get_their_own_sparse_patterns(folder, tmp_path, dca, ta
     llm = _llm(folder, attention="sparse", sparse_threshold=300, sparse_config=str(small),
                sparse_dense_tail=tail, **extra)
     together = llm.generate(prompts, sp)
-    st = llm.engine.backend.stats
-    assert st.density < 0.9 and st.dense_tail_rows == LAYERS * tail * len(prompts)
+    st = llm.engine.sparse_stats()
+    assert st["density"] < 0.9 and st["dense_tail_row_layers"] == LAYERS * tail * len(prompts)
     for p, t in zip(prompts, together):
         alone = llm.generate(p, sp)[0]
         assert t.token_ids == alone.token_ids
@@ -111,7 +107,7 @@ def test_budgets_file_beside_the_weights_is_read(folder, tmp_path):
     d = tmp_path / "model"
     shutil.copytree(folder, d)
     write_sparse_attention_config(d, [[(7, 200)] * HEADS, [(9, 300)] * HEADS])
-    cfg = _llm(d, attention="sparse").engine.backend.config
+    cfg = _llm(d, attention="sparse").engine.sparse_config()
     assert cfg.budgets(1, HEADS) == [(9, 300)] * HEADS
 
 
@@ -122,7 +118,7 @@ def test_bench_prefill_reports_density_and_estimation(folder, tmp_path):
     out = tmp_path / "p.json"
     r = CliRunner().invoke(bench_app, ["prefill", "--model", str(folder), "--lengths", "1280", "--repeat", "1",
                                        "--device", "cpu", "--attention", "sparse", "--sparse-threshold",
-                                       "300", "--prefill-chunk-size", "256", "--json", str(out)])
+                                       "300", "--max-num-batched-tokens", "256", "--json", str(out)])
     assert r.exit_code == 0, r.output
     row = json.loads(out.read_text())["rows"][0]
     assert row["engine"] == "turboctx+sparse" and 0 < row["density"] <= 1
@@ -140,24 +136,25 @@ def test_cli_commands_take_a_budgets_file_and_dca(tmp_path, monkeypatch, capsys)
     from typer.testing import CliRunner
 
     import turboctx.cli as cli
+    import turboctx.cli.generate as generate
     layers, heads = 30, 9                      # the default model (it has a tokenizer)
     f = write_sparse_attention_config(tmp_path / "b.json", [[(7, 200)] * heads] * (layers - 1)
                                       + [[(9, 300)] * heads])
     seen = {}
 
-    def spy(**kw):
-        seen["llm"] = real(**kw)
+    def spy(options):
+        seen["llm"] = real(options)
         return seen["llm"]
-    real = cli.load_llm
-    monkeypatch.setattr(cli, "load_llm", spy)
+    real = generate.load_llm
+    monkeypatch.setattr(generate, "load_llm", spy)
     base = ["generate", "hello", "--device", "cpu", "--max-tokens", "2", "--max-model-len", "256"]
-    r = CliRunner().invoke(cli.app, base + ["--attention", "sparse", "--sparse-config", str(f), "--dca",
+    r = CliRunner().invoke(cli.full_app(), base + ["--attention", "sparse", "--sparse-config", str(f), "--dca",
                                             "--sparse-dense-tail", "7"])
     assert r.exit_code == 0, r.output
-    backend = seen["llm"].engine.backend
-    assert isinstance(backend, DCASparseAttentionBackend)
-    assert backend.config.budgets(layers - 1, heads) == [(9, 300)] * heads
-    assert backend.config.dense_tail == 7
+    engine = seen["llm"].engine
+    assert engine.config.attention_name == "dca+sparse"
+    assert engine.sparse_config().budgets(layers - 1, heads) == [(9, 300)] * heads
+    assert engine.sparse_config().dense_tail == 7
     monkeypatch.setattr("sys.argv", ["turboctx"] + base + ["--sparse-config", str(f)])
     with pytest.raises(SystemExit) as e:
         cli.main()
@@ -177,7 +174,7 @@ def test_prefix_reuse_gives_what_the_prompt_gives_alone(folder, tmp_path, dca):
     kw = dict(attention="sparse", sparse_threshold=300, sparse_config=str(small),
               sparse_dense_tail=100, **extra)
     alone = _llm(folder, **kw).generate(second, sp)[0]
-    llm = LLM(str(folder), device="cpu", max_model_len=1024, prefill_chunk_size=256,
+    llm = LLM(str(folder), device="cpu", max_model_len=1024, max_num_batched_tokens=256,
               enable_prefix_caching=True, **kw)
     llm.generate(first, sp)
     after = llm.generate(second, sp)[0]

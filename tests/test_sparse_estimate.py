@@ -13,9 +13,9 @@ if INTERPRET:
     os.environ["TRITON_INTERPRET"] = "1"      # before triton.jit runs: decoration reads it
 triton = pytest.importorskip("triton")
 
-from turboctx.attention.sparse_estimate_kernel import vertical_slash_scores_triton  # noqa: E402
-from turboctx.attention.sparse_pattern import (estimate_vertical_slash,  # noqa: E402
-                                               vertical_slash_scores_torch)
+from turboctx.attention.sparse.scores_triton import vertical_slash_scores_triton  # noqa: E402
+from turboctx.attention.sparse.reference import reference_vertical_slash_scores  # noqa: E402
+from turboctx.attention.sparse.scores import estimate_vertical_slash  # noqa: E402
 
 DEV = "cpu" if INTERPRET else "cuda"
 
@@ -30,7 +30,7 @@ def _case(L, H, Hkv, D, m, dtype, seed=0, device=DEV):
 def _check(q, k, q_pos0, B, segments=None, tol=2e-5):
     D = q.shape[-1]
     arg = segments if segments is not None else q
-    v1, b1 = vertical_slash_scores_torch(arg, k, q_pos0, scale=D ** -0.5, block_size=B)
+    v1, b1 = reference_vertical_slash_scores(arg, k, q_pos0, scale=D ** -0.5, block_size=B)
     v2, b2 = vertical_slash_scores_triton(arg, k, q_pos0, scale=D ** -0.5, block_size=B)
     torch.testing.assert_close(v2, v1, atol=tol, rtol=tol)
     torch.testing.assert_close(b2, b1, atol=tol, rtol=tol)

@@ -14,12 +14,12 @@ if INTERPRET:
 triton = pytest.importorskip("triton")
 
 from turboctx.attention.reference import reference_attention  # noqa: E402
-from turboctx.attention.sparse_attention import (reference_vertical_slash,  # noqa: E402
-                                                 vertical_slash_attention_portable)
-from turboctx.attention.sparse_blocks import (band_table, covered, query_blocks,  # noqa: E402
+from turboctx.attention.sparse.attention import vertical_slash_attention_portable  # noqa: E402
+from turboctx.attention.sparse.blocks import (band_table, covered, query_blocks,  # noqa: E402
                                               vertical_slash_mask)
-from turboctx.attention.sparse_pattern import VSPattern, select_vertical_slash  # noqa: E402
-from turboctx.attention.sparse_triton import vertical_slash_attention_triton  # noqa: E402
+from turboctx.attention.sparse.pattern import VSPattern, select_vertical_slash  # noqa: E402
+from turboctx.attention.sparse.reference import reference_vertical_slash_attention  # noqa: E402
+from turboctx.attention.sparse.attention_triton import vertical_slash_attention_triton  # noqa: E402
 
 DEV = "cpu" if INTERPRET else "cuda"
 
@@ -59,7 +59,7 @@ def _reference(q, k, v, pat, start, scale, rows, keys):
     """float64 on the set intersected with rows [lo, hi) x keys [k0, k1)."""
     n = q.shape[0]
     if rows is None and keys is None:
-        return reference_vertical_slash(q, k, v, pat, start=start, scale=scale)
+        return reference_vertical_slash_attention(q, k, v, pat, start=start, scale=scale)
     lo, hi = rows
     k0, k1 = keys
     mask = vertical_slash_mask(pat, n, start)[:, lo:hi]

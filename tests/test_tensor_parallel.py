@@ -8,7 +8,7 @@ import torch
 
 from hf_reference import make_tiny_hf
 from turboctx import LLM, SamplingParams
-from turboctx.config import ModelConfig
+from turboctx.config import ModelArchitecture
 from turboctx.distributed.partition import plan_shard
 from turboctx.errors import InvalidRequestError
 
@@ -23,7 +23,7 @@ TOL = 1e-5
 # per query head). Its own fp32 rounding noise is larger than 1e-5: at tensor_parallel_size=1, prefill
 # chunks of 64 vs 2048 tokens already move its logprobs by 2.1e-5 (measured); tp=2 moves them by 3.1e-5.
 DEFAULT_TOL = 5e-5
-ENGINE = dict(device="cpu", dtype="float32", prefill_chunk_size=64, max_model_len=1024, kv_cache_tokens=4096)
+ENGINE = dict(device="cpu", dtype="float32", max_num_batched_tokens=64, max_model_len=1024, kv_cache_tokens=4096)
 
 
 # The attention backends work per head: each rank runs them on its own heads. Sparse budgets that
@@ -41,7 +41,7 @@ SPARSE_BUDGETS = [[(4, 8), (16, 32), (64, 8), (8, 64)], [(8, 16), (2, 4), (32, 3
 def _backend_options(name: str, folder) -> dict:
     opts = dict(BACKENDS[name])
     if "sparse" in name:
-        from turboctx.attention.sparse_config import write_sparse_attention_config
+        from turboctx.attention.sparse.config import write_sparse_attention_config
         opts["sparse_config"] = str(write_sparse_attention_config(folder / "sparse.json", SPARSE_BUDGETS))
     return opts
 
@@ -130,8 +130,8 @@ def test_seeded_sampling_matches_single_rank(tiny_engines):
 
 # -- partition and validation (no processes) --------------------------------------------------
 
-def _cfg(heads: int, kv: int, inter: int = 96) -> ModelConfig:
-    return ModelConfig(family="qwen2", vocab_size=512, hidden_size=heads * 16, intermediate_size=inter,
+def _cfg(heads: int, kv: int, inter: int = 96) -> ModelArchitecture:
+    return ModelArchitecture(family="qwen2", vocab_size=512, hidden_size=heads * 16, intermediate_size=inter,
                        num_hidden_layers=2, num_attention_heads=heads, num_key_value_heads=kv,
                        head_dim=16, max_position_embeddings=4096)
 
@@ -186,10 +186,9 @@ def test_random_weights_as_checkpoint_tensors_equal_init_random():
 def test_every_model_command_takes_tensor_parallel_size():
     from typer.testing import CliRunner
 
-    from turboctx.cli import app
-    from turboctx.eval.cli import engine_flags
-    for cmd in (["generate"], ["ask"], ["chat"], ["serve"], ["bench", "prefill"], ["bench", "decode"]):
+    from turboctx.cli import full_app
+    app = full_app()
+    for cmd in (["generate"], ["ask"], ["chat"], ["serve"], ["bench", "prefill"], ["bench", "decode"],
+                ["eval", "passkey"], ["eval", "ruler"], ["calibrate"]):
         out = CliRunner().invoke(app, [*cmd, "--help"], env={"COLUMNS": "200"}).output
-        assert "--tensor-parallel-size" in out, cmd
-    # eval commands hand unknown --flags to the engine
-    assert engine_flags(None, None, None, None, None, ["--tensor-parallel-size", "2"]) == {"tensor_parallel_size": 2}
+        assert "--tensor-parallel-size" in out and "-tp" in out, cmd

@@ -18,7 +18,7 @@ from turboctx.distributed.worker import FAULT_ENV
 from turboctx.errors import TensorParallelError
 
 SPEC = ("qwen2", 4, 2, 16, True, False)
-ENGINE = dict(device="cpu", dtype="float32", prefill_chunk_size=64, max_model_len=1024,
+ENGINE = dict(device="cpu", dtype="float32", max_num_batched_tokens=64, max_model_len=1024,
               kv_cache_tokens=2048, tensor_parallel_size=2)
 SP = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
 PROMPT = list(range(3, 200))
@@ -160,7 +160,7 @@ TORCHRUN_SCRIPT = textwrap.dedent("""
     import json, sys
     from turboctx import LLM, SamplingParams
     llm = LLM(sys.argv[1], device="cpu", dtype="float32", kv_cache_tokens=2048, max_model_len=1024,
-              prefill_chunk_size=64, tensor_parallel_size=int(sys.argv[2]))
+              max_num_batched_tokens=64, tensor_parallel_size=int(sys.argv[2]))
     out = llm.generate(list(range(3, 200)), SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))
     print("TOKENS", json.dumps(out[0].token_ids), flush=True)      # only rank 0 gets here
 """)

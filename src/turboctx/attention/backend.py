@@ -1,12 +1,25 @@
-"""The attention backend interface and the per-step batch description it receives."""
+"""The attention backend: positions x prefill pattern, over the KV cache.
+
+Attention varies along two independent axes, each an object of its own:
+  - positions (rope.py, dca.py): how q and k are rotated, and which key ranges a sequence's new
+    rows read at which query rotation: its *parts*. Plain RoPE reads the chunk against itself
+    (causal) and the older keys; DCA has intra / successive / inter parts with their own query
+    positions. Positions also own the decode step in CUDA graphs (`graph_decode`).
+  - the prefill pattern (dense.py, sparse/prefill.py): which keys of those parts a row attends.
+    Dense attends all of them and merges the parts by log-sum-exp; vertical-slash sparse
+    estimates a pattern from the chunk's last queries and attends only the selected keys.
+`AttentionBackend(positions, pattern)` composes one of each: dense, DCA, sparse and DCA + sparse
+are four pairs, not four classes. The model hands over un-rotated q/k/v; the backend rotates,
+writes the cache and attends.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
-from turboctx.kv_cache import KVCache, SeqSlots
+from turboctx.kv_cache import KVCache, SeqSlots, write_kv
 
 
 @dataclass
@@ -36,38 +49,114 @@ class AttentionBatch:
     extras: dict[str, Any] = field(default_factory=dict)  # per-step state a backend precomputes
 
 
-class AttentionBackend:
-    """Computes attention for one layer of a batch.
+class Part(NamedTuple):
+    """One partial attention of a sequence's new rows [lo, hi) (offsets into its chunk) over the
+    keys at positions [k0, k1), with the queries rotated as `kind` says (the positions object's
+    own numbering). Per row the parts' key ranges are disjoint and cover [0, row position].
+    causal: the square of new rows against their own keys (key range == row range)."""
+    lo: int
+    hi: int
+    kind: int
+    k0: int
+    k1: int
+    causal: bool
 
-    `prepare` runs once per step (positions -> rotary tables, masks, ...); `forward` runs for
-    every layer: it receives un-rotated q/k/v, applies positions its own way, writes the cache and
-    returns the attention output.
-    """
 
-    name = "base"
+@dataclass
+class SeqQueries:
+    """One sequence's queries: un-rotated (YaRN-scaled where DCA scales) and rotated per kind."""
+    q: torch.Tensor                          # [n, H, D]
+    rotated: dict[int, torch.Tensor]         # kind -> [n, H, D]
 
-    def prepare(self, batch: AttentionBatch, dtype: torch.dtype) -> None:
-        raise NotImplementedError
+    def rows(self, lo: int, hi: int) -> "SeqQueries":
+        return SeqQueries(self.q[lo:hi], {k: x[lo:hi] for k, x in self.rotated.items()})
 
-    def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                batch: AttentionBatch) -> torch.Tensor:
-        """q: [N, H, D]; k, v: [N, Hkv, D] -> [N, H, D]."""
-        raise NotImplementedError
 
-    def prefix_cache_salt(self, num_prompt_tokens: int) -> bytes:
-        """What, besides the token ids, the cached KV of a prompt of this length depends on
-        (prefix caching shares KV only between prompts with the same salt)."""
-        return b""
+class Positions(Protocol):
+    name: str
 
-    def prompt_tail_dependent(self) -> int:
-        """Tokens at a prompt's end whose KV differs from that of the same positions inside a
-        longer prompt (sparse prefill's dense tail); the prefix cache does not offer the chunks
-        that hold them. 0: none."""
-        return 0
+    def prepare(self, batch: AttentionBatch, dtype: torch.dtype) -> Any:
+        """Per-step state (rotary tables, each sequence's parts as `state.parts`)."""
+
+    def rotate(self, q: torch.Tensor, k: torch.Tensor, state) -> tuple[dict[int, torch.Tensor],
+                                                                      torch.Tensor, torch.Tensor]:
+        """q: [N, H, D], k: [N, Hkv, D] un-rotated -> (q rotated per kind, k rotated as stored
+        in the cache, q as the queries' un-rotated form)."""
+
+    def parts(self, start: int, n: int) -> list[Part]:
+        """The parts of n new rows at positions [start, start + n)."""
+
+    def selection_queries(self, queries: SeqQueries, start: int, m: int, last: int):
+        """The last `last` queries as sparse pattern estimation scores them against keys [0, m):
+        a tensor [last, H, D] or key segments [(k_lo, k_hi, q)] (sparse/pattern.py)."""
+
+    def graph_decode(self):
+        """The decode-in-CUDA-graphs form of these positions (step_extras + forward)."""
+
+
+class Pattern(Protocol):
+    name: str
+
+    def attend(self, layer: int, s: SeqChunk, queries: SeqQueries, parts: list[Part],
+               k_cache: torch.Tensor, v_cache: torch.Tensor, positions: Positions) -> torch.Tensor:
+        """One sequence's attention output [n, H, D]; its k/v are in the cache already."""
 
     def chunk_dependent_from(self) -> int | None:
         """Sequence length from which a prefill chunk's output depends on where the chunk ends
         (sparse prefill picks its pattern from the chunk's last queries); None: never. The
         scheduler then cuts such chunks on a fixed grid, so a prompt's output does not depend on
         what else runs beside it."""
-        return None
+
+    def prompt_tail_dependent(self) -> int:
+        """Tokens at a prompt's end whose KV differs from that of the same positions inside a
+        longer prompt (sparse prefill's dense tail); the prefix cache does not offer the chunks
+        that hold them. 0: none."""
+
+
+class AttentionBackend:
+    """Computes attention for one layer of a batch: `prepare` once per step, `forward` per layer."""
+
+    def __init__(self, positions: Positions, pattern: Pattern):
+        self.positions, self.pattern = positions, pattern
+
+    @property
+    def name(self) -> str:
+        """dense | dca | sparse | dca+sparse."""
+        if self.positions.name == "rope":
+            return self.pattern.name
+        return self.positions.name + ("" if self.pattern.name == "dense" else "+" + self.pattern.name)
+
+    def prepare(self, batch: AttentionBatch, dtype: torch.dtype) -> None:
+        batch.extras["positions"] = self.positions.prepare(batch, dtype)
+
+    def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                batch: AttentionBatch) -> torch.Tensor:
+        """q: [N, H, D]; k, v: [N, Hkv, D] un-rotated -> [N, H, D]."""
+        state = batch.extras["positions"]
+        rotated, k, q = self.positions.rotate(q, k, state)
+        k_cache, v_cache = batch.kv_cache.k[layer], batch.kv_cache.v[layer]
+        if len(batch.seqs) == 1:     # the long-prompt case: no scatter into a batch buffer
+            return self._attend_seq(layer, batch.seqs[0], SeqQueries(q, rotated), k, v,
+                                    state.parts[0], k_cache, v_cache)
+        out = torch.empty_like(q)
+        for s, parts in zip(batch.seqs, state.parts):
+            queries = SeqQueries(q[s.rows], {kind: x[s.rows] for kind, x in rotated.items()})
+            out[s.rows] = self._attend_seq(layer, s, queries, k[s.rows], v[s.rows], parts,
+                                           k_cache, v_cache)
+        return out
+
+    def _attend_seq(self, layer, s, queries, k, v, parts, k_cache, v_cache) -> torch.Tensor:
+        write_kv(k_cache, s.slots, s.start_pos, k)
+        write_kv(v_cache, s.slots, s.start_pos, v)
+        return self.pattern.attend(layer, s, queries, parts, k_cache, v_cache, self.positions)
+
+    def graph_decode(self):
+        """The form of this backend that a captured decode step runs (sparse prefill does not
+        change decode: the positions alone decide it)."""
+        return self.positions.graph_decode()
+
+    def chunk_dependent_from(self) -> int | None:
+        return self.pattern.chunk_dependent_from()
+
+    def prompt_tail_dependent(self) -> int:
+        return self.pattern.prompt_tail_dependent()

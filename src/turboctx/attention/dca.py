@@ -2,7 +2,7 @@
 
 Sources (our own code; read these for the derivation): An et al. 2024, "Training-Free
 Long-Context Scaling of Large Language Models" (arXiv 2402.17463, code github HKUNLP/ChunkLlama),
-the Qwen2.5-1M report (arXiv 2501.15383, §5.1) and vLLM's `DualChunkRotaryEmbedding` /
+the Qwen2.5-1M report (arXiv 2501.15383, section 5.1) and vLLM's `DualChunkRotaryEmbedding` /
 `dual_chunk_flash_attn.py` (v0.8-v0.10).
 
 With chunk_len = chunk_size - local_size, a token at absolute position i lies in DCA chunk
@@ -18,39 +18,33 @@ work per query is exactly its i + 1 keys, as in dense attention.
 
 Difference from vLLM / ChunkLlama (documented on purpose): they clamp the successive and inter
 query position at chunk_size (max distance chunk_size); we follow the paper (Fig. 2: "relative
-positions do not exceed c - 1") and the issue's reference, clamping at chunk_size - 1, so with
+positions do not exceed c - 1"), clamping at chunk_size - 1, so with
 chunk_size = trained length every distance stays inside the trained range. vLLM also multiplies
 keys by the YaRN factor of the step that wrote them (so cached keys keep an older factor); we
-keep the cache unscaled and scale each query's logits by the factor squared, which is the GUIDE
-formula applied consistently.
+keep the cache unscaled and scale each query's logits by (0.1 ln s + 1)^2 with s taken from the
+query's own position (s = (p + 1) / trained length): positions inside the trained length stay
+exact, and one prompt's KV does not depend on how long the prompt is.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
-from turboctx.attention.backend import AttentionBackend, AttentionBatch
-from turboctx.attention.kernels import attend
-from turboctx.kv_cache import read_kv, write_kv
-from turboctx.models.layers import RotaryEmbedding, apply_rotary
+from turboctx.attention.backend import AttentionBatch, Part, SeqQueries
+from turboctx.attention.ops import merge_parts
+from turboctx.attention.rotary import RotaryEmbedding, apply_rotary
 
-# The engine may put, per step, one int per sequence in batch.extras[SEQ_LENS_KEY]: the length
-# the YaRN factor uses (vLLM: max(prompt length, tokens so far)). Without it, start_pos + num_new.
-SEQ_LENS_KEY = "seq_lens"
-
-INTRA, SUCC, INTER = 0, 1, 2
+INTRA, SUCC, INTER = 0, 1, 2     # the three query rotations (Part.kind)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DCAConfig:
     chunk_size: int                        # max query-key distance + 1 (<= trained length)
     local_size: int                        # window of the previous chunk kept at true distance
-    original_max_position_embeddings: int  # trained length: YaRN's s = length / this
+    original_max_position_embeddings: int  # trained length: YaRN's s = (position + 1) / this
     yarn_scaling: bool = True              # logits *= (0.1 ln s + 1)^2 when s > 1
-    yarn_per_position: bool = False        # s from each query's position + 1, not the sequence length
 
     def __post_init__(self):
         for name in ("chunk_size", "local_size", "original_max_position_embeddings"):
@@ -89,75 +83,30 @@ class DCAConfig:
         scale = (0.1 * torch.log(s) + 1.0) ** 2                   # exactly 1 where s <= 1
         return (scale if self.yarn_scaling else torch.ones_like(scale)).float()
 
-    @classmethod
-    def from_model(cls, model_config: Any, overrides: dict | None = None) -> "DCAConfig":
-        """From a ModelConfig (or HF config dict) and user overrides (field names, None = unset).
 
-        A `dual_chunk_attention_config` in the model config (Qwen2.5-*-1M) gives chunk_size /
-        local_size / original_max_position_embeddings (vLLM defaults 8192 / 1024 when a key is
-        missing; YaRN on iff original_max_position_embeddings is given, as in vLLM). Otherwise,
-        with T = max_position_embeddings (the trained length): chunk_size = T (every distance
-        stays within the trained range, and the longest stretch of exact positions), local_size
-        = chunk_size // 8 (vLLM's 8192/1024 ratio; for T = 8192 it is the setting the issue's
-        measurements were taken at), original_max_position_embeddings = T, YaRN on (GUIDE §2).
-        """
-        get = model_config.get if isinstance(model_config, dict) else \
-            lambda k, d=None: getattr(model_config, k, d)
-        trained = int(get("max_position_embeddings"))
-        dca = get("dual_chunk_attention_config")
-        values: dict[str, Any] = {}
-        if dca is not None:
-            values["chunk_size"] = int(dca.get("chunk_size", 8192))
-            values["local_size"] = int(dca.get("local_size", 1024))
-            orig = dca.get("original_max_position_embeddings")
-            values["yarn_scaling"] = bool(orig)
-            values["original_max_position_embeddings"] = int(orig) if orig else \
-                max(trained, values["chunk_size"])
-        else:
-            values = {"chunk_size": trained, "original_max_position_embeddings": trained}
-        # YaRN's s from each query's own position (s = (p + 1) / trained length), not from the
-        # whole prompt's length (vLLM's rule): measured on the default model over 16K tokens of
-        # the ASV, the prompt-length rule raised NLL by 0.6 nats at 0-2K (where s <= 1 for every
-        # query) and 0.34 at 8-16K; the per-position rule keeps 0-8K exact and gave 2.217 at 8-16K
-        # (docs/BENCHMARKS.md). dca_yarn_per_position=False restores vLLM's rule.
-        values["yarn_per_position"] = True
-        known = {f.name for f in fields(cls)}
-        for key, val in (overrides or {}).items():
-            if key not in known:
-                raise ValueError(f"unknown DCA option {key!r}; known: {', '.join(sorted(known))}")
-            if val is not None:
-                values[key] = val
-        if "local_size" not in values:
-            values["local_size"] = values["chunk_size"] // 8
-        return cls(**values)
-
-
-def plan_parts(cfg: DCAConfig, start: int, n: int) -> list[tuple[int, int, int, int, int, bool]]:
-    """The partial attentions for n new tokens at positions [start, start+n) of one sequence.
-
-    Returns (row_lo, row_hi, query_kind, key_lo, key_hi, causal): rows are offsets into the new
-    tokens, keys are positions; per row the key ranges are disjoint and cover [0, position].
-    causal=True marks the square of new rows against their own keys (key range == row range).
-    """
+def plan_parts(cfg: DCAConfig, start: int, n: int) -> list[Part]:
+    """The parts of n new tokens at positions [start, start+n) of one sequence: per row the key
+    ranges are disjoint and cover [0, position]; Part.kind is the query rotation (INTRA, SUCC,
+    INTER)."""
     cl, parts, a, end = cfg.chunk_len, [], start, start + n
     while a < end:
         c0 = (a // cl) * cl                     # first position of this DCA chunk
         b = min(end, c0 + cl)
         lo, hi = a - start, b - start
         if b - a == 1:                          # one query: its chunk's keys up to itself
-            parts.append((lo, hi, INTRA, c0, b, False))
+            parts.append(Part(lo, hi, INTRA, c0, b, False))
         else:
-            parts.append((lo, hi, INTRA, a, b, True))
+            parts.append(Part(lo, hi, INTRA, a, b, True))
             if a > c0:
-                parts.append((lo, hi, INTRA, c0, a, False))
+                parts.append(Part(lo, hi, INTRA, c0, a, False))
         if c0 > 0:
             split = min(max(c0 + cfg.local_size, a), b)   # first row past the local window
             if split > a:   # near rows: true distance to the previous chunk, fixed one to older
-                parts.append((lo, split - start, SUCC, c0 - cl, c0, False))
+                parts.append(Part(lo, split - start, SUCC, c0 - cl, c0, False))
                 if c0 > cl:
-                    parts.append((lo, split - start, INTER, 0, c0 - cl, False))
+                    parts.append(Part(lo, split - start, INTER, 0, c0 - cl, False))
             if split < b:   # far rows: chunk_size - 1 toward every earlier chunk, one call
-                parts.append((split - start, hi, INTER, 0, c0, False))
+                parts.append(Part(split - start, hi, INTER, 0, c0, False))
         a = b
     return parts
 
@@ -171,98 +120,128 @@ def query_positions(cfg: DCAConfig, pos: torch.Tensor):
     return r, (r + cfg.chunk_len).clamp(max=cfg.chunk_size - 1), torch.full_like(pos, cfg.chunk_size - 1)
 
 
-class DCAAttentionBackend(AttentionBackend):
+@dataclass
+class DCAState:
+    k: tuple                          # cos/sin [N, D] at r: keys and intra queries
+    succ: tuple | None                # at the successive position (None: no part needs it)
+    inter: tuple | None               # [1, D] at chunk_size - 1
+    q_scale: torch.Tensor | None      # [N, 1, 1] YaRN logit multiplier, None where all are 1
+    parts: list[list[Part]]           # per sequence
+
+
+class DCAPositions:
     name = "dca"
 
-    def __init__(self, rotary: RotaryEmbedding, head_dim: int, dca_config: DCAConfig):
-        self.rotary, self.cfg = rotary, dca_config
-        self.scale = head_dim ** -0.5
+    def __init__(self, rotary: RotaryEmbedding, scale: float, config: DCAConfig):
+        self.rotary, self.scale, self.cfg = rotary, scale, config
 
-    def prepare(self, batch: AttentionBatch, dtype: torch.dtype) -> None:
-        cfg = self.cfg
-        pos = batch.positions
+    def prepare(self, batch: AttentionBatch, dtype: torch.dtype) -> DCAState:
+        cfg, pos = self.cfg, batch.positions
         r, succ_pos, inter_pos = query_positions(cfg, pos)
-        inter_pos = inter_pos[:1]
         plans = [plan_parts(cfg, s.start_pos, s.num_new) for s in batch.seqs]
-        kinds = {p[2] for plan in plans for p in plan}
-        q_scale = None   # [N, 1, 1]: None where every query's scale is 1 (no row past the trained length)
-        if cfg.yarn_per_position:
-            longest = max((s.start_pos + s.num_new for s in batch.seqs), default=0)
-            if cfg.yarn_scaling and longest > cfg.original_max_position_embeddings:
-                q_scale = cfg.yarn_logit_scales(pos + 1)[:, None, None].to(dtype)
-        else:
-            seq_lens = batch.extras.get(SEQ_LENS_KEY)
-            scales = []
-            for i, s in enumerate(batch.seqs):
-                length = seq_lens[i] if seq_lens is not None else s.start_pos + s.num_new
-                scales.extend([cfg.yarn_logit_scale(length)] * s.num_new)
-            if any(x != 1.0 for x in scales):
-                q_scale = torch.tensor(scales, dtype=torch.float32, device=pos.device)[:, None, None].to(dtype)
-        batch.extras["dca"] = {
-            "k": self.rotary.cos_sin(r, dtype),  # keys and intra queries: position j % chunk_len
-            "succ": self.rotary.cos_sin(succ_pos, dtype) if SUCC in kinds else None,
-            "inter": self.rotary.cos_sin(inter_pos, dtype) if INTER in kinds else None,
-            "plans": plans,
-            "q_scale": q_scale,                  # [N, 1, 1] YaRN logit multiplier per query, in dtype
-        }
+        kinds = {p.kind for plan in plans for p in plan}
+        q_scale = None
+        longest = max((s.start_pos + s.num_new for s in batch.seqs), default=0)
+        if cfg.yarn_scaling and longest > cfg.original_max_position_embeddings:
+            q_scale = cfg.yarn_logit_scales(pos + 1)[:, None, None].to(dtype)
+        return DCAState(self.rotary.cos_sin(r, dtype),
+                        self.rotary.cos_sin(succ_pos, dtype) if SUCC in kinds else None,
+                        self.rotary.cos_sin(inter_pos[:1], dtype) if INTER in kinds else None,
+                        q_scale, plans)
 
-    def prefix_cache_salt(self, num_prompt_tokens: int) -> bytes:
-        """The keys are stored at positions that depend only on the token's own position, but a
-        YaRN logit scale from the prompt's length changes every layer's KV above the first."""
-        cfg = self.cfg
-        if cfg.yarn_per_position:
-            return b""
-        scale = cfg.yarn_logit_scale(num_prompt_tokens)
-        return b"" if scale == 1.0 else f"yarn:{scale!r}".encode()
+    def rotate(self, q, k, state: DCAState):
+        if state.q_scale is not None:
+            q = q * state.q_scale
+        cos, sin = state.k
+        qs = {INTRA: apply_rotary(q, cos, sin)}
+        if state.succ is not None:
+            qs[SUCC] = apply_rotary(q, *state.succ)
+        if state.inter is not None:
+            qs[INTER] = apply_rotary(q, *state.inter)
+        return qs, apply_rotary(k, cos, sin), q
+
+    def parts(self, start: int, n: int) -> list[Part]:
+        return plan_parts(self.cfg, start, n)
+
+    def selection_queries(self, queries: SeqQueries, start: int, m: int, last: int):
+        """The last queries rotated per DCA chunk of keys, as the part that attends (row, key
+        chunk) rotates them (intra r, successive r + chunk_len inside the local window, else
+        chunk_size - 1): the estimator scores exactly the attention that will be computed.
+        (Rotating them at true positions instead, as ordinary attention would, measured worse
+        on the default model: its retrieval heads do not fire at distances past the trained
+        length.) -> [(key_lo, key_hi, q_last [last, H, D])] covering keys [0, m)."""
+        cfg, cl = self.cfg, self.cfg.chunk_len
+        q = queries.q[-last:]
+        pos = torch.arange(m - last, m, device=q.device)                            # [last]
+        intra, succ, inter = query_positions(cfg, pos)
+        cq = pos // cl
+        segs = []
+        for c in range((m + cl - 1) // cl):     # key chunk c; c > cq: masked anyway
+            near = (intra < cfg.local_size) & (c == cq - 1)
+            qpos = torch.where(c >= cq, intra, torch.where(near, succ, inter))
+            cos, sin = self.rotary.cos_sin(qpos, q.dtype)
+            segs.append((c * cl, min(m, (c + 1) * cl), apply_rotary(q, cos, sin)))
+        return segs
+
+    def graph_decode(self) -> "DCAGraphDecode":
+        return DCAGraphDecode(self.rotary, self.scale, self.cfg)
+
+
+class DCAGraphDecode:
+    """DCAPositions' decode step with static shapes, for a CUDA graph (engine/cuda_graph.py).
+
+    The eager path plans each query's parts in Python: a decode query at position p, in DCA
+    chunk c0 = p - r (r = p % chunk_len), attends to
+      - intra: keys [c0, p], query rotated at r;
+      - succ:  keys [c0 - chunk_len, c0), query at chunk_len + r, when r < local_size and c0 > 0;
+      - inter: keys [0, c0 - chunk_len) when r < local_size, else [0, c0), query at chunk_size - 1.
+    Here those ranges are computed from the positions tensor, each part is one split-KV decode
+    attention (decode_kernel.py) over a cache range (empty ranges give lse -inf), and the three
+    are merged by log-sum-exp in float32, as the eager path does. YaRN's logit scale comes from
+    each query's own position, computed inside the graph."""
+    name = "dca-graph-decode"
+
+    def __init__(self, rotary: RotaryEmbedding, scale: float, config: DCAConfig):
+        from turboctx.attention import decode_kernel   # Triton: ImportError where it is missing
+        self.rotary, self.cfg, self.scale, self.kernels = rotary, config, scale, decode_kernel
+
+    def step_extras(self, pos: torch.Tensor, lens: torch.Tensor, starts: torch.Tensor,
+                    dtype: torch.dtype, num_splits: int) -> dict:
+        """Per-step tensors from positions pos [B], lengths lens [B] (0: a padding row) and first
+        cache slots starts [B]: rotary tables of the three query positions, each part's cache
+        range (first slot, length) and the YaRN logit scale [B, 1, 1]. Device ops only."""
+        cfg, cl = self.cfg, self.cfg.chunk_len
+        r, succ_pos, inter_pos = query_positions(cfg, pos)               # [B] each
+        c0 = pos - r                                                     # first position of p's chunk
+        live = lens > 0
+        near = (r < cfg.local_size) & (c0 > 0)                           # attends the previous chunk as succ
+        zero = torch.zeros_like(pos)
+        ranges = (  # (first slot, length) per part
+            (starts + c0, torch.where(live, r + 1, zero)),
+            (starts + (c0 - cl).clamp(min=0), torch.where(live & near, torch.full_like(pos, cl), zero)),
+            (starts, torch.where(live, torch.where(near, (c0 - cl).clamp(min=0), c0), zero)),
+        )
+        q_scale = cfg.yarn_logit_scales(pos + 1)[:, None, None].to(dtype) if cfg.yarn_scaling else None
+        return {"dca_cos_sin": [self.rotary.cos_sin(x, dtype) for x in (r, succ_pos, inter_pos)],
+                "seq_lens": lens, "slot_starts": starts, "dca_ranges": ranges,
+                "q_scale": q_scale, "num_splits": num_splits}
 
     def forward(self, layer, q, k, v, batch: AttentionBatch) -> torch.Tensor:
-        """q: [N, H, D]; k, v: [N, Hkv, D] un-rotated -> [N, H, D]."""
-        ex = batch.extras["dca"]
+        """q: [B, H, D]; k, v: [B, Hkv, D] un-rotated -> [B, H, D]."""
+        ex = batch.extras
         if ex["q_scale"] is not None:
             q = q * ex["q_scale"]
-        cos, sin = ex["k"]
-        k = apply_rotary(k, cos, sin)
-        qs = {INTRA: apply_rotary(q, cos, sin)}
-        if ex["succ"] is not None:
-            qs[SUCC] = apply_rotary(q, *ex["succ"])
-        if ex["inter"] is not None:
-            qs[INTER] = apply_rotary(q, *ex["inter"])
+        (cos_r, sin_r), succ, inter = ex["dca_cos_sin"]
         k_cache, v_cache = batch.kv_cache.k[layer], batch.kv_cache.v[layer]
-        out = torch.empty_like(q)
-        for s, plan in zip(batch.seqs, ex["plans"]):
-            write_kv(k_cache, s.slots, s.start_pos, k[s.rows])
-            write_kv(v_cache, s.slots, s.start_pos, v[s.rows])
-            rows = {kind: x[s.rows] for kind, x in qs.items()}
-            out[s.rows] = self.attend_one(layer, s, q[s.rows], rows, plan, k_cache, v_cache)
-        return out
+        # keys (and intra queries) at r; the new k/v go to slot start + len - 1
+        q_intra = self.kernels.rotary_store_kv(q, k, v, cos_r, sin_r, k_cache, v_cache,
+                                               ex["seq_lens"], ex["slot_starts"])
+        outs, lses = [], []
+        for qk, (first, n) in zip((q_intra, apply_rotary(q, *succ), apply_rotary(q, *inter)),
+                                  ex["dca_ranges"]):
+            o, lse = self.kernels.decode_attention(qk, k_cache, v_cache, n, first, self.scale,
+                                                   ex["num_splits"])
+            outs.append(o)
+            lses.append(lse)                                             # [B, H], -inf: empty
+        return merge_parts(outs, lses).to(q.dtype)
 
-    def attend_one(self, layer, s, q, qs, plan, k_cache, v_cache) -> torch.Tensor:
-        """One sequence (its k/v already in the cache). q: [n, H, D] un-rotated (YaRN-scaled);
-        qs: kind -> the same rows rotated for that part kind. The sparse backend overrides this."""
-        return self._attend_seq(qs, plan, s.slots, k_cache, v_cache)
-
-    def _attend_seq(self, qs, plan, slots, k_cache, v_cache) -> torch.Tensor:
-        """qs: kind -> [n, H, D] rotated queries of one sequence; plan from plan_parts."""
-        q0 = qs[INTRA]
-        if len(plan) == 1:   # one part covers every row (within the first chunk, decode there)
-            return self._part(qs, plan[0], slots, k_cache, v_cache)[0]
-        acc = torch.empty(q0.shape, dtype=torch.float32, device=q0.device)      # [n, H, D]
-        lse = torch.empty(q0.shape[:2], dtype=torch.float32, device=q0.device)  # [n, H]
-        filled = 0   # rows [0, filled) hold a partial result; a segment's first part fills it
-        for part in plan:
-            o, l = self._part(qs, part, slots, k_cache, v_cache)
-            lo, hi = part[0], part[1]
-            if lo >= filled:
-                acc[lo:hi], lse[lo:hi], filled = o, l, hi
-                continue
-            # Exact log-sum-exp merge (the flash-attention merge), in place.
-            a, m = acc[lo:hi], lse[lo:hi]
-            new = torch.logaddexp(m, l)
-            a.mul_(torch.exp(m - new)[..., None]).add_(o.float() * torch.exp(l - new)[..., None])
-            m.copy_(new)
-        return acc.to(q0.dtype)
-
-    def _part(self, qs, part, slots, k_cache, v_cache):
-        lo, hi, kind, k0, k1, causal = part
-        keys, vals = read_kv(k_cache, slots, k0, k1), read_kv(v_cache, slots, k0, k1)
-        return attend(qs[kind][lo:hi], keys, vals, causal=causal, scale=self.scale)

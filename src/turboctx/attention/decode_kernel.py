@@ -17,35 +17,22 @@ start + len - 1 (rows with len 0 write nothing).
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-# Launch settings of the split kernel; scripts/bench_decode_kernel.py sweeps them on the GPU.
+from turboctx.attention.triton_common import multiprocessors, upcast_dot
+
+# Launch settings of the split kernel; tools/sweep_decode_kernel.py sweeps them on the GPU.
 BLOCK_N, NUM_WARPS, NUM_STAGES = 64, 4, 2
 MIN_KEYS_PER_SPLIT = 512   # a split shorter than this costs more in partials than it saves
 MAX_SPLITS = 256
-_SM_COUNT: dict[int, int] = {}
-
-
-def _upcast_dot(dtype: torch.dtype) -> bool:
-    """Triton's CPU interpreter multiplies bf16 dot operands as raw 16-bit integers (3.9); there
-    the operands go to fp32 first. Same result: a bf16 x bf16 product is exact in fp32, and p is
-    still rounded to bf16 before the second product. Never on the GPU."""
-    return dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def num_splits_for(batch: int, num_kv_heads: int, max_len: int, device: torch.device) -> int:
     """Enough programs to fill the GPU (~4 per SM) without splits shorter than MIN_KEYS_PER_SPLIT."""
-    if device.type == "cuda":
-        idx = device.index if device.index is not None else torch.cuda.current_device()
-        if idx not in _SM_COUNT:
-            _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-        target = 4 * _SM_COUNT[idx]
-    else:
-        target = 32                      # only tests run this on the CPU
+    sms = multiprocessors(device)
+    target = 4 * sms if sms else 32      # only tests run this off CUDA
     by_gpu = -(-target // (batch * num_kv_heads))
     by_len = -(-max_len // MIN_KEYS_PER_SPLIT)
     return max(1, min(MAX_SPLITS, by_gpu, by_len))
@@ -90,7 +77,7 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, lens_ptr, starts_ptr, po_ptr, pl_ptr,
         slots = slot0 + n
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = tl.load(k_base + slots[:, None] * stride_ks + offs_d[None, :], mask=kv_mask, other=0.0)
-        if UPCAST:                                            # see _upcast_dot
+        if UPCAST:                                            # see triton_common.upcast_dot
             k = k.to(tl.float32)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [BLOCK_H, BLOCK_N]
         s = tl.where(n_mask[None, :], s, float("-inf"))
@@ -164,7 +151,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     partial_out = torch.empty(B, H, num_splits, D, dtype=torch.float32, device=q.device)
     partial_lse = torch.empty(B, H, num_splits, dtype=torch.float32, device=q.device)
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    upcast = _upcast_dot(q.dtype)
+    upcast = upcast_dot(q.dtype)
     _split_kernel[(B, Hkv, num_splits)](
         q, k_cache, v_cache, seq_lens, slot_starts, partial_out, partial_lse,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
@@ -232,20 +219,3 @@ def rotary_store_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torc
         k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1), H, D // 2,
         BLOCK=triton.next_power_of_2(D // 2), num_warps=1)
     return q_out
-
-
-def decode_attention_reference(q, k_cache, v_cache, seq_lens, slot_starts, scale):
-    """Slow exact reference (float64), same contract as `decode_attention`."""
-    from turboctx.attention.reference import reference_attention
-    B, H, D = q.shape
-    out = torch.zeros(B, H, D, dtype=torch.float64)
-    lse = torch.full((B, H), float("-inf"), dtype=torch.float64)
-    for b in range(B):
-        n, s0 = int(seq_lens[b]), int(slot_starts[b])
-        if n == 0:
-            continue
-        keys = k_cache[:, s0:s0 + n].transpose(0, 1).cpu()     # [n, Hkv, D]
-        vals = v_cache[:, s0:s0 + n].transpose(0, 1).cpu()
-        o, l = reference_attention(q[b:b + 1].cpu(), keys, vals, torch.ones(1, n, dtype=torch.bool), scale)
-        out[b], lse[b] = o[0], l[0]
-    return out, lse

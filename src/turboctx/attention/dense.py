@@ -1,48 +1,54 @@
-"""Dense causal attention over the KV cache (exact)."""
+"""The dense prefill pattern: every key of every part, exactly.
+
+Each part (a key range with its own query rotation, backend.Part) is one attention call returning
+its log-sum-exp, and the parts of a row merge exactly by their log-sum-exp (the flash-attention
+merge), in place, in float32.
+"""
 from __future__ import annotations
 
 import torch
 
-from turboctx.attention.backend import AttentionBackend, AttentionBatch
-from turboctx.attention.kernels import attend, merge_attention
-from turboctx.kv_cache import read_kv, write_kv
-from turboctx.models.layers import RotaryEmbedding, apply_rotary
+from turboctx.attention.backend import Part, SeqChunk, SeqQueries
+from turboctx.attention.ops import attend
+from turboctx.kv_cache import SeqSlots, read_kv
 
 
-class DenseAttentionBackend(AttentionBackend):
+class DensePattern:
     name = "dense"
 
-    def __init__(self, rotary: RotaryEmbedding, head_dim: int):
-        self.rotary = rotary
-        self.scale = head_dim ** -0.5
+    def __init__(self, scale: float):
+        self.scale = scale
 
-    def prepare(self, batch: AttentionBatch, dtype: torch.dtype) -> None:
-        batch.extras["cos_sin"] = self.rotary.cos_sin(batch.positions, dtype)
+    def attend(self, layer: int, s: SeqChunk, queries: SeqQueries, parts: list[Part],
+               k_cache: torch.Tensor, v_cache: torch.Tensor, positions=None) -> torch.Tensor:
+        qs = queries.rotated
+        if len(parts) == 1:   # one part covers every row (a decode row, a first chunk)
+            return self.part(qs, parts[0], s.slots, k_cache, v_cache)[0]
+        q0 = next(iter(qs.values()))
+        acc = torch.empty(q0.shape, dtype=torch.float32, device=q0.device)      # [n, H, D]
+        lse = torch.empty(q0.shape[:2], dtype=torch.float32, device=q0.device)  # [n, H]
+        filled = 0   # rows [0, filled) hold a partial result; a segment's first part fills it
+        for part in parts:
+            o, l = self.part(qs, part, s.slots, k_cache, v_cache)
+            if part.lo >= filled:
+                acc[part.lo:part.hi], lse[part.lo:part.hi], filled = o, l, part.hi
+                continue
+            a, m = acc[part.lo:part.hi], lse[part.lo:part.hi]
+            new = torch.logaddexp(m, l)
+            a.mul_(torch.exp(m - new)[..., None]).add_(o.float() * torch.exp(l - new)[..., None])
+            m.copy_(new)
+        return acc.to(q0.dtype)
 
-    def forward(self, layer, q, k, v, batch: AttentionBatch) -> torch.Tensor:
-        cos, sin = batch.extras["cos_sin"]
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        k_cache, v_cache = batch.kv_cache.k[layer], batch.kv_cache.v[layer]
-        if len(batch.seqs) == 1:     # the long-prompt case: no scatter into a batch buffer
-            return self.attend_seq(q, k, v, batch.seqs[0], k_cache, v_cache)
-        out = torch.empty_like(q)
-        for s in batch.seqs:
-            out[s.rows] = self.attend_seq(q[s.rows], k[s.rows], v[s.rows], s, k_cache, v_cache)
-        return out
+    def part(self, qs: dict[int, torch.Tensor], part: Part, slots: SeqSlots,
+             k_cache: torch.Tensor, v_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """out [hi-lo, H, D], lse [hi-lo, H] of one part."""
+        keys, vals = read_kv(k_cache, slots, part.k0, part.k1), read_kv(v_cache, slots, part.k0, part.k1)
+        return attend(qs[part.kind][part.lo:part.hi], keys, vals, causal=part.causal, scale=self.scale)
 
-    def attend_seq(self, q, k, v, s, k_cache, v_cache) -> torch.Tensor:
-        """q: [n, H, D], k/v: [n, Hkv, D] (rotated) of one sequence -> [n, H, D]."""
-        start, n = s.start_pos, q.shape[0]
-        write_kv(k_cache, s.slots, start, k)
-        write_kv(v_cache, s.slots, start, v)
-        if n == 1:  # decode: one query over the whole cache, no mask needed
-            keys, vals = read_kv(k_cache, s.slots, 0, start + 1), read_kv(v_cache, s.slots, 0, start + 1)
-            return attend(q, keys, vals, causal=False, scale=self.scale)[0]
-        # The chunk against itself (causal square) ...
-        out, lse = attend(q, k.transpose(0, 1), v.transpose(0, 1), causal=True, scale=self.scale)
-        if start == 0:
-            return out
-        # ... merged with the chunk against every older key (no mask).
-        keys, vals = read_kv(k_cache, s.slots, 0, start), read_kv(v_cache, s.slots, 0, start)
-        out_old, lse_old = attend(q, keys, vals, causal=False, scale=self.scale)
-        return merge_attention(out, lse, out_old, lse_old)[0]
+    @staticmethod
+    def chunk_dependent_from() -> None:
+        return None
+
+    @staticmethod
+    def prompt_tail_dependent() -> int:
+        return 0

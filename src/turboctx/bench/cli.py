@@ -6,8 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from turboctx.cli_options import (Attention, Dca, SparseConfigFile, SparseDenseTail, SparseThreshold,
-                                  attention_flags, option_sizes)
+from turboctx.cli.engine_options import engine_options
+from turboctx.cli.parsing import option_sizes
 
 bench_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
@@ -17,24 +17,21 @@ SPARSE_COLUMNS = ["density", "estimate_s", "estimate_fraction", "sparse_attend_s
 DECODE_COLUMNS = ["engine", "context", "ms_per_token", "ms_min", "ms_max", "gb_per_s", "floor_ms",
                   "peak_memory_gib"]
 PER_RANK_COLUMN = "peak_memory_gib_per_rank"     # shown when tensor parallelism is on
-TensorParallel = Annotated[int, typer.Option("--tensor-parallel-size", min=1,
-                                             help="split the model over this many GPUs (one process each)")]
+BENCH_SETS = ("max_model_len", "kv_cache_tokens", "max_num_seqs", "enable_prefix_caching")
+BENCH_MODEL = {"model": "random:qwen2.5-7b"}
 
 
-def _setup(model, device, dtype, max_len, attention, prefill_chunk_size, extra, cuda_graphs=None,
-           tensor_parallel_size: int = 1):
+def _setup(options: dict, max_len: int):
+    """An engine for one request of max_len tokens: the cache holds exactly that (peak memory is
+    that of the length), and no prefix cache (repeated runs of one prompt must each compute it)."""
     from turboctx import LLM
-    if cuda_graphs is not None:
-        extra = {**extra, "cuda_graphs": cuda_graphs}
-    # no prefix caching: repeated runs of one prompt must each compute it
-    return LLM(model, device=device, dtype=dtype, max_model_len=max_len, kv_cache_tokens=max_len,
-               prefill_chunk_size=prefill_chunk_size, max_num_seqs=1, attention=attention,
-               enable_prefix_caching=False, tensor_parallel_size=tensor_parallel_size, **extra)
+    return LLM(**options, max_model_len=max_len, kv_cache_tokens=max_len, max_num_seqs=1,
+               enable_prefix_caching=False)
 
 
 def _ceilings(llm) -> dict:
     eng = llm.engine
-    return _measure_ceilings(eng.model_config, eng.device, eng.config.dtype)
+    return _measure_ceilings(eng.architecture, eng.device, eng.config.dtype)
 
 
 def _measure_ceilings(m, device, dtype) -> dict:
@@ -50,44 +47,34 @@ def _columns(columns: list[str], rows: list[dict]) -> list[str]:
 
 
 @bench_app.command()
-def prefill(model: Annotated[str, typer.Option("--model", "-m")] = "random:qwen2.5-7b",
-            lengths: Annotated[str, typer.Option(help="prompt lengths, e.g. 32k,128k,1m")] = "32k,128k",
+@engine_options(exclude=BENCH_SETS, defaults=BENCH_MODEL)
+def prefill(lengths: Annotated[str, typer.Option(help="prompt lengths, e.g. 32k,128k,1m")] = "32k,128k",
             repeat: Annotated[int, typer.Option(min=1)] = 3,
-            device: Optional[str] = None, dtype: Optional[str] = None,
-            attention: Attention = "dense", sparse_threshold: SparseThreshold = None,
-            sparse_config: SparseConfigFile = None, sparse_dense_tail: SparseDenseTail = None,
-            dca: Dca = None, prefill_chunk_size: Optional[int] = None,
             compare: Annotated[Optional[str], typer.Option(help="'hf': HF transformers in the same run")] = None,
             price_per_gpu_hour: Annotated[Optional[float], typer.Option(help="USD; adds cost per 1M prompt tokens")] = None,
             json_path: Annotated[Optional[Path], typer.Option("--json")] = None,
             plot: Annotated[Optional[Path], typer.Option(help="PNG: TTFT vs length")] = None,
-            tensor_parallel_size: TensorParallel = 1,
-            seed: int = 0):
+            profile: Annotated[Optional[Path], typer.Option(help="folder: one more run per length under torch.profiler (op table + Chrome trace)")] = None,
+            *, options: dict):
     """Time to first token per prompt length, against the ceilings measured in the same run."""
     import torch
 
     from turboctx.bench.prefill import bench_prefill
     from turboctx.bench.report import environment, plot_ttft, print_table, write_json
-    from turboctx.config import parse_dtype
-    from turboctx.engine.llm_engine import resolve_device
+    from turboctx.config import EngineConfig
     from turboctx.weights import open_checkpoint
     ns = option_sizes(lengths)
     if compare not in (None, "hf"):
         raise typer.BadParameter(f"--compare {compare!r}: only 'hf' is supported")
-    extra = attention_flags(dca, sparse_threshold, sparse_config, sparse_dense_tail)
-
-    def make_llm(n):
-        return _setup(model, device, dtype, n + 16, attention, prefill_chunk_size, extra,
-                      tensor_parallel_size=tensor_parallel_size)
-
+    model, seed = options["model"], options.get("seed", 0)
     # the ceilings need only the model's shape: no engine (under TP, no worker processes) for them
-    dev = resolve_device(device)
     m = open_checkpoint(model).config
-    torch_dtype = parse_dtype(dtype) or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    cfg = EngineConfig.from_options(**options).resolve(m)
+    dev, torch_dtype, tp = cfg.device, cfg.dtype, cfg.parallel.tensor_parallel_size
     ceilings = _measure_ceilings(m, dev, torch_dtype)
     if dev.type == "cuda":
         torch.cuda.empty_cache()
-    rows = bench_prefill(make_llm, ns, repeat, seed, ceilings)
+    rows = bench_prefill(lambda n: _setup(options, n + 16), ns, repeat, seed, ceilings, profile)
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     if compare == "hf":
@@ -98,63 +85,59 @@ def prefill(model: Annotated[str, typer.Option("--model", "-m")] = "random:qwen2
             if r.get("ttft_s"):
                 r["usd_per_mtok"] = price_per_gpu_hour / 3600 * r["ttft_s"] / r["length"] * 1e6
     env = environment(dev)
-    gpus = f"{tensor_parallel_size} x " if tensor_parallel_size > 1 else ""
-    print_table(f"prefill: {model} ({str(torch_dtype).replace('torch.', '')}, {attention}) on "
+    gpus = f"{tp} x " if tp > 1 else ""
+    print_table(f"prefill: {model} ({cfg.model.dtype}, {cfg.attention_name}) on "
                 f"{gpus}{env.get('gpu', env['device'])} - matmul {ceilings['matmul_tflops']:.0f} TFLOP/s, "
                 f"attention {ceilings['attention_tflops']:.0f} TFLOP/s (per device)", rows,
                 _columns(PREFILL_COLUMNS + (SPARSE_COLUMNS if any("density" in r for r in rows) else []), rows))
     if json_path:
-        write_json(json_path, {"kind": "prefill", "model": model, "attention": attention,
-                               "tensor_parallel_size": tensor_parallel_size,
+        write_json(json_path, {"kind": "prefill", "model": model, "attention": cfg.attention_name,
+                               "options": options, "tensor_parallel_size": tp,
                                "env": env, "ceilings": ceilings, "rows": rows})
     if plot:
         plot_ttft(plot, rows, f"TTFT, {model}, {env.get('gpu', env['device'])}")
 
 
 @bench_app.command()
-def decode(model: Annotated[str, typer.Option("--model", "-m")] = "random:qwen2.5-7b",
-           lengths: Annotated[str, typer.Option(help="context lengths, e.g. 128k,1m")] = "32k,128k",
+@engine_options(exclude=BENCH_SETS, defaults=BENCH_MODEL)
+def decode(lengths: Annotated[str, typer.Option(help="context lengths, e.g. 128k,1m")] = "32k,128k",
            steps: Annotated[int, typer.Option(min=2, help="tokens decoded per run")] = 64,
            repeat: Annotated[int, typer.Option(min=1)] = 3,
-           device: Optional[str] = None, dtype: Optional[str] = None,
-           dca: Dca = None,
            compare: Annotated[Optional[str], typer.Option(help="'hf': HF transformers in the same run")] = None,
-           cuda_graphs: Annotated[Optional[bool], typer.Option(
-               "--cuda-graphs/--no-cuda-graphs",
-               help="replay decode steps as CUDA graphs (default: wherever they run)")] = None,
            json_path: Annotated[Optional[Path], typer.Option("--json")] = None,
-           tensor_parallel_size: TensorParallel = 1,
-           seed: int = 0):
+           *, options: dict):
     """Decode ms/token at long context (synthetic random-valued cache: no prefill needed)."""
     from turboctx.bench.decode import bench_decode
     from turboctx.bench.report import environment, print_table, write_json
     ns = option_sizes(lengths)
-    llm = _setup(model, device, dtype, max(ns) + steps + 16, "dense", None, attention_flags(dca), cuda_graphs,
-                 tensor_parallel_size)
+    model, seed = options["model"], options.get("seed", 0)
+    llm = _setup(options, max(ns) + steps + 16)
     ceilings = _ceilings(llm)
     rows = bench_decode(llm, ns, steps, repeat, seed, ceilings)
-    graphs_used = llm.engine.runner.graphs is not None and bool(llm.engine.runner.graphs.graphs)
-    if graphs_used:
+    graphs = llm.engine.captured_graph_sizes()
+    if graphs:
         for r in rows:
             r["engine"] = "turboctx+graphs"     # said only when decode really replayed graphs
     env = environment(llm.engine.device)
+    attention = llm.config.attention_name
     if compare == "hf":
         from turboctx.bench.hf_compare import hf_decode
-        m, dev, dt = llm.engine.model_config, llm.engine.device, llm.engine.config.dtype
+        m, dev, dt = llm.engine.architecture, llm.engine.device, llm.config.dtype
         llm.shutdown()
         del llm
         rows += hf_decode(m, ns, steps, repeat, seed, dev, dt)
-    print_table(f"decode: {model} on {env.get('gpu', env['device'])} - copy {ceilings['copy_gbps']:.0f} GB/s",
-                rows, _columns(DECODE_COLUMNS, rows))
+    print_table(f"decode: {model} ({attention}) on {env.get('gpu', env['device'])} - copy "
+                f"{ceilings['copy_gbps']:.0f} GB/s", rows, _columns(DECODE_COLUMNS, rows))
     if json_path:
-        write_json(json_path, {"kind": "decode", "model": model, "cuda_graphs": graphs_used, "env": env,
+        write_json(json_path, {"kind": "decode", "model": model, "attention": attention,
+                               "options": options, "cuda_graph_sizes": graphs, "env": env,
                                "ceilings": ceilings, "rows": rows})
 
 
 def _mount_serve_bench() -> None:
     try:
-        from turboctx.server.bench_serve import serve as bench_serve
-    except ModuleNotFoundError:     # the server extra is not installed
+        from turboctx.bench.serve import serve as bench_serve
+    except ModuleNotFoundError:     # the openai client is not installed
         return
     bench_app.command("serve", help="throughput and latency percentiles of an OpenAI-compatible server")(bench_serve)
 

@@ -15,7 +15,7 @@ from turboctx.bench.prefill import random_prompt
 def bench_decode(llm, lengths: list[int], steps: int, repeat: int, seed: int, ceilings: dict) -> list[dict]:
     from turboctx import SamplingParams
     eng = llm.engine
-    m, dev = eng.model_config, eng.device
+    m, dev = eng.architecture, eng.device
     eng.collective_rpc("fill_kv_cache_random", seed)   # every rank's cache
     rows = []
     for n in lengths:
@@ -24,8 +24,7 @@ def bench_decode(llm, lengths: list[int], steps: int, repeat: int, seed: int, ce
         for r in range(repeat + 1):                       # the first run warms up
             eng.collective_rpc("reset_peak_memory")
             req = eng.make_request(ids, SamplingParams(max_tokens=steps + 1, temperature=0, ignore_eos=True))
-            req.num_computed_tokens = n - 1               # synthetic context: the cache holds it
-            eng.add_request(req)
+            eng.add_request(req, precomputed_tokens=n - 1)   # synthetic context: the cache holds it
             out = None
             while eng.has_unfinished():
                 for o in eng.step():
@@ -33,7 +32,7 @@ def bench_decode(llm, lengths: list[int], steps: int, repeat: int, seed: int, ce
             if r:
                 per_token.append(1.0 / out.metrics.decode_tokens_per_s)
         t = statistics.median(per_token)
-        tp = eng.config.tensor_parallel_size
+        tp = eng.config.parallel.tensor_parallel_size
         peaks = [b / 2 ** 30 for b in eng.collective_rpc("peak_memory")] if dev.type == "cuda" else None
         rows.append({"engine": "turboctx" if tp == 1 else f"turboctx tp={tp}", "context": n, "steps": steps,
                      "repeat": repeat,

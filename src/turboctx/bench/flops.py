@@ -6,18 +6,18 @@ import time
 
 import torch
 
-from turboctx.attention.kernels import attend
-from turboctx.config import ModelConfig
+from turboctx.attention.ops import attend
+from turboctx.config.architecture import ModelArchitecture
 
 
-def linear_params(m: ModelConfig) -> int:
+def linear_params(m: ModelArchitecture) -> int:
     """Parameters that take part in a matmul per token (not the embedding lookup, not lm_head)."""
     q, kv = m.num_attention_heads * m.head_dim, m.num_key_value_heads * m.head_dim
     return m.num_hidden_layers * (m.hidden_size * (q + 2 * kv) + q * m.hidden_size
                                   + 3 * m.hidden_size * m.intermediate_size)
 
 
-def prefill_flops(m: ModelConfig, n: int) -> tuple[float, float]:
+def prefill_flops(m: ModelArchitecture, n: int) -> tuple[float, float]:
     """(linear, attention) FLOPs of a causal prefill of n tokens (logits for one position)."""
     linear = 2.0 * linear_params(m) * n + 2.0 * m.hidden_size * m.vocab_size
     # causal: QK^T and PV each n^2/2 * D multiply-adds per head
@@ -25,7 +25,7 @@ def prefill_flops(m: ModelConfig, n: int) -> tuple[float, float]:
     return linear, attention
 
 
-def decode_bytes(m: ModelConfig, context: int, dtype: torch.dtype) -> float:
+def decode_bytes(m: ModelArchitecture, context: int, dtype: torch.dtype) -> float:
     """Bytes one decode step must read: the KV of `context` tokens and every weight once."""
     e = torch.empty((), dtype=dtype).element_size()
     kv = 2 * m.num_hidden_layers * m.num_key_value_heads * m.head_dim * e * context
@@ -59,7 +59,7 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype) -> float:
     return 2 * n ** 3 / t / 1e12
 
 
-def attention_tflops(m: ModelConfig, device: torch.device, dtype: torch.dtype) -> tuple[float, int]:
+def attention_tflops(m: ModelArchitecture, device: torch.device, dtype: torch.dtype) -> tuple[float, int]:
     """Our dense causal kernel on the model's head shape (32K tokens on GPU, 2K on CPU)."""
     n = 32768 if device.type == "cuda" else 2048
     H, Hkv, D = m.num_attention_heads, m.num_key_value_heads, m.head_dim

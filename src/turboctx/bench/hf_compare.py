@@ -8,10 +8,10 @@ import time
 import torch
 
 from turboctx.bench.prefill import random_prompt, reset_peak
-from turboctx.config import ModelConfig
+from turboctx.config.architecture import ModelArchitecture
 
 
-def build_hf_model(m: ModelConfig, device: torch.device, dtype: torch.dtype, seed: int):
+def build_hf_model(m: ModelArchitecture, device: torch.device, dtype: torch.dtype, seed: int):
     import transformers
     cfg_dict = m.to_hf_dict()
     cls_name = "Qwen2" if m.family == "qwen2" else "Llama"
@@ -31,7 +31,7 @@ def build_hf_model(m: ModelConfig, device: torch.device, dtype: torch.dtype, see
 
 
 @torch.inference_mode()
-def hf_prefill(m: ModelConfig, lengths: list[int], repeat: int, seed: int, device, dtype) -> list[dict]:
+def hf_prefill(m: ModelArchitecture, lengths: list[int], repeat: int, seed: int, device, dtype) -> list[dict]:
     rows = []
     try:
         model = build_hf_model(m, device, dtype, seed)
@@ -68,7 +68,7 @@ def hf_prefill(m: ModelConfig, lengths: list[int], repeat: int, seed: int, devic
 
 
 @torch.inference_mode()
-def hf_decode(m: ModelConfig, lengths: list[int], steps: int, repeat: int, seed: int, device, dtype) -> list[dict]:
+def hf_decode(m: ModelArchitecture, lengths: list[int], steps: int, repeat: int, seed: int, device, dtype) -> list[dict]:
     """HF greedy decode after a real prefill of each context length: seconds per token."""
     model = build_hf_model(m, device, dtype, seed)
     rows = []

@@ -32,30 +32,25 @@ def reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def sparse_backend(llm):
-    """The engine's sparse backend (plain or with DCA), or None."""
-    backend = llm.engine.backend
-    return backend if hasattr(backend, "reset_stats") else None
-
-
 def warmup_length(llm, n: int) -> int:
     """A prompt that runs every path the timed one does: two sparse chunks when sparse is on
-    (the first compiles FlexAttention and the Triton kernels, the second sees a new key length),
-    then the prompt's dense tail."""
-    sparse = sparse_backend(llm)
-    if sparse is None:
+    (the first compiles the Triton kernels, the second sees a new key length), then the prompt's
+    dense tail."""
+    cfg = llm.config
+    if cfg.sparse is None:
         return min(n, 4096)
-    chunk = llm.engine.config.prefill_chunk_size
-    return min(n, max(4096, sparse.config.threshold + chunk + sparse.config.dense_tail))
+    return min(n, max(4096, cfg.sparse.threshold + cfg.max_num_batched_tokens + cfg.sparse.dense_tail))
 
 
-def bench_prefill(make_llm, lengths: list[int], repeat: int, seed: int, ceilings: dict) -> list[dict]:
+def bench_prefill(make_llm, lengths: list[int], repeat: int, seed: int, ceilings: dict,
+                  profile_dir=None) -> list[dict]:
     """make_llm(n) -> an LLM whose KV cache holds n tokens (so peak memory is that of length n).
     With sparse attention, also the achieved density and the time spent estimating patterns
     and in the sparse attention (CUDA events, read after each run).
     With tensor parallelism the ceilings (measured on one device) count once per rank, peak
     memory is reported per rank (`peak_memory_gib_per_rank`; `peak_memory_gib` is the largest),
-    and the sparse figures are rank 0's (its heads)."""
+    and the sparse figures are rank 0's (its heads). profile_dir: one more run per length under
+    torch.profiler (bench/profile.py)."""
     import gc
 
     from turboctx import SamplingParams
@@ -64,21 +59,20 @@ def bench_prefill(make_llm, lengths: list[int], repeat: int, seed: int, ceilings
     for n in lengths:
         llm = make_llm(n)
         eng = llm.engine
-        m, dev, tp = eng.model_config, eng.device, eng.config.tensor_parallel_size
-        sparse = sparse_backend(llm)
+        m, dev, tp = eng.architecture, eng.device, llm.config.parallel.tensor_parallel_size
+        sparse = llm.config.sparse is not None
         llm.generate(random_prompt(m.vocab_size, warmup_length(llm, n), seed), sp, use_tqdm=False)
         ids = random_prompt(m.vocab_size, n, seed + n)
         times, peaks, stats = [], [], []
         for _ in range(repeat):
             eng.collective_rpc("reset_peak_memory")
-            if sparse is not None:
-                sparse.timing = True
-                sparse.reset_stats()
+            if sparse:
+                eng.reset_sparse_stats(timing=True)
             out = llm.generate(ids, sp, use_tqdm=False)[0]
             times.append(out.metrics.ttft_s)
             peaks.append(eng.collective_rpc("peak_memory"))          # bytes, by rank
-            if sparse is not None:
-                stats.append(sparse.stats.as_dict())
+            if sparse:
+                stats.append(eng.sparse_stats())
         ttft = statistics.median(times)
         lin, att = prefill_flops(m, n)
         floor = (lin / (ceilings["matmul_tflops"] * 1e12) + att / (ceilings["attention_tflops"] * 1e12)) / tp
@@ -96,6 +90,10 @@ def bench_prefill(make_llm, lengths: list[int], repeat: int, seed: int, ceilings
             "peak_memory_gib_per_rank": per_rank if tp > 1 else None,
             **sparse_cols,
         })
+        if profile_dir is not None:
+            from turboctx.bench.profile import profile_request
+            rows[-1]["profile"] = str(profile_request(llm, ids, sp, profile_dir,
+                                                      f"profile_{llm.config.attention_name}_{n}"))
         llm.shutdown()
         del llm, eng
         gc.collect()

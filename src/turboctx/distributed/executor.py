@@ -84,7 +84,7 @@ class TPExecutor:
     def launch(cls, spec: RankSpec, device: torch.device) -> "TPExecutor":
         """Returns rank 0's executor. Under torchrun, on every other rank, this serves rank 0
         until it shuts the engine down, then ends the process."""
-        tp = spec.config.tensor_parallel_size
+        tp = spec.config.parallel.tensor_parallel_size
         env = torchrun_env()
         if env is not None:
             rank, world, local_rank = env

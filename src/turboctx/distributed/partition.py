@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from turboctx.config import ModelConfig
+from turboctx.config.architecture import ModelArchitecture
 from turboctx.errors import InvalidRequestError
 
 
@@ -55,7 +55,7 @@ def _balanced(n: int, size: int, rank: int) -> tuple[int, int]:
     return rank * n // size, (rank + 1) * n // size
 
 
-def check_tensor_parallel(m: ModelConfig, size: int) -> None:
+def check_tensor_parallel(m: ModelArchitecture, size: int) -> None:
     """Every rank needs at least one query head and one intermediate row."""
     if size > m.num_attention_heads:
         raise InvalidRequestError(
@@ -67,7 +67,7 @@ def check_tensor_parallel(m: ModelConfig, size: int) -> None:
             f"tensor_parallel_size={size} exceeds intermediate_size={m.intermediate_size}")
 
 
-def plan_shard(m: ModelConfig, rank: int, size: int) -> TPShard:
+def plan_shard(m: ModelArchitecture, rank: int, size: int) -> TPShard:
     check_tensor_parallel(m, size)
     q0, q1 = _balanced(m.num_attention_heads, size, rank)
     need = [h // m.num_queries_per_kv for h in range(q0, q1)]     # KV head of each query head
@@ -78,7 +78,7 @@ def plan_shard(m: ModelConfig, rank: int, size: int) -> TPShard:
     return TPShard(rank, size, q0, q1, tuple(kv) if uniform else tuple(need), i0, i1)
 
 
-def local_model_config(m: ModelConfig, shard: TPShard) -> ModelConfig:
+def local_architecture(m: ModelArchitecture, shard: TPShard) -> ModelArchitecture:
     """The architecture one rank builds: its heads and intermediate rows, the full hidden size."""
     return replace(m, num_attention_heads=shard.num_heads, num_key_value_heads=shard.num_kv_heads,
                    intermediate_size=shard.inter_end - shard.inter_start)
@@ -93,7 +93,7 @@ def _rows_of_heads(t: torch.Tensor, heads, head_dim: int) -> torch.Tensor:
     return view[torch.tensor(heads)].reshape(len(heads) * head_dim, *t.shape[1:])
 
 
-def shard_tensor(name: str, t: torch.Tensor, m: ModelConfig, shard: TPShard) -> torch.Tensor:
+def shard_tensor(name: str, t: torch.Tensor, m: ModelArchitecture, shard: TPShard) -> torch.Tensor:
     """The part of checkpoint tensor `name` (HF naming) that `shard` holds."""
     D = m.head_dim
     if ".self_attn.q_proj." in name:
@@ -111,7 +111,7 @@ def shard_tensor(name: str, t: torch.Tensor, m: ModelConfig, shard: TPShard) -> 
     return t              # norms, embedding, o_proj bias (added once after the all-reduce)
 
 
-def shard_tensors(tensors: Iterable[tuple[str, torch.Tensor]], m: ModelConfig,
+def shard_tensors(tensors: Iterable[tuple[str, torch.Tensor]], m: ModelArchitecture,
                   shard: TPShard) -> Iterator[tuple[str, torch.Tensor]]:
     for name, t in tensors:
         yield name, shard_tensor(name, t, m, shard)

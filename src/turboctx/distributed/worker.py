@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -33,11 +33,8 @@ UP_KEY = "turboctx/up/{rank}"
 
 @dataclass
 class RankSpec:
-    """What every rank builds its Worker from (picklable)."""
-    model: str | None
+    """What every rank builds its Worker from (picklable): the resolved configuration."""
     config: EngineConfig
-    backend_options: dict = field(default_factory=dict)
-    compile_kernels: bool = True
 
 
 @dataclass
@@ -67,8 +64,7 @@ def serve_rank(group, spec: RankSpec) -> None:
     stage = "while loading the model"
     try:
         _fault(group.rank, "load")
-        worker = Worker(open_checkpoint(spec.model), spec.config, group.device, spec.backend_options,
-                        spec.compile_kernels, group)
+        worker = Worker(open_checkpoint(spec.config.model.model), spec.config, group.device, group)
         kv_tokens = group.min_int(worker.plan_kv_tokens())    # every rank: the same number of blocks
         stage = "while allocating the KV cache"
         worker.init_cache(kv_tokens)

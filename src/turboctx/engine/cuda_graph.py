@@ -11,9 +11,10 @@ the smallest captured size B >= n; rows n..B-1 get length 0, which writes nothin
 nothing. The rotary tables are computed inside the graph from the positions buffer, once per
 step; rotary, the cache write and attention are three Triton launches per layer.
 
-Used only for plain decode steps whose sequences each own one consecutive run of cache blocks
-(ModelRunner checks `can_run`), with the dense backend or DCA (attention/dca_graph_decode.py); the
-sparse backends decode as the one they wrap. Everything else stays eager.
+Used for plain decode steps whose sequences each own one consecutive run of cache blocks
+(ModelRunner checks `can_run`). The attention inside the graph is the backend's own decode form
+(`AttentionBackend.graph_decode`: plain RoPE or DCA; sparse prefill does not change decode).
+Everything else stays eager.
 
 torch.compile'd FusedOps (RMSNorm, SiLU*mul) are captured as they are: each graph is first run
 twice eagerly on a side stream (with every length 0, so the cache is not touched), which compiles
@@ -27,61 +28,21 @@ import logging
 import torch
 
 from turboctx.attention.backend import AttentionBackend, AttentionBatch
-from turboctx.attention.decode_kernel import decode_attention, num_splits_for, rotary_store_kv
-from turboctx.attention.dense import DenseAttentionBackend
+from turboctx.attention.decode_kernel import num_splits_for
 
 log = logging.getLogger("turboctx")
 
 GRAPH_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 
 
-def graph_decode_backend(backend: AttentionBackend) -> AttentionBackend | str:
-    """The captured-decode twin of an eager backend (its decode steps give the same result), or
-    why there is none. Sparse backends decode as the dense / DCA backend they extend."""
-    from turboctx.attention.dca import DCAAttentionBackend
-    from turboctx.attention.dca_graph_decode import GraphDCADecodeBackend, graph_unsupported_reason
-    if isinstance(backend, DCAAttentionBackend):
-        return graph_unsupported_reason(backend) or GraphDCADecodeBackend(backend)
-    if isinstance(backend, DenseAttentionBackend):
-        return GraphDecodeBackend(backend)
-    return f"the {backend.name} attention backend decodes eagerly"
-
-
-class GraphDecodeBackend(AttentionBackend):
-    """Dense attention for one new token per sequence, with lengths and offsets on the device."""
-    name = "dense-graph-decode"
-
-    def __init__(self, dense: DenseAttentionBackend):
-        self.rotary, self.scale = dense.rotary, dense.scale
-        # a sparse backend (it decodes as dense): graphs only when asked until the GPU tests of
-        # that pairing have passed (tests/test_cuda_graph_decode.py, gpu-marked)
-        self.on_by_default = type(dense) is DenseAttentionBackend
-
-    def step_extras(self, pos: torch.Tensor, lens: torch.Tensor, starts: torch.Tensor,
-                    dtype: torch.dtype, num_splits: int) -> dict:
-        """Per-step tensors (device ops only): rotary tables [B, D], lengths, first slots."""
-        return {"cos_sin": self.rotary.cos_sin(pos, dtype), "seq_lens": lens, "slot_starts": starts,
-                "num_splits": num_splits}
-
-    def forward(self, layer, q, k, v, batch: AttentionBatch) -> torch.Tensor:
-        cos, sin = batch.extras["cos_sin"]                                  # [B, D]
-        lens, starts = batch.extras["seq_lens"], batch.extras["slot_starts"]
-        k_cache, v_cache = batch.kv_cache.k[layer], batch.kv_cache.v[layer]
-        q = rotary_store_kv(q, k, v, cos, sin, k_cache, v_cache, lens, starts)  # q: [B, H, D]
-        return decode_attention(q, k_cache, v_cache, lens, starts, self.scale,
-                                batch.extras["num_splits"])[0]
-
-
 class DecodeGraphRunner:
     def __init__(self, model, backend: AttentionBackend, kv_cache, device, dtype,
                  max_len: int, batch_sizes: tuple[int, ...] = GRAPH_BATCH_SIZES):
-        """backend: the eager one (dense, DCA or a sparse one over them: graph_decode_backend)."""
+        """backend: the eager one; its decode form runs in the graphs (ImportError without Triton)."""
         self.model, self.backend, self.kv_cache = model, backend, kv_cache
         self.device, self.dtype, self.max_len = torch.device(device), dtype, max_len
         self.batch_sizes = tuple(sorted(batch_sizes))
-        self.graph_backend = graph_decode_backend(backend)
-        if isinstance(self.graph_backend, str):
-            raise ValueError(f"no CUDA-graph decode: {self.graph_backend}")
+        self.graph_backend = backend.graph_decode()
         # rows: token id, position, sequence length, first cache slot
         self.inputs = torch.zeros(4, self.batch_sizes[-1], dtype=torch.int64, device=self.device)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}

@@ -5,6 +5,7 @@ import sys
 
 from tqdm.auto import tqdm
 
+from turboctx.config import EngineConfig
 from turboctx.engine.llm_engine import LLMEngine
 from turboctx.engine.outputs import RequestOutput
 from turboctx.engine.sampling_params import SamplingParams
@@ -19,21 +20,22 @@ class LLM:
     """A model ready to generate.
 
     model: a local HF folder, a .gguf file, None (the default model) or "random:<preset>".
-    Engine options: dca, dca_chunk_size, dca_local_size, original_max_position_embeddings,
-    attention ("dense" | "sparse" | "auto"), sparse_threshold, sparse_config (a budgets file),
-    sparse_dense_tail (the prompt's last tokens that attend densely, default 512), kv_cache_tokens, max_num_seqs,
-    enable_prefix_caching (default True: a prompt reuses the KV of a prefix seen before),
-    tensor_parallel_size (default 1: the model split over that many processes, one per GPU), ...
+    Engine options by name, vLLM's where vLLM has the concept: device, dtype, max_model_len,
+    max_num_batched_tokens, max_num_seqs, enable_prefix_caching, gpu_memory_utilization,
+    tensor_parallel_size, enforce_eager, attention ("dense" | "sparse" | "auto"), dca,
+    sparse_threshold, ... (`turboctx.config.ENGINE_OPTIONS` lists them all with their help).
+    Every option is checked before anything is loaded: an unknown name is an error naming the
+    closest known one.
 
     With tensor_parallel_size > 1 the LLM owns worker processes: `shutdown()` (or leaving a
     `with LLM(...) as llm:` block) stops them; so do garbage collection and interpreter exit.
     """
 
-    def __init__(self, model: str | None = None, *, device=None, dtype=None,
-                 max_model_len: int | None = None, prefill_chunk_size: int | None = None,
-                 **engine_options):
-        self.engine = LLMEngine(model, device=device, dtype=dtype, max_model_len=max_model_len,
-                                prefill_chunk_size=prefill_chunk_size, **engine_options)
+    def __init__(self, model: str | None = None, *, config: EngineConfig | None = None, **options):
+        """config: a whole EngineConfig (from EngineConfig.from_options) instead of options."""
+        if config is not None and (model is not None or options):
+            raise InvalidRequestError("give an EngineConfig or options, not both")
+        self.engine = LLMEngine(config or EngineConfig.from_options(model=model, **options))
 
     def shutdown(self) -> None:
         """Stops the engine's other tensor-parallel ranks (a no-op with one); idempotent."""
@@ -46,13 +48,17 @@ class LLM:
         self.shutdown()
 
     @property
+    def config(self) -> EngineConfig:
+        """The resolved configuration (device, dtype, max_model_len, attention in force)."""
+        return self.engine.config
+
+    @property
     def tokenizer(self):
         return self.engine.tokenizer
 
     @property
-    def model_config(self):
-        return self.engine.model_config
-
+    def architecture(self):
+        return self.engine.architecture
     def generate(self, prompts: Prompt | list[Prompt],
                  sampling_params: SamplingParams | list[SamplingParams] | None = None,
                  *, use_tqdm: bool | None = None, chat: bool = False) -> list[RequestOutput]:

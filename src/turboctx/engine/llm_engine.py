@@ -1,70 +1,55 @@
-"""The engine: a model, its KV cache and a scheduler; `step()` advances every request."""
+"""The engine: a model, its KV cache and a scheduler. `step()` is schedule() -> execute() ->
+update(): which request gets how many tokens, the model run and sampling, the requests'
+advance. The server, benchmarks and calibration use the public methods below, never the parts.
+"""
 from __future__ import annotations
 
 import itertools
 import logging
-import time
 import weakref
+from dataclasses import dataclass
 
-import torch
-
-from turboctx.config import EngineConfig, ModelConfig, parse_dtype
+from turboctx.attention.sparse.stats import RecallObserver
+from turboctx.config import EngineConfig, ModelArchitecture
 from turboctx.engine.memory import peak_memory
 from turboctx.engine.outputs import RequestOutput
 from turboctx.engine.request import Request
-from turboctx.engine.sampler import sample
+from turboctx.engine.runner import RunnerOutput
 from turboctx.engine.sampling_params import SamplingParams
-from turboctx.engine.scheduler import Scheduler
+from turboctx.engine.scheduler import Scheduler, SchedulerOutput
 from turboctx.engine.worker import Worker
-from turboctx.errors import InvalidRequestError, PromptTooLongError
+from turboctx.errors import InvalidRequestError, PromptTooLongError, TurboctxError
 from turboctx.kv_cache import BlockAllocator
 from turboctx.weights import open_checkpoint
 
 log = logging.getLogger("turboctx")
 
-GPU_PREFILL_CHUNK, CPU_PREFILL_CHUNK = 32768, 2048
 
+@dataclass(frozen=True)
+class KVCacheUsage:
+    used_blocks: int
+    total_blocks: int
+    block_size: int
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    d = torch.device(device)
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidRequestError(f"device {device!r} asked for, but CUDA is not available; use device='cpu'")
-    if d.type not in ("cuda", "cpu"):
-        raise InvalidRequestError(f"device {device!r} is not supported; use 'cpu' or 'cuda[:N]'")
-    return d
+    @property
+    def ratio(self) -> float:
+        return self.used_blocks / max(self.total_blocks, 1)
 
 
 class LLMEngine:
-    def __init__(self, model: str | None = None, *, device=None, dtype=None,
-                 max_model_len: int | None = None, prefill_chunk_size: int | None = None,
-                 kv_cache_tokens: int | None = None, max_num_seqs: int = 64, block_size: int = 256,
-                 gpu_memory_utilization: float = 0.92, attention: str = "dense", seed: int = 0,
-                 compile_kernels: bool = True, enable_prefix_caching: bool = True,
-                 cuda_graphs: bool | None = None, tensor_parallel_size: int = 1, **backend_options):
-        self.device = resolve_device(device)
-        ckpt = open_checkpoint(model)
+    def __init__(self, config: EngineConfig):
+        """config: from EngineConfig.from_options (checked); it is resolved here against the
+        model's architecture before any weight is loaded."""
+        ckpt = open_checkpoint(config.model.model)
         self.checkpoint, self.tokenizer = ckpt, ckpt.tokenizer
-        self.model_config: ModelConfig = ckpt.config
-        m = self.model_config
-        dt = parse_dtype(dtype) or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
-        self.config = EngineConfig(
-            device=str(self.device), dtype=dt,
-            max_model_len=max_model_len or m.max_position_embeddings,
-            prefill_chunk_size=prefill_chunk_size or (
-                GPU_PREFILL_CHUNK if self.device.type == "cuda" else CPU_PREFILL_CHUNK),
-            block_size=block_size, max_num_seqs=max_num_seqs, kv_cache_tokens=kv_cache_tokens,
-            gpu_memory_utilization=gpu_memory_utilization, attention=attention, seed=seed,
-            enable_prefix_caching=enable_prefix_caching, cuda_graphs=cuda_graphs,
-            tensor_parallel_size=tensor_parallel_size)
-        cfg = self.config
-        self.executor = self._start_ranks(model, backend_options, compile_kernels)
+        self.config = config = config.resolve(ckpt.config, ckpt.source if ckpt.kind == "hf" else None)
+        self.device = config.device
+        self.executor = self._start_ranks()
         group = self.executor.group if self.executor is not None else None
         if group is not None:
             self.device = group.device
         try:
-            self.worker = Worker(ckpt, cfg, self.device, backend_options, compile_kernels, group)
+            self.worker = Worker(ckpt, config, self.device, group)
             kv_tokens = self.worker.plan_kv_tokens()
             if self.executor is not None:
                 kv_tokens = self.executor.agree_kv_tokens(kv_tokens)
@@ -78,28 +63,28 @@ class LLMEngine:
             if err is e:
                 raise
             raise err from e
-        w = self.worker
-        self.model, self.backend, self.kv_cache, self.runner = w.model, w.backend, w.kv_cache, w.runner
+        self.runner = self.worker.runner
         self.allocator = BlockAllocator(num_blocks)
-        self.scheduler = Scheduler(self.allocator, cfg.block_size, cfg.prefill_chunk_size, cfg.max_num_seqs,
-                                   cfg.enable_prefix_caching, self.backend.chunk_dependent_from(),
-                                   self.backend.prompt_tail_dependent())
-        self.eos_token_ids = sorted(set(m.eos_token_ids) | set(
+        backend = self.worker.backend
+        self.scheduler = Scheduler(self.allocator, config.cache.block_size, config.max_num_batched_tokens,
+                                   config.scheduler.max_num_seqs, config.cache.enable_prefix_caching,
+                                   backend.chunk_dependent_from(), backend.prompt_tail_dependent())
+        self.eos_token_ids = sorted(set(ckpt.config.eos_token_ids) | set(
             self.tokenizer.eos_token_ids if self.tokenizer else []))
         self.requests: dict[str, Request] = {}
         self._ids = itertools.count()
 
-    def _start_ranks(self, model, backend_options: dict, compile_kernels: bool):
+    def _start_ranks(self):
         """Tensor parallelism: the other ranks, started (or joined, under torchrun) and stopped
         with this engine. Under torchrun, ranks > 0 never return from here."""
-        if self.config.tensor_parallel_size == 1:
+        tp = self.config.parallel.tensor_parallel_size
+        if tp == 1:
             return None
         from turboctx.distributed.executor import TPExecutor
         from turboctx.distributed.partition import check_tensor_parallel
         from turboctx.distributed.worker import RankSpec
-        check_tensor_parallel(self.model_config, self.config.tensor_parallel_size)
-        spec = RankSpec(model, self.config, dict(backend_options), compile_kernels)
-        executor = TPExecutor.launch(spec, self.device)
+        check_tensor_parallel(self.checkpoint.config, tp)
+        executor = TPExecutor.launch(RankSpec(self.config), self.device)
         weakref.finalize(self, executor.shutdown)    # also runs at interpreter exit
         return executor
 
@@ -114,7 +99,85 @@ class LLMEngine:
             return [getattr(self.worker, method)(*args)]
         return self.executor.collective_rpc(method, args, getattr(self.worker, method))
 
-    # -- requests ---------------------------------------------------------------------------
+    # -- what the engine is ---------------------------------------------------------------------
+    @property
+    def architecture(self) -> ModelArchitecture:
+        return self.checkpoint.config
+
+    @property
+    def model_name(self) -> str:
+        """The model's own name: its folder or file name, or random:<preset>."""
+        return self.architecture.name
+
+    def attention_setup(self) -> dict:
+        """The attention in force: its name (dense, dca, sparse, dca+sparse) and settings."""
+        from dataclasses import asdict
+        c = self.config
+        out = {"attention": c.attention_name, "decode_in_cuda_graphs": self.runner.graphs is not None}
+        if c.dca is not None:
+            out["dca"] = asdict(c.dca)
+        if c.sparse is not None:
+            s = self.sparse_config()
+            out["sparse"] = {"threshold": s.threshold, "dense_tail": s.dense_tail,
+                             "budgets": "per head" if s.head_budgets is not None else
+                             f"{s.vertical_size} vertical / {s.slash_size} slash"}
+        return out
+
+    def captured_graph_sizes(self) -> list[int]:
+        """Decode batch sizes replayed from CUDA graphs so far (empty: all decode ran eagerly)."""
+        return self.runner.captured_graph_sizes
+
+    # -- load -----------------------------------------------------------------------------------
+    def num_waiting(self) -> int:
+        return self.scheduler.num_waiting
+
+    def num_running(self) -> int:
+        return self.scheduler.num_running
+
+    def kv_cache_usage(self) -> KVCacheUsage:
+        a = self.allocator
+        return KVCacheUsage(a.num_blocks - a.num_free, a.num_blocks, self.config.cache.block_size)
+
+    # -- sparse prefill: statistics and calibration ---------------------------------------------
+    def _sparse(self):
+        pattern = self.worker.backend.pattern
+        if self.config.sparse is None:
+            raise TurboctxError("sparse prefill is off in this engine (attention='dense', or "
+                                "'auto' off a GPU)")
+        return pattern
+
+    def sparse_config(self):
+        """The sparse budgets in force (after calibration, the calibrated ones)."""
+        return self._sparse().config
+
+    def sparse_stats(self) -> dict | None:
+        """Counts, density and timing of sparse prefill since the last reset (None: no sparse
+        prefill). Under tensor parallelism, rank 0's heads."""
+        return self._sparse().stats.as_dict() if self.config.sparse is not None else None
+
+    def reset_sparse_stats(self, timing: bool = False) -> None:
+        """Starts counting afresh; timing=True also times estimation and attention on CUDA
+        (events read at the next sparse_stats())."""
+        from turboctx.attention.sparse.stats import SparseStats
+        pattern = self._sparse()
+        pattern.stats, pattern.timing = SparseStats(), timing
+
+    def observe_sparse_recall(self, observer: RecallObserver | None) -> None:
+        """Each sparse (chunk, layer) reports its heads' attention recall to `observer` (None:
+        stop). One rank only."""
+        if self.executor is not None:
+            raise TurboctxError("recall is observed on one rank; calibrate with tensor_parallel_size=1")
+        self._sparse().observer = observer
+
+    def set_sparse_budgets(self, budgets: list[list[tuple[int, int]]],
+                           scores: list[list[float]] | None = None) -> None:
+        """Per-head (vertical, slash) budgets, budgets[layer][head], from now on. One rank only."""
+        if self.executor is not None:
+            raise TurboctxError("sparse budgets are set on one rank; use tensor_parallel_size=1")
+        pattern = self._sparse()
+        pattern.config = pattern.config.with_budgets(budgets, scores)
+
+    # -- requests -------------------------------------------------------------------------------
     def make_request(self, prompt: str | list[int], params: SamplingParams,
                      request_id: str | None = None, chat: bool = False) -> Request:
         """Validate and tokenize; raises InvalidRequestError / PromptTooLongError."""
@@ -130,10 +193,10 @@ class LLMEngine:
             text = prompt
         elif isinstance(prompt, (list, tuple)) and all(isinstance(t, int) for t in prompt):
             ids, text = list(prompt), None
-            bad = [t for t in ids if not 0 <= t < self.model_config.vocab_size]
+            bad = [t for t in ids if not 0 <= t < self.architecture.vocab_size]
             if bad:
                 raise InvalidRequestError(f"token id {bad[0]} is outside the vocabulary "
-                                          f"[0, {self.model_config.vocab_size})")
+                                          f"[0, {self.architecture.vocab_size})")
         else:
             raise InvalidRequestError(
                 f"a prompt must be a string or a list of token ids, got {type(prompt).__name__}")
@@ -145,11 +208,16 @@ class LLMEngine:
         rid = request_id if request_id is not None else str(next(self._ids))
         if rid in self.requests:
             raise InvalidRequestError(f"request id {rid!r} is already in use")
-        req = Request(rid, text, ids, params, self.eos_token_ids)
-        req.cache_salt = self.backend.prefix_cache_salt(len(ids))
-        return req
+        return Request(rid, text, ids, params, self.eos_token_ids, self.tokenizer)
 
-    def add_request(self, req: Request) -> None:
+    def add_request(self, req: Request, *, precomputed_tokens: int = 0) -> None:
+        """Queues a request. precomputed_tokens: prompt tokens whose KV is taken as already in the
+        cache (decode benchmarks on a synthetic context); the rest is prefilled."""
+        if precomputed_tokens:
+            if not 0 < precomputed_tokens < req.num_prompt_tokens:
+                raise InvalidRequestError(f"precomputed_tokens={precomputed_tokens} must be in "
+                                          f"[0, {req.num_prompt_tokens})")
+            req.num_computed_tokens = precomputed_tokens
         self.requests[req.request_id] = req
         self.scheduler.add(req)
 
@@ -167,51 +235,23 @@ class LLMEngine:
         """Forgets the cached prefixes no running request uses; returns the blocks freed."""
         return self.allocator.reset_prefix_cache()
 
-    # -- one step ---------------------------------------------------------------------------
+    # -- one step -------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """schedule -> execute -> update. Returns outputs of requests that advanced this step."""
-        chunks = self.scheduler.schedule()
-        if not chunks:
+        sched = self.scheduler.schedule()
+        if not sched:
             return []
-        logits = self.runner.execute(chunks)
-        sampled = [c for c in chunks if c.sample]
-        for c in chunks:
+        return self.update(sched, self.runner.execute(sched))
+
+    def update(self, sched: SchedulerOutput, out: RunnerOutput) -> list[RequestOutput]:
+        """Advances every scheduled request by its chunk and appends the sampled tokens."""
+        for c in sched:
             c.request.num_computed_tokens += c.num_tokens
         outputs: list[RequestOutput] = []
-        if sampled:
-            reqs = [c.request for c in sampled]
-            tokens, lps = sample(logits, reqs)
-            for req, tok, lp in zip(reqs, tokens, lps):
-                self._append_token(req, tok, lp)
-                outputs.append(req.to_output(peak_memory(self.device) if req.finished else None))
-                if req.finished:
-                    self.requests.pop(req.request_id, None)
+        for req, tok, lp in zip((c.request for c in sched if c.sample), out.token_ids, out.logprobs):
+            reason = req.append_token(tok, lp)
+            if reason is not None:
+                self.scheduler.finish(req, reason)
+                self.requests.pop(req.request_id, None)
+            outputs.append(req.to_output(peak_memory(self.device) if req.finished else None))
         return outputs
-
-    def _append_token(self, req: Request, tok: int, lp: dict | None) -> None:
-        now = time.perf_counter()
-        if req.first_token_time is None:
-            req.first_token_time = now
-        req.output_token_ids.append(tok)
-        if lp is not None:
-            req.logprobs.append(lp)
-        p = req.params
-        if self.tokenizer is not None:
-            req.text = self.tokenizer.decode(req.output_token_ids, skip_special_tokens=p.skip_special_tokens)
-        if tok in req.eos_token_ids or tok in p.stop_token_ids:
-            req.stop_reason = None if tok in req.eos_token_ids else tok
-            return self.scheduler.finish(req, "stop")
-        if p.stop and self._hit_stop_string(req):
-            return self.scheduler.finish(req, "stop")
-        if len(req.output_token_ids) >= p.max_tokens:
-            return self.scheduler.finish(req, "length")
-
-    @staticmethod
-    def _hit_stop_string(req: Request) -> bool:
-        for s in req.params.stop:
-            i = req.text.find(s)
-            if i >= 0:
-                req.text = req.text[: i + len(s)] if req.params.include_stop_str_in_output else req.text[:i]
-                req.stop_reason = s
-                return True
-        return False

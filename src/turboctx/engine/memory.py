@@ -5,20 +5,20 @@ import os
 
 import torch
 
-from turboctx.config import EngineConfig, ModelConfig
+from turboctx.config import EngineConfig, ModelArchitecture
 from turboctx.errors import OutOfCacheError
 from turboctx.kv_cache import KVCache
 
 GiB = 1 << 30
 
 
-def max_step_tokens(e) -> int:
+def max_step_tokens(e: EngineConfig) -> int:
     """Most tokens one step computes: the prefill budget; with sparse prefill up to twice it, as
     sparse chunks end on a grid and may pass the budget by less than a chunk (scheduler.py)."""
-    return e.prefill_chunk_size * (1 if e.attention == "dense" else 2)
+    return e.max_num_batched_tokens * (1 if e.sparse is None else 2)
 
 
-def activation_bytes(m: ModelConfig, chunk: int, dtype: torch.dtype) -> int:
+def activation_bytes(m: ModelArchitecture, chunk: int, dtype: torch.dtype) -> int:
     """Rough peak of one layer's activations for a prefill chunk (with fp32 attention merge)."""
     e = torch.empty((), dtype=dtype).element_size()
     q = m.num_attention_heads * m.head_dim
@@ -38,20 +38,30 @@ def available_memory(device: torch.device) -> int:
         return 8 * GiB
 
 
-def plan_kv_tokens(m: ModelConfig, e: EngineConfig, device: torch.device) -> int:
+def kv_budget_bytes(m: ModelArchitecture, e: EngineConfig, device: torch.device,
+                    weights_bytes: int = 0) -> float:
+    """Memory the KV cache may take: on a GPU what is free now beyond the share
+    gpu_memory_utilization leaves to others (minus weights not loaded yet); on the CPU a quarter
+    of the available RAM, at most 4 GiB (host RAM is shared with everything else); minus the
+    activations of the largest step."""
+    avail = available_memory(device)
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        budget = avail - (1 - e.cache.gpu_memory_utilization) * total - weights_bytes
+    else:
+        budget = min(avail * 0.25, 4 * GiB)
+    return budget - activation_bytes(m, max_step_tokens(e), e.dtype)
+
+
+def plan_kv_tokens(m: ModelArchitecture, e: EngineConfig, device: torch.device) -> int:
     """Tokens the cache holds: kv_cache_tokens if given, else what the memory budget allows
     (capped at max_model_len * max_num_seqs); never fewer than max_model_len."""
     per_token = KVCache.bytes_per_token(m.num_hidden_layers, m.num_key_value_heads, m.head_dim, e.dtype)
-    if e.kv_cache_tokens is not None:
-        tokens = e.kv_cache_tokens
+    if e.cache.kv_cache_tokens is not None:
+        tokens = e.cache.kv_cache_tokens
     else:
-        avail = available_memory(device)
-        if device.type == "cuda":
-            budget = avail - (1 - e.gpu_memory_utilization) * torch.cuda.get_device_properties(device).total_memory
-        else:
-            budget = min(avail * 0.25, 4 * GiB)   # host RAM is shared with everything else
-        budget -= activation_bytes(m, max_step_tokens(e), e.dtype)
-        tokens = min(int(budget // per_token), e.max_model_len * e.max_num_seqs)
+        tokens = min(int(kv_budget_bytes(m, e, device) // per_token),
+                     e.max_model_len * e.scheduler.max_num_seqs)
     if tokens < e.max_model_len:
         raise OutOfCacheError(
             f"a KV cache for max_model_len={e.max_model_len} needs "

@@ -6,7 +6,8 @@ import time
 
 import torch
 
-from turboctx.engine.outputs import RequestMetrics, RequestOutput
+from turboctx.engine.detokenizer import IncrementalDetokenizer
+from turboctx.engine.outputs import Grown, RequestMetrics, RequestOutput
 from turboctx.engine.sampling_params import SamplingParams
 from turboctx.kv_cache import SeqSlots
 
@@ -19,7 +20,7 @@ class RequestStatus(enum.Enum):
 
 class Request:
     def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
-                 params: SamplingParams, eos_token_ids: list[int]):
+                 params: SamplingParams, eos_token_ids: list[int], tokenizer=None):
         self.request_id = request_id
         self.prompt = prompt
         self.prompt_token_ids = prompt_token_ids
@@ -30,7 +31,6 @@ class Request:
         self.prompt_logprobs: list | None = [None] if params.prompt_logprobs is not None else None
         self.num_computed_tokens = 0          # tokens whose KV is in the cache
         self.num_cached_tokens = 0            # of those, reused from an earlier request
-        self.cache_salt = b""                 # what besides the tokens the prompt's KV depends on
         self.block_hashes: list[bytes] | None = None   # chained hashes of the full prompt blocks
         self.num_registered_blocks = 0        # leading prompt blocks offered to the prefix cache
         self.status = RequestStatus.WAITING
@@ -38,7 +38,7 @@ class Request:
         self.stop_reason: str | int | None = None
         self.slots: SeqSlots | None = None
         self.generator: torch.Generator | None = None
-        self.text = ""
+        self.detokenizer = IncrementalDetokenizer(tokenizer, params) if tokenizer is not None else None
         self.arrival_time = time.perf_counter()
         self.first_scheduled_time: float | None = None
         self.first_token_time: float | None = None
@@ -59,6 +59,34 @@ class Request:
     @property
     def finished(self) -> bool:
         return self.status == RequestStatus.FINISHED
+
+    @property
+    def text(self) -> str:
+        return self.detokenizer.text if self.detokenizer is not None else ""
+
+    def append_token(self, token: int, logprobs: dict | None) -> str | None:
+        """Records one generated token; returns why the request ends now ("stop", "length") or
+        None. The detokenizer and the stop checks look at the new token only."""
+        p = self.params
+        if self.first_token_time is None:
+            self.first_token_time = time.perf_counter()
+        self.output_token_ids.append(token)
+        if logprobs is not None:
+            self.logprobs.append(logprobs)
+        stop = self.detokenizer.add(token) if self.detokenizer is not None else None
+        if token in self.eos_token_ids or token in p.stop_token_ids:
+            self.stop_reason = None if token in self.eos_token_ids else token
+            reason = "stop"
+        elif stop is not None:
+            self.stop_reason = stop
+            return "stop"
+        elif len(self.output_token_ids) >= p.max_tokens:
+            reason = "length"
+        else:
+            return None
+        if self.detokenizer is not None:
+            self.detokenizer.finish(self.output_token_ids)
+        return reason
 
     def token_ids_slice(self, start: int, end: int) -> list[int]:
         p = self.num_prompt_tokens
@@ -89,8 +117,8 @@ class Request:
                 m.decode_tokens_per_s = n / max(self.finish_time - self.first_token_time, 1e-9)
         return RequestOutput(
             request_id=self.request_id, prompt=self.prompt,
-            prompt_token_ids=self.prompt_token_ids, text=self.text,
-            token_ids=list(self.output_token_ids),
-            logprobs=list(self.logprobs) if self.logprobs is not None else None,
-            prompt_logprobs=self.prompt_logprobs, finished=self.finished,
-            finish_reason=self.finish_reason, stop_reason=self.stop_reason, metrics=m)
+            prompt_token_ids=self.prompt_token_ids, prompt_logprobs=self.prompt_logprobs,
+            finished=self.finished, finish_reason=self.finish_reason, stop_reason=self.stop_reason,
+            metrics=m, grown_token_ids=Grown.of(self.output_token_ids),
+            grown_logprobs=Grown.of(self.logprobs) if self.logprobs is not None else None,
+            grown_text=self.detokenizer.grown_text() if self.detokenizer is not None else "")

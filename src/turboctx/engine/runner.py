@@ -1,4 +1,5 @@
-"""Model runner: turns a step's scheduled chunks into tensors, runs the model, returns logits."""
+"""Model runner: turns a step's scheduled chunks into tensors, runs the model (a captured CUDA graph
+for plain decode steps, where one can run), and samples the next token of each sampled chunk."""
 from __future__ import annotations
 
 import logging
@@ -7,8 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from turboctx.attention.backend import AttentionBackend, AttentionBatch, SeqChunk
-from turboctx.engine.sampler import top_logprobs
-from turboctx.engine.scheduler import ScheduledChunk
+from turboctx.engine.sampler import sample, top_logprobs
+from turboctx.engine.scheduler import ScheduledChunk, SchedulerOutput
 from turboctx.kv_cache import KVCache, SeqSlots
 
 log = logging.getLogger("turboctx")
@@ -21,7 +22,7 @@ class SeqInput:
     request_id: str
     num_new: int           # tokens computed this step
     start_pos: int         # tokens already in the cache
-    seq_len: int           # the length YaRN scaling (DCA) sees: the whole prompt, so chunking does not change it
+    prompt_len: int        # the prompt's length (sparse prefill's dense tail is its end)
     block_table: list[int]
 
 
@@ -33,50 +34,64 @@ class ModelInput:
     seqs: list[SeqInput]
 
 
+@dataclass
+class RunnerOutput:
+    """The tokens sampled in one step, one per sampled chunk in chunk order."""
+    token_ids: list[int]
+    logprobs: list[dict | None]
+
+
 def model_input(chunks: list[ScheduledChunk]) -> ModelInput:
     ids: list[int] = []
     seqs: list[SeqInput] = []
     for c in chunks:
         r, start = c.request, c.request.num_computed_tokens
         ids.extend(r.token_ids_slice(start, start + c.num_tokens))
-        seqs.append(SeqInput(r.request_id, c.num_tokens, start,
-                             max(r.num_prompt_tokens, start + c.num_tokens), r.slots.block_table))
+        seqs.append(SeqInput(r.request_id, c.num_tokens, start, r.num_prompt_tokens,
+                             r.slots.block_table))
     return ModelInput(ids, seqs)
 
 
 class ModelRunner:
     def __init__(self, model, backend: AttentionBackend, kv_cache: KVCache, device, dtype,
-                 cuda_graphs: bool | None = None, max_model_len: int | None = None, executor=None):
+                 cuda_graphs: bool = False, max_model_len: int | None = None, executor=None,
+                 generator: torch.Generator | None = None):
         self.model, self.backend, self.kv_cache = model, backend, kv_cache
         self.device, self.dtype = torch.device(device), dtype
         self.executor = executor          # rank 0 under tensor parallelism: sends each step to the others
+        self.generator = generator        # draws of requests that bring no seed
         self._slots: dict[str, SeqSlots] = {}   # on the other ranks: block tables seen last step
         model.set_attention_backend(backend)
-        self.graphs = None if cuda_graphs is False else self._graph_runner(max_model_len, cuda_graphs)
+        self.graphs = self._graph_runner(max_model_len) if cuda_graphs else None
 
-    def _graph_runner(self, max_model_len: int | None, asked: bool | None):
-        """CUDA graphs for decode steps (engine/cuda_graph.py): CUDA, with the dense or DCA backend
-        (or a sparse one over them). asked=None (the default) uses them where they run and says
-        nothing where they do not."""
-        why = "the device is not CUDA" if self.device.type != "cuda" else None
-        if why is None:
-            try:
-                from turboctx.engine.cuda_graph import DecodeGraphRunner, graph_decode_backend
-                twin = graph_decode_backend(self.backend)
-                why = twin if isinstance(twin, str) else None
-                if why is None and asked is None and not twin.on_by_default:
-                    return None            # e.g. DCA: only when asked, until checked on a GPU
-            except ImportError as err:
-                why = f"Triton is not available ({err})"
-        if why is not None:
-            if asked:
-                log.warning("cuda_graphs=True ignored: %s", why)
+    def _graph_runner(self, max_model_len: int | None):
+        """CUDA graphs for decode steps (engine/cuda_graph.py), wherever Triton runs on CUDA."""
+        if self.device.type != "cuda":
             return None
-        max_len = min(max_model_len or self.kv_cache.num_slots, self.kv_cache.num_slots)
-        return DecodeGraphRunner(self.model, self.backend, self.kv_cache, self.device, self.dtype, max_len)
+        try:
+            from turboctx.engine.cuda_graph import DecodeGraphRunner
+            max_len = min(max_model_len or self.kv_cache.num_slots, self.kv_cache.num_slots)
+            return DecodeGraphRunner(self.model, self.backend, self.kv_cache, self.device, self.dtype,
+                                     max_len)
+        except ImportError as err:
+            log.warning("decoding without CUDA graphs: Triton is not available (%s)", err)
+            return None
+
+    @property
+    def captured_graph_sizes(self) -> list[int]:
+        """Batch sizes whose decode step has been captured (empty: every step ran eagerly)."""
+        return sorted(self.graphs.graphs) if self.graphs is not None else []
+
+    def execute(self, chunks: SchedulerOutput) -> RunnerOutput:
+        """Runs one step and samples the next token of every chunk that ends at its last token."""
+        logits = self.logits(chunks)
+        sampled = [c.request for c in chunks if c.sample]
+        if not sampled:
+            return RunnerOutput([], [])
+        return RunnerOutput(*sample(logits, sampled, self.generator))
 
     @torch.inference_mode()
-    def execute(self, chunks: list[ScheduledChunk]) -> torch.Tensor | None:
+    def logits(self, chunks: SchedulerOutput) -> torch.Tensor | None:
         """Runs one step. Returns logits [num sampled chunks, V] (float32) in chunk order."""
         if self.graphs is not None and self.graphs.can_run(chunks):
             logits = self.graphs.run(chunks)
@@ -107,13 +122,12 @@ class ModelRunner:
         seqs: list[SeqChunk] = []
         row = 0
         for s, sl in zip(inp.seqs, slots):
-            seqs.append(SeqChunk(row, row + s.num_new, s.start_pos, sl, prompt_len=s.seq_len))
+            seqs.append(SeqChunk(row, row + s.num_new, s.start_pos, sl, prompt_len=s.prompt_len))
             pos.append(torch.arange(s.start_pos, s.start_pos + s.num_new))
             row += s.num_new
         input_ids = torch.tensor(inp.token_ids, dtype=torch.long).to(self.device, non_blocking=True)
         positions = torch.cat(pos).to(self.device, non_blocking=True)
         batch = AttentionBatch(seqs, positions, self.kv_cache)
-        batch.extras["seq_lens"] = [s.seq_len for s in inp.seqs]
         self.backend.prepare(batch, self.dtype)
         return self.model(input_ids, batch), seqs                  # [N, hidden]
 

@@ -37,8 +37,10 @@ def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch
     return logits
 
 
-def sample(logits: torch.Tensor, requests: list[Request]) -> tuple[list[int], list[dict | None]]:
-    """logits: [B, V] float32, one row per request -> chosen token ids and their logprob dicts."""
+def sample(logits: torch.Tensor, requests: list[Request], generator: torch.Generator | None = None
+           ) -> tuple[list[int], list[dict | None]]:
+    """logits: [B, V] float32, one row per request -> chosen token ids and their logprob dicts.
+    A request with a seed draws from its own generator; the others from `generator`."""
     greedy = logits.argmax(dim=-1)
     tokens = greedy.tolist()
     for i, req in enumerate(requests):
@@ -50,7 +52,7 @@ def sample(logits: torch.Tensor, requests: list[Request]) -> tuple[list[int], li
         probs = row.softmax(-1)
         if req.generator is None and p.seed is not None:
             req.generator = torch.Generator(device=logits.device).manual_seed(p.seed)
-        tokens[i] = int(torch.multinomial(probs, 1, generator=req.generator).item())
+        tokens[i] = int(torch.multinomial(probs, 1, generator=req.generator if req.generator is not None else generator).item())
     want = [i for i, r in enumerate(requests) if r.params.logprobs is not None]
     logprob_rows: list[dict | None] = [None] * len(requests)
     if want:

@@ -11,7 +11,7 @@ on the request's own grid of `token_budget` tokens (or at the prompt's end), wha
 it can shrink to the next grid line or grow to it past the step's budget (by less than one chunk,
 and past the caps that keep decodes fast). Prefix reuse then stops at a grid line too. A prompt's
 output is then the same alone, batched, or beside a server's other requests. The prompt's dense
-tail (`tail_dependent` tokens, sparse_config.dense_tail) is computed unlike the same positions of
+tail (`tail_dependent` tokens, SparseConfig.dense_tail) is computed unlike the same positions of
 a longer prompt, so the grid chunks it touches are not offered to the prefix cache.
 
 Prefix caching: at admission a request takes the cached blocks of the longest prefix of its full
@@ -39,6 +39,9 @@ class ScheduledChunk:
     sample: bool             # this chunk ends at the last known token: sample the next one
 
 
+SchedulerOutput = list[ScheduledChunk]   # one step: decodes first, then prefill chunks
+
+
 class Scheduler:
     def __init__(self, allocator: BlockAllocator, block_size: int, token_budget: int, max_num_seqs: int,
                  enable_prefix_caching: bool = True, aligned_from: int | None = None,
@@ -57,10 +60,18 @@ class Scheduler:
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
     def num_blocks_for(self, req: Request) -> int:
         return math.ceil(req.max_total_tokens() / self.block_size)
 
-    def schedule(self) -> list[ScheduledChunk]:
+    def schedule(self) -> SchedulerOutput:
         budget = self.token_budget
         out: list[ScheduledChunk] = []
         for req in self.running:
@@ -115,7 +126,7 @@ class Scheduler:
 
     def _hashes(self, req: Request) -> list[bytes]:
         if req.block_hashes is None:
-            req.block_hashes = block_hashes(req.prompt_token_ids, self.block_size, req.cache_salt)
+            req.block_hashes = block_hashes(req.prompt_token_ids, self.block_size)
         return req.block_hashes
 
     def _match_prefix(self, req: Request) -> list[int]:

@@ -11,9 +11,9 @@ import logging
 
 import torch
 
-from turboctx.attention.factory import make_attention_backend
-from turboctx.attention.sparse_config import SparseConfig
-from turboctx.config import EngineConfig, ModelConfig
+from turboctx.attention.factory import build_attention_backend
+from turboctx.attention.rotary import RotaryEmbedding
+from turboctx.config import EngineConfig, ModelArchitecture
 from turboctx.engine.memory import peak_memory, plan_kv_tokens
 from turboctx.engine.runner import ModelRunner
 from turboctx.kv_cache import KVCache
@@ -25,39 +25,39 @@ log = logging.getLogger("turboctx")
 
 
 class Worker:
-    def __init__(self, ckpt: Checkpoint, config: EngineConfig, device: torch.device,
-                 backend_options: dict, compile_kernels: bool = True, group=None):
-        from turboctx.distributed.partition import local_model_config, plan_shard, shard_sparse_config
+    def __init__(self, ckpt: Checkpoint, config: EngineConfig, device: torch.device, group=None):
+        from turboctx.distributed.partition import local_architecture, plan_shard, shard_sparse_config
         self.config, self.device, self.group = config, device, group
         m = ckpt.config
         self.shard = plan_shard(m, group.rank, group.world_size) if group is not None else None
-        self.model_config: ModelConfig = m if self.shard is None else local_model_config(m, self.shard)
-        self.model = load_model(ckpt, self.model_config, config, device, compile_kernels, self.shard, group)
-        model_dir = ckpt.source if ckpt.kind == "hf" else None
-        self.backend = make_attention_backend(self.model_config, config, backend_options, device, model_dir)
-        sparse = getattr(self.backend, "sparse", self.backend)   # DCA+sparse holds a sparse backend
-        if self.shard is not None and isinstance(getattr(sparse, "config", None), SparseConfig):
-            sparse.config = shard_sparse_config(sparse.config, self.shard)   # this rank's heads' budgets
+        self.architecture: ModelArchitecture = m if self.shard is None else local_architecture(m, self.shard)
+        self.model = load_model(ckpt, self.architecture, config, device, self.shard, group)
+        sparse = config.sparse
+        if self.shard is not None and sparse is not None:
+            sparse = shard_sparse_config(sparse, self.shard)     # this rank's heads' budgets
+        a = self.architecture
+        rotary = RotaryEmbedding(a.head_dim, a.rope_theta, a.rope_scaling, a.max_position_embeddings)
+        self.backend = build_attention_backend(rotary, a.head_dim, config.dca, sparse, device)
         self.kv_cache: KVCache | None = None
         self.runner: ModelRunner | None = None
 
     def plan_kv_tokens(self) -> int:
         """Cache tokens this rank's memory allows (for its own KV heads)."""
-        return plan_kv_tokens(self.model_config, self.config, self.device)
+        return plan_kv_tokens(self.architecture, self.config, self.device)
 
     def init_cache(self, kv_tokens: int, executor=None) -> int:
         """Allocates the KV cache and the runner; returns the number of blocks."""
-        cfg, m = self.config, self.model_config
-        num_blocks = -(-kv_tokens // cfg.block_size)
+        cfg, m = self.config, self.architecture
+        num_blocks = -(-kv_tokens // cfg.cache.block_size)
         self.kv_cache = KVCache(m.num_hidden_layers, m.num_key_value_heads, m.head_dim,
-                                num_blocks, cfg.block_size, cfg.dtype, self.device)
-        graphs = cfg.cuda_graphs
-        if self.group is not None:     # a graph would replay rank 0's step alone: the others must run it too
-            if graphs:
-                log.warning("cuda_graphs=True ignored: not implemented with tensor parallelism")
-            graphs = False
+                                num_blocks, cfg.cache.block_size, cfg.dtype, self.device)
+        # a captured graph would replay rank 0's step alone: with tensor parallelism every rank
+        # runs each step eagerly
+        graphs = not cfg.model.enforce_eager and self.group is None
+        rng = torch.Generator(device=self.device).manual_seed(cfg.model.seed)
         self.runner = ModelRunner(self.model, self.backend, self.kv_cache, self.device, cfg.dtype,
-                                  cuda_graphs=graphs, max_model_len=cfg.max_model_len, executor=executor)
+                                  cuda_graphs=graphs, max_model_len=cfg.max_model_len,
+                                  executor=executor, generator=rng)
         return num_blocks
 
     # -- what rank 0 can ask of every rank (LLMEngine.collective_rpc) ---------------------------
@@ -76,9 +76,11 @@ class Worker:
             t.normal_(0, 1, generator=g)
 
 
-def load_model(ckpt: Checkpoint, m: ModelConfig, config: EngineConfig, device: torch.device,
-               compile_kernels: bool = True, shard=None, group=None):
-    """Builds the model of config m (the rank's local one under tensor parallelism) and loads it."""
+def load_model(ckpt: Checkpoint, m: ModelArchitecture, config: EngineConfig, device: torch.device,
+               shard=None, group=None):
+    """Builds the model of architecture m (the rank's local one under tensor parallelism) and
+    loads its weights."""
+    seed = config.model.seed
     with torch.device("meta"):
         model = build_model(m)
         if shard is not None:
@@ -89,17 +91,17 @@ def load_model(ckpt: Checkpoint, m: ModelConfig, config: EngineConfig, device: t
         model.lm_head.weight = model.model.embed_tokens.weight
     if shard is None:
         if ckpt.kind == "random":
-            model.init_random_(config.seed)
+            model.init_random_(seed)
         else:
             model.load_weights(ckpt.iter_tensors())
     else:
         from turboctx.distributed.partition import shard_tensors
         from turboctx.models.llama import random_hf_tensors
         full = ckpt.config
-        tensors = (random_hf_tensors(full, config.seed, config.dtype, device) if ckpt.kind == "random"
+        tensors = (random_hf_tensors(full, seed, config.dtype, device) if ckpt.kind == "random"
                    else ckpt.iter_tensors())
         model.load_weights(shard_tensors(tensors, full, shard))
     model.set_split_matmuls(device.type == "cpu")
-    if device.type == "cuda" and compile_kernels:
+    if device.type == "cuda" and not config.model.enforce_eager:
         FusedOps.enable_compiled()
     return model.eval().requires_grad_(False)

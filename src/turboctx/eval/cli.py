@@ -12,117 +12,73 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
+from turboctx.cli.engine_options import engine_options
+from turboctx.cli.parsing import option_sizes, parse_option
 from turboctx.eval import niah as niah_mod
 from turboctx.eval import passkey as passkey_mod
-from turboctx.cli_options import option_sizes, parse_option
-from turboctx.eval.common import parse_depths, parse_size
+from turboctx.eval.common import parse_depths
 from turboctx.eval.targets import LocalTarget, OpenAITarget, TargetUnavailable, load_tokenizer
 
 eval_app = typer.Typer(help="Long-context evaluation: passkey, needle-in-a-haystack, RULER, "
                             "perplexity by position.", no_args_is_help=True)
-_EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+# the engine options of the local engine; --seed here is the samples' seed
+EVAL_ENGINE = dict(exclude=("seed",))
 
 # Common options (typer has no option groups: the same declarations on each command).
-ModelOpt = typer.Option(None, "--model", help="Model spec: HF folder, .gguf, random:<preset>; "
-                        "default: the default model.")
 TargetOpt = typer.Option("engine", "--target", help="What runs --model: engine (turboctx, in "
                          "process) | hf (Hugging Face transformers, the reference).")
-DcaOpt = typer.Option(None, "--dca/--no-dca", help="Dual Chunk Attention (engine flag).")
-AttnOpt = typer.Option(None, "--attention", help="Attention backend: dense | sparse | auto (engine "
-                       "flag); --sparse-threshold N passes through like any other engine flag.")
-MaxLenOpt = typer.Option(None, "--max-model-len", help="Engine max_model_len, e.g. 128k.")
-DeviceOpt = typer.Option(None, "--device", help="cpu | cuda | cuda:1 (engine flag).")
-DtypeOpt = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (engine flag).")
 BaseUrlOpt = typer.Option(None, "--base-url", help="OpenAI-compatible server, e.g. http://localhost:8000/v1.")
 ApiKeyOpt = typer.Option(None, "--api-key", envvar="OPENAI_API_KEY", help="API key for --base-url.")
 ChatOpt = typer.Option(False, "--chat", help="Use /chat/completions (remote) instead of /completions.")
 ServedOpt = typer.Option(None, "--served-model", help="Model name on the server (default: its first).")
 TokOpt = typer.Option(None, "--tokenizer", help="Tokenizer spec for length fitting with --base-url "
-                      "(a model spec; default: the default model's).")
+                      "(a model spec; default: --model's, else the default model's).")
 ConcOpt = typer.Option(4, "--concurrency", help="Parallel requests to a remote target.")
 BatchOpt = typer.Option(1, "--batch-size", help="Prompts per engine call (local target).")
-SeedOpt = typer.Option(42, "--seed")
+SeedOpt = typer.Option(42, "--seed", help="Seed of the samples (needle values and positions).")
 SavePromptsOpt = typer.Option(False, "--save-prompts", help="Store each full prompt in samples.jsonl.")
 TemplateOpt = typer.Option("base", "--template", help="Prompt wrapping: base (raw completion), chat "
                            "(the tokenizer's chat template), or a RULER model template name.")
 
-
-def parse_extra(args: list[str]) -> dict[str, Any]:
-    """Unknown `--some-flag value`, `--flag=value`, `--flag` -> {"some_flag": value} (typed)."""
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(args):
-        a = args[i]
-        if not a.startswith("--"):
-            raise typer.BadParameter(f"unexpected argument {a!r}")
-        name, _, val = a[2:].partition("=")
-        if not _ and i + 1 < len(args) and not args[i + 1].startswith("--"):
-            val, i = args[i + 1], i + 1
-        elif not _:
-            val = "true"
-        if name.startswith("no-") and val == "true":
-            name, val = name[3:], "false"
-        out[name.replace("-", "_")] = _typed(val)
-        i += 1
-    return out
+HF_OPTIONS = ("model", "device", "dtype", "max_model_len")
 
 
-def _typed(v: str) -> Any:
-    low = v.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for conv in (int, float):
-        try:
-            return conv(v)
-        except ValueError:
-            pass
-    try:
-        return parse_size(v)
-    except ValueError:
-        return v
-
-
-def engine_flags(dca, attention, max_model_len, device, dtype, extra: list[str]) -> dict[str, Any]:
-    flags = {"dca": dca, "attention": attention, "device": device, "dtype": dtype,
-             "max_model_len": option_sizes(max_model_len, "--max-model-len")[0] if max_model_len else None}
-    flags = {k: v for k, v in flags.items() if v is not None}
-    flags.update(parse_extra(extra))
-    return flags
-
-
-HF_FLAGS = ("device", "dtype", "max_model_len")
-
-
-def make_target(model, flags, base_url, api_key, chat, served_model, tokenizer, concurrency,
+def make_target(options: dict, base_url, api_key, chat, served_model, tokenizer, concurrency,
                 batch_size, kind: str = "engine"):
     if kind not in ("engine", "hf"):
         raise typer.BadParameter(f"--target {kind!r}: use engine or hf")
+    model = options.get("model")
     if base_url:
         if kind == "hf":
             raise typer.BadParameter("--target hf runs the model in process; drop --base-url")
+        local = sorted(set(options) - {"model"})
+        if local:
+            raise typer.BadParameter(f"engine options {local} do not reach a server at --base-url; "
+                                     "set them on `turboctx serve` instead")
         tok = load_tokenizer(tokenizer or model) if (tokenizer or model) else None
         return OpenAITarget(base_url, api_key, model=served_model, chat=chat,
                             concurrency=concurrency, tokenizer=tok)
     if kind == "hf":
-        return make_hf_target(model, flags, batch_size)
-    return LocalTarget(model, batch_size=batch_size, **flags)
+        return make_hf_target(options, batch_size)
+    return LocalTarget(batch_size=batch_size, **options)
 
 
-def make_hf_target(model, flags: dict, batch_size: int = 1):
-    """HFTarget from the same flags; engine-only flags (dca, attention, ...) are refused."""
+def make_hf_target(options: dict, batch_size: int = 1):
+    """HFTarget from the same options; engine-only ones (dca, attention, ...) are refused."""
     from turboctx.eval.hf_target import HFTarget
-    other = {k: v for k, v in flags.items() if k not in HF_FLAGS
+    other = {k: v for k, v in options.items() if k not in HF_OPTIONS
              and not (k == "dca" and v is False) and not (k == "attention" and v == "dense")}
     if other:
-        raise typer.BadParameter(f"--target hf takes only --device, --dtype, --max-model-len; "
-                                 f"engine flags {sorted(other)} do not apply to transformers")
+        raise typer.BadParameter(f"--target hf takes only --model, --device, --dtype, "
+                                 f"--max-model-len; engine flags {sorted(other)} do not apply to "
+                                 "transformers")
     try:
-        return HFTarget(model, batch_size=batch_size, **{k: v for k, v in flags.items()
-                                                         if k in HF_FLAGS})
+        return HFTarget(options.get("model"), batch_size=batch_size,
+                        **{k: v for k, v in options.items() if k in HF_OPTIONS and k != "model"})
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
 
@@ -160,11 +116,9 @@ def _run(samples, target, out: Path, save_prompts: bool, meta: dict, heat: bool 
     return summary
 
 
-@eval_app.command(context_settings=_EXTRA)
-def passkey(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[bool] = DcaOpt,
-            target_kind: str = TargetOpt,
-            attention: Optional[str] = AttnOpt, max_model_len: Optional[str] = MaxLenOpt,
-            device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt,
+@eval_app.command()
+@engine_options(**EVAL_ENGINE)
+def passkey(target_kind: str = TargetOpt,
             base_url: Optional[str] = BaseUrlOpt, api_key: Optional[str] = ApiKeyOpt,
             chat: bool = ChatOpt, served_model: Optional[str] = ServedOpt,
             tokenizer: Optional[str] = TokOpt, concurrency: int = ConcOpt,
@@ -175,24 +129,22 @@ def passkey(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[b
             trials: int = typer.Option(5, help="Trials per (length, depth) cell."),
             digits: int = typer.Option(5, help="Digits of the pass key."),
             seed: int = SeedOpt, template: str = TemplateOpt,
-            out: Path = typer.Option(Path("eval_out/passkey")), save_prompts: bool = SavePromptsOpt):
+            out: Path = typer.Option(Path("eval_out/passkey")), save_prompts: bool = SavePromptsOpt,
+            *, options: dict):
     """Passkey retrieval over lengths x depths (the classic prompt); heatmap PNG."""
-    flags = engine_flags(dca, attention, max_model_len, device, dtype, ctx.args)
-    target = make_target(model, flags, base_url, api_key, chat, served_model, tokenizer,
+    target = make_target(options, base_url, api_key, chat, served_model, tokenizer,
                          concurrency, batch_size, kind=target_kind)
     wrap = make_wrap(target, template)
     samples = passkey_mod.generate(option_sizes(lengths),
                                    parse_option("--depths", parse_depths, depths, seed), trials, seed,
                                    target.count_tokens, wrap=lambda p: wrap(p, ""), digits=digits)
-    _run(samples, target, out, save_prompts, {"command": "passkey", "seed": seed, "flags": flags},
+    _run(samples, target, out, save_prompts, {"command": "passkey", "seed": seed, "options": options},
          heat=True)
 
 
-@eval_app.command(context_settings=_EXTRA)
-def niah(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[bool] = DcaOpt,
-         target_kind: str = TargetOpt,
-         attention: Optional[str] = AttnOpt, max_model_len: Optional[str] = MaxLenOpt,
-         device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt,
+@eval_app.command()
+@engine_options(**EVAL_ENGINE)
+def niah(target_kind: str = TargetOpt,
          base_url: Optional[str] = BaseUrlOpt, api_key: Optional[str] = ApiKeyOpt,
          chat: bool = ChatOpt, served_model: Optional[str] = ServedOpt,
          tokenizer: Optional[str] = TokOpt, concurrency: int = ConcOpt, batch_size: int = BatchOpt,
@@ -206,10 +158,10 @@ def niah(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[bool
          expected: Optional[str] = typer.Option(None, help="Comma-separated words the answer must "
                                                 "contain (for a needle without {value})."),
          haystack: Optional[Path] = typer.Option(None, help="Haystack text file (default: ASV Bible)."),
-         out: Path = typer.Option(Path("eval_out/niah")), save_prompts: bool = SavePromptsOpt):
+         out: Path = typer.Option(Path("eval_out/niah")), save_prompts: bool = SavePromptsOpt,
+         *, options: dict):
     """Needle in a haystack over lengths x depths; heatmap PNG (depth rows, length columns)."""
-    flags = engine_flags(dca, attention, max_model_len, device, dtype, ctx.args)
-    target = make_target(model, flags, base_url, api_key, chat, served_model, tokenizer,
+    target = make_target(options, base_url, api_key, chat, served_model, tokenizer,
                          concurrency, batch_size, kind=target_kind)
     samples = niah_mod.generate(
         option_sizes(lengths), parse_option("--depths", parse_depths, depths, seed), trials, seed,
@@ -218,15 +170,13 @@ def niah(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[bool
         answer_prefix=answer_prefix,
         expected=[w.strip() for w in expected.split(",")] if expected else None,
         haystack=str(haystack) if haystack else None)
-    _run(samples, target, out, save_prompts, {"command": "niah", "seed": seed, "flags": flags},
+    _run(samples, target, out, save_prompts, {"command": "niah", "seed": seed, "options": options},
          heat=True)
 
 
-@eval_app.command(context_settings=_EXTRA)
-def ruler(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[bool] = DcaOpt,
-          target_kind: str = TargetOpt,
-          attention: Optional[str] = AttnOpt, max_model_len: Optional[str] = MaxLenOpt,
-          device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt,
+@eval_app.command()
+@engine_options(**EVAL_ENGINE)
+def ruler(target_kind: str = TargetOpt,
           base_url: Optional[str] = BaseUrlOpt, api_key: Optional[str] = ApiKeyOpt,
           chat: bool = ChatOpt, served_model: Optional[str] = ServedOpt,
           tokenizer: Optional[str] = TokOpt, concurrency: int = ConcOpt, batch_size: int = BatchOpt,
@@ -236,11 +186,11 @@ def ruler(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[boo
           squad: Optional[Path] = typer.Option(None, help="SQuAD v2 dev JSON for qa_1."),
           hotpotqa: Optional[Path] = typer.Option(None, help="HotpotQA dev JSON for qa_2."),
           haystack: Optional[Path] = typer.Option(None, help="Essay haystack text (default: ASV Bible)."),
-          out: Path = typer.Option(Path("eval_out/ruler")), save_prompts: bool = SavePromptsOpt):
+          out: Path = typer.Option(Path("eval_out/ruler")), save_prompts: bool = SavePromptsOpt,
+          *, options: dict):
     """RULER synthetic tasks with RULER's templates, length fitting and scorers."""
     from turboctx.eval import ruler as ruler_mod
-    flags = engine_flags(dca, attention, max_model_len, device, dtype, ctx.args)
-    target = make_target(model, flags, base_url, api_key, chat, served_model, tokenizer,
+    target = make_target(options, base_url, api_key, chat, served_model, tokenizer,
                          concurrency, batch_size, kind=target_kind)
     names = ruler_mod.ALL_TASKS if tasks == "all" else [t.strip() for t in tasks.split(",") if t.strip()]
     qa_files = {k: str(v) for k, v in (("squad", squad), ("hotpotqa", hotpotqa)) if v}
@@ -256,45 +206,45 @@ def ruler(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[boo
                 not_run[f"{name}@{L}"] = str(e)
                 typer.secho(f"not run: {name} at {L}: {e}", fg="yellow", err=True)
     summary = _run(all_samples, target, out, save_prompts,
-                   {"command": "ruler", "seed": seed, "flags": flags, "not_run": not_run})
+                   {"command": "ruler", "seed": seed, "options": options, "not_run": not_run})
     if not_run:
         summary["not_run"] = not_run
         (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
 
 
-@eval_app.command(context_settings=_EXTRA)
-def ppl(ctx: typer.Context, model: Optional[str] = ModelOpt, dca: Optional[bool] = DcaOpt,
-        target_kind: str = TargetOpt,
-        attention: Optional[str] = AttnOpt, max_model_len: Optional[str] = MaxLenOpt,
-        device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt,
+@eval_app.command()
+@engine_options(**EVAL_ENGINE)
+def ppl(target_kind: str = TargetOpt,
         base_url: Optional[str] = BaseUrlOpt, api_key: Optional[str] = ApiKeyOpt,
         served_model: Optional[str] = ServedOpt, tokenizer: Optional[str] = TokOpt,
         file: Optional[Path] = typer.Option(None, "--file", help="Text file (default: ASV Bible)."),
         lengths: str = typer.Option("8k", help="Window length in tokens (the largest is used)."),
         samples: int = typer.Option(1, help="Windows over the text."),
-        setting: list[str] = typer.Option([], "--setting", help="Engine flags of one setting, "
-                                          "e.g. 'dca=true,attention=sparse'; repeat to compare."),
-        out: Path = typer.Option(Path("eval_out/ppl"))):
+        setting: list[str] = typer.Option([], "--setting", help="Engine options of one setting "
+                                          "beside the flags given, e.g. 'dca=true,attention=sparse'; "
+                                          "repeat to compare."),
+        out: Path = typer.Option(Path("eval_out/ppl")), *, options: dict):
     """Mean NLL by position bin (0-2K, 2-8K, 8-16K, ...): table, JSON, PNG."""
     from rich.console import Console
     from rich.table import Table
 
     from turboctx.eval.plots import nll_by_position
     from turboctx.eval.ppl import run_ppl
-    flags = engine_flags(dca, attention, max_model_len, device, dtype, ctx.args)
+    from turboctx.config import ENGINE_OPTIONS
     length = max(option_sizes(lengths))
-    if base_url:
-        targets = {"remote": make_target(model, flags, base_url, api_key, False, served_model,
-                                         tokenizer, 1, 1)}
-    elif target_kind == "hf":
-        targets = {"hf": make_hf_target(model, flags)}
+    if base_url or target_kind == "hf":
+        if setting:
+            raise typer.BadParameter("--setting compares local engine settings; drop --base-url / "
+                                     "--target hf")
+        targets = {"remote" if base_url else "hf": make_target(
+            options, base_url, api_key, False, served_model, tokenizer, 1, 1, kind=target_kind)}
     else:
-        settings = setting or [",".join(f"{k}={v}" for k, v in flags.items()) or "default"]
+        shown = {k: v for k, v in options.items() if k != "model"}
+        settings = setting or [",".join(f"{k}={v}" for k, v in shown.items()) or "default"]
         targets = {}
         for s in settings:
-            extra = {} if s == "default" else parse_extra(
-                [f"--{kv.strip()}" for kv in s.split(",") if kv.strip()])
-            targets[s] = LocalTarget(model, **{**flags, **extra})
+            extra = {} if s == "default" else parse_option("--setting", ENGINE_OPTIONS.parse_assignments, s)
+            targets[s] = LocalTarget(**{**options, **extra})
     first = next(iter(targets.values()))
     try:
         results = run_ppl(targets, first.encode, length, samples, str(file) if file else None)

@@ -3,25 +3,14 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 from dataclasses import dataclass, field
 from typing import Callable
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*$")
-
-
-def parse_size(text: str | int) -> int:
-    """'4k' -> 4096, '1m' -> 1048576, '1500' -> 1500 (k = 1024, as in RULER's 4K/128K)."""
-    if isinstance(text, int):
-        return text
-    m = _SIZE.match(str(text))
-    if not m:
-        raise ValueError(f"not a size: {text!r} (use e.g. 4096, 4k, 1m)")
-    mult = {"": 1, "k": 1024, "m": 1024 * 1024}[m.group(2).lower()]
-    return int(round(float(m.group(1)) * mult))
+from turboctx.config.options import parse_size
 
 
 def parse_sizes(text: str) -> list[int]:
+    """'4k,16k' -> [4096, 16384] (k = 1024, as in RULER's 4K/128K)."""
     return [parse_size(t) for t in str(text).split(",") if t.strip()]
 
 

@@ -35,8 +35,8 @@ def _asv_file() -> Path:
 @functools.lru_cache(maxsize=1)
 def bible_raw_text() -> str:
     """The ASV exactly as the package ships it: verse numbers, one paragraph a line, starting
-    with a newline. The perplexity text (the DCA and sparse issues' reference figures were
-    measured on its first 64K tokens, this string as it is)."""
+    with a newline. The perplexity text (docs/DCA.md and docs/SPARSE.md measure NLL on its first
+    64K tokens, this string as it is)."""
     src = _asv_file().read_text(encoding="utf-8")
     start = src.index('"""') + 3
     return src[start:src.index('"""', start)]

@@ -86,10 +86,8 @@ class HFTarget(TokenizerMixin):
 
     @property
     def dtype(self):
-        import torch
-        from turboctx.config import parse_dtype
-        return parse_dtype(self.dtype_name) or (
-            torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        from turboctx.config.engine import torch_dtype
+        return torch_dtype(self.dtype_name, self.device.type == "cuda")
 
     @property
     def model(self):

@@ -17,7 +17,7 @@ per-sample differences d_i = score_B - score_A, not by two independent percentag
   - a_better / b_better: samples where one scored higher; sign_p: exact two-sided sign test
     over them;
   - within(margin): the whole ci95 inside +-margin points: B is shown to be within the margin.
-Several run pairs (lengths run separately, seeds, sessions) pool by concatenating their pairs.
+Several run pairs (lengths run separately, seeds, separate runs) pool by concatenating their pairs.
 """
 from __future__ import annotations
 

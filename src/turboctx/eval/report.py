@@ -1,7 +1,8 @@
-"""docs/EVAL.md from a suite output directory (suite.json + compare.json + per-target runs).
+"""A markdown report of an evaluation suite run (suite.json + compare.json + per-target runs;
+tools/eval_suite.py writes one).
 
     from turboctx.eval.report import write_report
-    write_report("runs/suite", "docs/EVAL.md")      # also copies the heatmap PNGs beside it
+    write_report("runs/suite", "runs/suite/report.md")   # also copies the heatmap PNGs beside it
 """
 from __future__ import annotations
 
@@ -176,8 +177,8 @@ def _heatmap_png(out: Path, target: str, image_dir: Path) -> Path | None:
 
 def write_report(out: str | Path, doc: str | Path, image_dir: str | Path | None = None,
                  cmp: dict | None = None) -> Path:
-    """Render docs/EVAL.md from OUT; copy the NIAH heatmaps to image_dir (default
-    <doc dir>/results/eval) so the doc shows them. `cmp`: compare_runs' result (default:
+    """Render the report of OUT into `doc`; copy the NIAH heatmaps to image_dir (default
+    <doc dir>/results/eval) so the report shows them. `cmp`: compare_runs' result (default:
     OUT/compare.json, or computed when missing)."""
     out, doc = Path(out), Path(doc)
     suite_p = out / "suite.json"

@@ -72,19 +72,20 @@ def load_tokenizer(spec: str | None) -> Any:
 class LocalTarget(TokenizerMixin):
     """The in-process engine, created lazily from a model spec and engine flags."""
 
-    def __init__(self, model: str | None = None, batch_size: int = 1, **engine_flags: Any):
-        self.model_spec = model
-        self.engine_flags = engine_flags
+    def __init__(self, model: str | None = None, batch_size: int = 1, **options: Any):
+        """options: engine options, checked now (the engine itself is built on first use)."""
+        from turboctx.config import EngineConfig
+        self.config = EngineConfig.from_options(model=model, **options)
         self.batch_size = batch_size
         self._llm = None
-        flags = ",".join(f"{k}={v}" for k, v in sorted(engine_flags.items()))
+        flags = ",".join(f"{k}={v}" for k, v in sorted(options.items()))
         self.name = f"local:{model or 'default'}" + (f"[{flags}]" if flags else "")
 
     @property
     def llm(self):
         if self._llm is None:
             from turboctx import LLM
-            self._llm = LLM(self.model_spec, **self.engine_flags)
+            self._llm = LLM(config=self.config)
         return self._llm
 
     @property
@@ -104,14 +105,8 @@ class LocalTarget(TokenizerMixin):
             torch.cuda.empty_cache()
 
     @property
-    def max_model_len(self) -> int | None:
-        engine = getattr(self.llm, "engine", None)
-        for obj in (self.llm, getattr(engine, "config", None), getattr(self.llm, "config", None),
-                    getattr(self.llm, "engine_config", None)):
-            val = getattr(obj, "max_model_len", None)
-            if isinstance(val, int):
-                return val
-        return self.engine_flags.get("max_model_len")
+    def max_model_len(self) -> int:
+        return self.llm.config.max_model_len
 
     def generate(self, prompts: Sequence[str], max_tokens: int) -> list[str | Exception]:
         from turboctx import SamplingParams

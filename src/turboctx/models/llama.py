@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from turboctx.attention.backend import AttentionBackend, AttentionBatch
-from turboctx.config import ModelConfig
+from turboctx.config.architecture import ModelArchitecture
 from turboctx.errors import ModelLoadError
 from turboctx.models.layers import GatedMLP, RMSNorm
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int):
+    def __init__(self, cfg: ModelArchitecture, layer: int):
         super().__init__()
         self.layer = layer
         self.num_heads, self.num_kv_heads, self.head_dim = (
@@ -51,7 +51,7 @@ def split_linear(x: torch.Tensor, layer: nn.Linear, sizes: list[int]) -> list[to
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int):
+    def __init__(self, cfg: ModelArchitecture, layer: int):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.self_attn = SelfAttention(cfg, layer)
@@ -64,7 +64,7 @@ class DecoderLayer(nn.Module):
 
 
 class DecoderModel(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelArchitecture):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
@@ -86,7 +86,7 @@ _FUSED = {
 
 
 class LlamaForCausalLM(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelArchitecture):
         super().__init__()
         self.config = cfg
         self.model = DecoderModel(cfg)
@@ -165,7 +165,7 @@ class LlamaForCausalLM(nn.Module):
 
 
 @torch.no_grad()
-def random_hf_tensors(cfg: ModelConfig, seed: int, dtype: torch.dtype, device, std: float = 0.02):
+def random_hf_tensors(cfg: ModelArchitecture, seed: int, dtype: torch.dtype, device, std: float = 0.02):
     """The weights `init_random_` gives the whole model, as HF-named checkpoint tensors, one at a
     time (a tensor-parallel rank slices its part of each: every rank then holds the same model)."""
     with torch.device("meta"):

@@ -1,5 +1,5 @@
 """Qwen2 / Qwen2.5 (incl. *-1M): the Llama decoder with q/k/v biases (config.attention_bias,
-set by ModelConfig for the qwen2 family)."""
+set by ModelArchitecture for the qwen2 family)."""
 from __future__ import annotations
 
 from turboctx.models.llama import LlamaForCausalLM

@@ -84,14 +84,13 @@ class EngineLoop:
         return self._thread.is_alive()
 
     def num_waiting(self) -> int:
-        return len(self.engine.scheduler.waiting) + self.num_pending
+        return self.engine.num_waiting() + self.num_pending
 
     def num_running(self) -> int:
-        return len(self.engine.scheduler.running)
+        return self.engine.num_running()
 
     def kv_usage(self) -> float:
-        a = self.engine.allocator
-        return 1.0 - a.num_free / max(a.num_blocks, 1)
+        return self.engine.kv_cache_usage().ratio
 
     def submit(self, req: Request, loop: asyncio.AbstractEventLoop) -> RequestStream:
         if self.draining or self._stop:
@@ -210,7 +209,7 @@ class EngineLoop:
         now = time.perf_counter()
         for out in outs:
             seen, last = self._progress.get(out.request_id, (0, now))
-            n = len(out.token_ids)
+            n = out.num_output_tokens
             if self.metrics and n > seen:
                 self.metrics.on_tokens(out, seen, n - seen, now - last)
             self._progress[out.request_id] = (n, now)
@@ -222,5 +221,5 @@ class EngineLoop:
                     self.metrics.on_finished(out)
             if stream is not None:
                 stream.put_threadsafe(out)
-        if not outs and not eng.scheduler.running and eng.scheduler.waiting:
+        if not outs and not eng.num_running() and eng.num_waiting():
             time.sleep(0.005)             # nothing admitted (cannot happen for valid requests)

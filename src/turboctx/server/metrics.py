@@ -33,12 +33,12 @@ class ServerMetrics:
 
     def bind(self, engine_loop) -> None:
         """Gauges read the engine's state when scraped."""
-        a = engine_loop.engine.allocator
+        engine = engine_loop.engine
         self.waiting.set_function(engine_loop.num_waiting)
         self.running.set_function(engine_loop.num_running)
         self.kv_usage.set_function(engine_loop.kv_usage)
-        self.kv_blocks_used.set_function(lambda: a.num_blocks - a.num_free)
-        self.kv_blocks_total.set_function(lambda: a.num_blocks)
+        self.kv_blocks_used.set_function(lambda: engine.kv_cache_usage().used_blocks)
+        self.kv_blocks_total.set_function(lambda: engine.kv_cache_usage().total_blocks)
 
     # called from the engine thread
     def on_tokens(self, out, seen: int, new: int, since_last_s: float) -> None:

@@ -179,7 +179,7 @@ async def final_output(state: ServerState, stream: RequestStream, http: HTTPRequ
 
 
 def usage_of(out: RequestOutput) -> Usage:
-    p, c = len(out.prompt_token_ids), len(out.token_ids)
+    p, c = len(out.prompt_token_ids), out.num_output_tokens
     return Usage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c,
                  prompt_tokens_details=PromptTokensDetails(cached_tokens=out.metrics.num_cached_tokens))
 
@@ -215,7 +215,7 @@ async def stream_sse(state: ServerState, stream: RequestStream, stop: list[str],
                 break
             last = item
             text = held.delta(item.text, item.finished)
-            n = len(item.token_ids)
+            n = item.num_output_tokens
             lp = logprobs_of(item, sent_tokens, n) if logprobs_of is not None and n > sent_tokens else None
             sent_tokens = n
             finish = item.finish_reason if item.finished else None

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 
-from turboctx.config import ModelConfig
+from turboctx.config.architecture import ModelArchitecture
 
 if TYPE_CHECKING:
     from turboctx.tokenizer import Tokenizer
@@ -16,7 +16,7 @@ TensorStream = Iterator[tuple[str, torch.Tensor]]
 
 @dataclass
 class Checkpoint:
-    config: ModelConfig
+    config: ModelArchitecture
     tokenizer: "Tokenizer | None"
     source: str                      # a path, or "random:qwen2.5-7b"
     kind: str                        # "hf" | "gguf" | "random" | "default"

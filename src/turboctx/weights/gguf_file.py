@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from turboctx.config import ModelConfig
+from turboctx.config.architecture import ModelArchitecture
 from turboctx.errors import ModelLoadError, UnsupportedModelError
 from turboctx.tokenizer import Tokenizer, gguf_value
 from turboctx.weights.checkpoint import Checkpoint
@@ -93,7 +93,7 @@ def _check_tensors(reader, path: Path) -> set[str]:
 
 
 def gguf_config(reader, arch: str, names: set[str], tokenizer: Tokenizer | None,
-                name: str) -> ModelConfig:
+                name: str) -> ModelArchitecture:
     def meta(key, default=None):
         return gguf_value(reader, f"{arch}.{key}", default)
 
@@ -117,7 +117,7 @@ def gguf_config(reader, arch: str, names: set[str], tokenizer: Tokenizer | None,
     eos = gguf_value(reader, "tokenizer.ggml.eos_token_id")
     if eos is not None and eos not in eos_ids:
         eos_ids = [eos, *eos_ids]
-    return ModelConfig(
+    return ModelArchitecture(
         family=arch, vocab_size=int(vocab), hidden_size=int(hidden),
         intermediate_size=int(meta("feed_forward_length")),
         num_hidden_layers=int(meta("block_count")), num_attention_heads=int(heads),
@@ -132,7 +132,7 @@ def gguf_config(reader, arch: str, names: set[str], tokenizer: Tokenizer | None,
         eos_token_ids=list(eos_ids), torch_dtype="float32", name=name)
 
 
-def _stream(reader, config: ModelConfig):
+def _stream(reader, config: ModelArchitecture):
     from gguf.quants import dequantize
 
     for t in reader.tensors:

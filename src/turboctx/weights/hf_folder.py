@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from turboctx.config import ModelConfig
+from turboctx.config.architecture import ModelArchitecture
 from turboctx.errors import ModelLoadError
 from turboctx.weights.checkpoint import Checkpoint
 
@@ -19,7 +19,7 @@ def open_hf_folder(folder: Path) -> Checkpoint:
         raise ModelLoadError(f"folder {folder} has no config.json; a Hugging Face model folder needs "
                              f"config.json and *.safetensors (or give a .gguf file)")
     raw = _read_json(config_file)
-    config = ModelConfig.from_hf_dict(raw, name=folder.name)
+    config = ModelArchitecture.from_hf_dict(raw, name=folder.name)
     gen = _read_json(folder / "generation_config.json") if (folder / "generation_config.json").is_file() else {}
     config.eos_token_ids = _merge_ids(config.eos_token_ids, gen.get("eos_token_id"))
     if config.bos_token_id is None and isinstance(gen.get("bos_token_id"), int):

@@ -1,7 +1,7 @@
 """`random:<preset>`: real architectures (from the models' config.json) with random weights, for benchmarks."""
 from __future__ import annotations
 
-from turboctx.config import ModelConfig
+from turboctx.config.architecture import ModelArchitecture
 from turboctx.errors import UnsupportedModelError
 
 _QWEN = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "rope_theta": 1e6,
@@ -50,9 +50,9 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def preset_config(name: str) -> ModelConfig:
+def preset_config(name: str) -> ModelArchitecture:
     key = name.lower()
     if key not in PRESETS:
         raise UnsupportedModelError(
             f"unknown random preset {name!r}; presets: {', '.join(PRESETS)} (use random:<preset>)")
-    return ModelConfig.from_hf_dict(dict(PRESETS[key]), name=f"random:{key}")
+    return ModelArchitecture.from_hf_dict(dict(PRESETS[key]), name=f"random:{key}")

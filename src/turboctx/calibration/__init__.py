@@ -1,0 +1,2 @@
+"""Sparsity refinement: per-head sparse budgets from attention recall (rounds.py), and
+`turboctx calibrate` (cli.py)."""

@@ -1,0 +1,3 @@
+from turboctx.cli import main
+
+main()

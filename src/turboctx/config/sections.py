@@ -1,0 +1,128 @@
+"""The parts of the engine's configuration a user sets: one frozen dataclass per part, each field
+an engine option (options.py) validated on construction. Names follow vLLM where it has the
+concept. `None` means "from the model or the device": EngineConfig.resolve fills it in.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from turboctx.attention.sparse.config import SparseConfig
+from turboctx.config.options import OptionSpec, option, section_specs
+from turboctx.errors import InvalidRequestError
+
+DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16",
+                 "half": "float16"}
+GPU_BATCHED_TOKENS, CPU_BATCHED_TOKENS = 32768, 2048
+
+
+class Section:
+    """Validates (and normalizes) every option field on construction."""
+
+    def __post_init__(self):
+        for spec in specs_of(type(self)):
+            object.__setattr__(self, spec.name, spec.check(getattr(self, spec.name)))
+
+
+@lru_cache(maxsize=None)
+def specs_of(cls: type) -> tuple[OptionSpec, ...]:
+    return tuple(section_specs(SECTION_NAMES[cls], cls))
+
+
+@dataclass(frozen=True)
+class ModelConfig(Section):
+    model: str | None = option(
+        None, "HF folder, .gguf file or random:<preset>; default: SmolLM2-135M-Instruct",
+        flags=("-m",))
+    device: str = option("auto", "auto (cuda when available) | cpu | cuda | cuda:N")
+    dtype: str = option("auto", "auto (bfloat16 on CUDA, float32 on the CPU) | float32 | "
+                        "bfloat16 | float16",
+                        choices=("auto", "float32", "bfloat16", "float16"), aliases=DTYPE_ALIASES)
+    max_model_len: int | None = option(
+        None, "longest prompt + output in tokens (e.g. 128k); default: the model's trained length",
+        minimum=1, size=True)
+    seed: int = option(0, "seed of random:<preset> weights and of requests that set none")
+    enforce_eager: bool = option(
+        False, "decode without CUDA graphs and run norms without torch.compile")
+
+    def __post_init__(self):
+        super().__post_init__()
+        dev = self.device.lower()
+        if dev not in ("auto", "cpu", "cuda") and not (dev.startswith("cuda:") and dev[5:].isdigit()):
+            raise InvalidRequestError(f"device={self.device!r} is not one of auto, cpu, cuda, cuda:N")
+        object.__setattr__(self, "device", dev)
+
+
+@dataclass(frozen=True)
+class CacheConfig(Section):
+    block_size: int = option(256, "KV cache block, in tokens", minimum=1)
+    kv_cache_dtype: str = option("auto", "KV cache storage: auto (the model's dtype)",
+                                 choices=("auto",))
+    gpu_memory_utilization: float = option(0.92, "share of GPU memory the engine may take",
+                                           minimum=0.05, maximum=1.0)
+    enable_prefix_caching: bool = option(
+        True, "reuse the KV of a prompt prefix seen before (least recently used ones are evicted)")
+    kv_cache_tokens: int | None = option(
+        None, "KV cache size in tokens; default: what memory allows", minimum=1, size=True)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig(Section):
+    max_num_seqs: int = option(64, "requests running at once", minimum=1)
+    max_num_batched_tokens: int | None = option(
+        None, f"tokens per step, the chunked-prefill budget; default: {GPU_BATCHED_TOKENS} on "
+        f"GPUs, {CPU_BATCHED_TOKENS} on the CPU", minimum=1, size=True)
+
+
+@dataclass(frozen=True)
+class ParallelConfig(Section):
+    tensor_parallel_size: int = option(
+        1, "split the model over this many processes (GPUs), Megatron-style", minimum=1,
+        flags=("-tp",))
+
+
+@dataclass(frozen=True)
+class AttentionConfig(Section):
+    """What the user asks of attention; EngineConfig.resolve turns it into a DCAConfig and a
+    SparseConfig (or None for either)."""
+    attention: str = option(
+        "dense", "dense | sparse | auto: vertical-slash sparse prefill for prompt rows from "
+        "--sparse-threshold on (auto: on GPUs only)", choices=("dense", "sparse", "auto"))
+    dca: bool | None = option(
+        None, "Dual Chunk Attention, for prompts past the trained length; default: as the "
+        "model's config says")
+    dca_chunk_size: int | None = option(
+        None, "DCA chunk: the longest query-key distance + 1; default: the model's "
+        "dual_chunk_attention_config, else its trained length", minimum=2, size=True)
+    dca_local_size: int | None = option(
+        None, "DCA window of the previous chunk kept at true distances; default: the model's, "
+        "else chunk size / 8", minimum=0, size=True)
+    dca_original_max_position_embeddings: int | None = option(
+        None, "the trained length YaRN's scale is relative to; default: the model's",
+        minimum=1, size=True)
+    sparse_threshold: int | None = option(
+        None, f"prompt rows from this position on run sparse (default {SparseConfig.threshold})",
+        minimum=1, size=True)
+    sparse_dense_tail: int | None = option(
+        None, f"tokens at the prompt's end that attend densely under sparse prefill (default "
+        f"{SparseConfig.dense_tail}; 0: none)", minimum=0, size=True)
+    sparse_config: str | None = option(
+        None, "per-head sparse budgets (sparse_attention_config.json, e.g. from `turboctx "
+        "calibrate`); default: the file beside HF weights, else "
+        f"{SparseConfig.vertical_size} vertical / {SparseConfig.slash_size} slash lines per head")
+
+    @property
+    def dca_options(self) -> dict:
+        return {k: getattr(self, k) for k in ("dca_chunk_size", "dca_local_size",
+                                              "dca_original_max_position_embeddings")
+                if getattr(self, k) is not None}
+
+    @property
+    def sparse_options(self) -> dict:
+        return {k: getattr(self, k) for k in ("sparse_threshold", "sparse_dense_tail", "sparse_config")
+                if getattr(self, k) is not None}
+
+
+SECTIONS = {"model": ModelConfig, "cache": CacheConfig, "scheduler": SchedulerConfig,
+            "parallel": ParallelConfig, "attention": AttentionConfig}
+SECTION_NAMES = {cls: name for name, cls in SECTIONS.items()}

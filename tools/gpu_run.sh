@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The GPU measurements the docs quote, on a machine with no network (the package runs from src/;
+# the default model and extra wheels come through tools/gpu_stage.sh). JSON and logs go to $OUT.
+# usage: tools/gpu_run.sh tests                 # every gpu-marked test (default-model ones need $GGUF)
+#        tools/gpu_run.sh prefill               # TTFT, random:qwen2.5-7b, sparse, 1M (MODEL, LENGTHS,
+#                                               #   ATTENTION, REPEAT override; EXTRA: more flags)
+#        tools/gpu_run.sh decode                # decode ms/token, random:qwen2.5-7b-1m, 128K and 1M
+#        tools/gpu_run.sh fidelity              # default model + DCA: NLL by position, dense vs sparse
+set -uo pipefail
+export PYTHONPATH="$PWD/src:$PWD/tests:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+tc() { python3 -m turboctx.cli "$@"; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c 'import torch, triton, transformers; print("torch", torch.__version__, "triton", triton.__version__, "transformers", transformers.__version__)'
+case "${1:-}" in
+  tests)
+    python3 -m pytest -q -m gpu tests/ -p no:cacheprovider ${TESTS_K:+-k "$TESTS_K"} 2>&1 | tee "$OUT/gpu_tests.log" | tail -25 ;;
+  prefill)
+    m=${MODEL:-random:qwen2.5-7b}; a=${ATTENTION:-sparse}; l=${LENGTHS:-1m}
+    tc bench prefill --model "$m" --attention "$a" --lengths "$l" --repeat "${REPEAT:-2}" ${EXTRA:-} \
+      --json "$OUT/prefill_${m#random:}_${a}_${l//,/_}.json" 2>&1 | tee -a "$OUT/prefill.log" | grep -v -i warn ;;
+  decode)
+    m=${MODEL:-random:qwen2.5-7b-1m}
+    tc bench decode --model "$m" --lengths "${LENGTHS:-128k,1m}" --steps 64 --repeat 3 ${EXTRA:-} \
+      --json "$OUT/decode_${m#random:}.json" 2>&1 | tee -a "$OUT/decode.log" | grep -v -i warn ;;
+  fidelity)   # NLL by position over 64K tokens of the ASV, fp32: dense DCA against sparse DCA
+    tc eval ppl --model "$GGUF" --device cuda --dtype float32 --dca --lengths 64k --max-model-len 65600 \
+      --setting attention=dense --setting attention=sparse,sparse_threshold=4096 ${EXTRA:-} \
+      --out "$OUT/fidelity" 2>&1 | grep -v -i warn | tail -14 ;;
+  *) echo "usage: tools/gpu_run.sh tests|prefill|decode|fidelity"; exit 2 ;;
+esac
