@@ -52,27 +52,34 @@ def test_stop_strings_across_tokens(tok):
         assert i < len(ids) - 1 and d.text == (want + " Then" if include else want)
 
 
+def _early_and_late_step_times(step, ids: list[int]) -> tuple[float, float]:
+    """Median seconds of step(token) over the first 2,000 tokens and over the last 2,000."""
+    def median_time(chunk):
+        times = []
+        for t in chunk:
+            t0 = time.perf_counter()
+            step(t)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+    early = median_time(ids[:2000])
+    for t in ids[2000:-2000]:
+        step(t)
+    return early, median_time(ids[-2000:])
+
+
+def _random_ids(seed: int, n: int = 30000) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(100, 40000) for _ in range(n)]
+
+
 def test_a_step_costs_the_same_late_in_a_long_output(tok, monkeypatch):
     """30,000 tokens: the late steps cost what the early ones do (a full re-decode would cost
     ~100x more by then), and the full decode runs at most once, at the end."""
     calls = []
     real = tok.decode
     monkeypatch.setattr(tok, "decode", lambda *a, **k: calls.append(1) or real(*a, **k))
-    rng = random.Random(0)
-    ids = [rng.randrange(100, 40000) for _ in range(30000)]
     d = IncrementalDetokenizer(tok, SamplingParams(max_tokens=40000, stop=["\x00never\x00"]))
-
-    def step_time(chunk):
-        times = []
-        for t in chunk:
-            t0 = time.perf_counter()
-            d.add(t)
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
-
-    early = step_time(ids[:2000])
-    step_time(ids[2000:28000])
-    late = step_time(ids[28000:])
+    early, late = _early_and_late_step_times(d.add, _random_ids(0))
     assert late < 4 * early + 5e-6, (early, late)
     assert calls == []
 
@@ -81,23 +88,15 @@ def test_a_request_step_and_its_output_cost_the_same_late(tok):
     """What the engine does per generated token: append it (detokenize, stop checks) and make
     the request's output."""
     from turboctx.engine.request import Request
-    rng = random.Random(1)
-    ids = [rng.randrange(100, 40000) for _ in range(30000)]
+    ids = _random_ids(1)
     req = Request("r", None, [1, 2, 3], SamplingParams(max_tokens=40000, logprobs=1, stop=["\x00!"]),
                   [], tok)
 
-    def step_time(chunk):
-        times = []
-        for t in chunk:
-            t0 = time.perf_counter()
-            req.append_token(t, {t: -1.0})
-            req.to_output()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+    def step(t):
+        req.append_token(t, {t: -1.0})
+        req.to_output()
 
-    early = step_time(ids[:2000])
-    step_time(ids[2000:28000])
-    late = step_time(ids[28000:])
+    early, late = _early_and_late_step_times(step, ids)
     assert late < 4 * early + 5e-6, (early, late)
     out = req.to_output()
     assert out.token_ids == ids and out.text == tok.decode(ids) and len(out.logprobs) == len(ids)

@@ -119,7 +119,7 @@ def decode(lengths: Annotated[str, typer.Option(help="context lengths, e.g. 128k
         for r in rows:
             r["engine"] = "turboctx+graphs"     # said only when decode really replayed graphs
     env = environment(llm.engine.device)
-    attention = llm.config.attention_name
+    attention, setup = llm.config.attention_name, llm.engine.attention_setup()
     if compare == "hf":
         from turboctx.bench.hf_compare import hf_decode
         m, dev, dt = llm.engine.architecture, llm.engine.device, llm.config.dtype
@@ -130,7 +130,8 @@ def decode(lengths: Annotated[str, typer.Option(help="context lengths, e.g. 128k
                 f"{ceilings['copy_gbps']:.0f} GB/s", rows, _columns(DECODE_COLUMNS, rows))
     if json_path:
         write_json(json_path, {"kind": "decode", "model": model, "attention": attention,
-                               "options": options, "cuda_graph_sizes": graphs, "env": env,
+                               "attention_setup": setup, "options": options,
+                               "cuda_graph_sizes": graphs, "env": env,
                                "ceilings": ceilings, "rows": rows})
 
 

@@ -42,13 +42,6 @@ class EngineConfig:
         parts = ENGINE_OPTIONS.by_section(options)
         return cls(**{name: SECTIONS[name](**parts.get(name, {})) for name in SECTIONS})
 
-    def with_options(self, **options: Any) -> "EngineConfig":
-        """A copy with some options changed (an unresolved config only)."""
-        assert not self.is_resolved, "change options before resolve()"
-        parts = ENGINE_OPTIONS.by_section(options)
-        return replace(self, **{name: replace(getattr(self, name), **values)
-                                for name, values in parts.items()})
-
     # -- resolution ----------------------------------------------------------------------------
     def resolve(self, arch: ModelArchitecture, model_dir: str | Path | None = None,
                 cuda_available: bool | None = None) -> "EngineConfig":

@@ -85,7 +85,7 @@ def _run_server(engine, served_model_name, host, port, api_key, max_waiting, max
     kv = engine.kv_cache_usage()
     log.info("model %s as %s; max_model_len %d; attention %s; KV cache %d blocks x %d tokens; "
              "http://%s:%d", engine.config.model.model or "default", names,
-             engine.config.max_model_len, engine.config.attention_name, kv.total_blocks,
+             engine.config.max_model_len, engine.attention_setup(), kv.total_blocks,
              kv.block_size, host, port)
     server.run()
 
