@@ -23,6 +23,33 @@ def default_gguf_path():
         pytest.fail(str(e))
 
 
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, default_gguf_path):
+    """A live `turboctx serve` of the default model, shared by the server tests."""
+    from server_fixtures import start_default_server
+    srv = start_default_server(str(tmp_path_factory.mktemp("server")), default_gguf_path)
+    yield srv
+    if srv.proc.poll() is None:
+        code = srv.stop()
+        assert code == 0, f"exit code {code}\n{srv.log()}"
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    import openai
+    from server_fixtures import API_KEY
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def reference_llm():
+    """The served model in-process, with the server's max_model_len: what the server must match."""
+    from server_fixtures import MAX_MODEL_LEN
+    from turboctx import LLM
+    return LLM(None, device="cpu", max_model_len=MAX_MODEL_LEN, kv_cache_tokens=MAX_MODEL_LEN,
+               max_num_seqs=2)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

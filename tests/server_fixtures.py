@@ -1,6 +1,7 @@
 """A live `turboctx serve` subprocess on 127.0.0.1 (free port) for the server tests."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -97,3 +98,17 @@ def start_server(tmp_dir: str, *extra: str, startup_timeout_s: float = 180.0) ->
         time.sleep(0.3)
     srv.stop()
     raise RuntimeError(f"server did not come up in {startup_timeout_s} s:\n{srv.log()}")
+
+
+def start_default_server(tmp_dir: str, gguf_path: str) -> LiveServer:
+    """The server most tests share: a vLLM command line carries over (the model positional,
+    vLLM's flag names)."""
+    return start_server(tmp_dir, str(gguf_path), "--served-model-name", MODEL,
+                        "--enable-prefix-caching", "--max-num-batched-tokens", "8192",
+                        "--gpu-memory-utilization", "0.9", "--max-num-seqs", "16")
+
+
+def post(server: LiveServer, path: str, body, **kw):
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return requests.post(server.url + path, data=data, timeout=60,
+                         headers={**server.headers, "Content-Type": "application/json"}, **kw)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from turboctx.bench.serve import percentiles, summarize
 from turboctx.server.errors import error_body
-from turboctx.server.serving_common import TextHoldback
+from turboctx.server.streaming import TextHoldback
 
 
 def test_holdback_never_sends_a_partial_stop_string_or_char():

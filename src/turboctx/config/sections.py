@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 from turboctx.attention.sparse.config import SparseConfig
 from turboctx.config.options import OptionSpec, option, section_specs
@@ -44,9 +45,17 @@ class ModelConfig(Section):
     seed: int = option(0, "seed of random:<preset> weights and of requests that set none")
     enforce_eager: bool = option(
         False, "decode without CUDA graphs and run norms without torch.compile")
+    generation_config: str = option(
+        "auto", "sampling defaults for requests that leave a field out: auto (the model's "
+        "generation_config.json) | none | a folder holding a generation_config.json")
 
     def __post_init__(self):
         super().__post_init__()
+        gc = self.generation_config
+        if gc not in ("auto", "none") and not (Path(gc) / "generation_config.json").is_file():
+            raise InvalidRequestError(
+                f"generation_config={gc!r} is not auto, none or a folder holding a "
+                f"generation_config.json")
         dev = self.device.lower()
         if dev not in ("auto", "cpu", "cuda") and not (dev.startswith("cuda:") and dev[5:].isdigit()):
             raise InvalidRequestError(f"device={self.device!r} is not one of auto, cpu, cuda, cuda:N")

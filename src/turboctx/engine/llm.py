@@ -52,6 +52,12 @@ class LLM:
         """The resolved configuration (device, dtype, max_model_len, attention in force)."""
         return self.engine.config
 
+    def get_default_sampling_params(self) -> SamplingParams:
+        """What generate() uses without SamplingParams: the model's generation config
+        (generation_config.json: temperature, top_p, top_k, min_p, repetition_penalty,
+        max_new_tokens) over SamplingParams' defaults; `generation_config="none"` ignores it."""
+        return self.engine.default_sampling_params()
+
     @property
     def tokenizer(self):
         return self.engine.tokenizer
@@ -67,7 +73,7 @@ class LLM:
             prompts = [prompts]
         if not isinstance(prompts, (list, tuple)) or not prompts:
             raise InvalidRequestError("prompts must be a non-empty list of strings or token-id lists")
-        params = sampling_params if sampling_params is not None else SamplingParams()
+        params = sampling_params if sampling_params is not None else self.get_default_sampling_params()
         if isinstance(params, SamplingParams):
             params = [params] * len(prompts)
         if len(params) != len(prompts):
@@ -99,7 +105,7 @@ class LLM:
                chat: bool = False, use_tqdm: bool | None = None):
         """Yields the growing RequestOutput of one prompt after every step that advances it."""
         eng = self.engine
-        req = eng.make_request(prompt, sampling_params or SamplingParams(), chat=chat)
+        req = eng.make_request(prompt, sampling_params or self.get_default_sampling_params(), chat=chat)
         eng.add_request(req)
         total = req.num_prompt_tokens
         show = use_tqdm if use_tqdm is not None else (sys.stderr.isatty() and total >= PROGRESS_MIN_TOKENS)

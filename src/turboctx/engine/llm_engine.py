@@ -21,6 +21,7 @@ from turboctx.engine.worker import Worker
 from turboctx.errors import InvalidRequestError, PromptTooLongError, TurboctxError
 from turboctx.kv_cache import BlockAllocator
 from turboctx.weights import open_checkpoint
+from turboctx.weights.generation_config import generation_defaults
 
 log = logging.getLogger("turboctx")
 
@@ -73,6 +74,10 @@ class LLMEngine:
             self.tokenizer.eos_token_ids if self.tokenizer else []))
         self.requests: dict[str, Request] = {}
         self._ids = itertools.count()
+        self.generation_defaults = generation_defaults(
+            config.model.generation_config, ckpt.source if ckpt.kind == "hf" else None)
+        if self.generation_defaults:
+            log.info("sampling defaults from the generation config: %s", self.generation_defaults)
 
     def _start_ranks(self):
         """Tensor parallelism: the other ranks, started (or joined, under torchrun) and stopped
@@ -122,6 +127,11 @@ class LLMEngine:
                              "budgets": "per head" if s.head_budgets is not None else
                              f"{s.vertical_size} vertical / {s.slash_size} slash"}
         return out
+
+    def default_sampling_params(self, **fields) -> SamplingParams:
+        """SamplingParams with `fields`, the rest from the model's generation config (when
+        `generation_config` is auto or a folder), then SamplingParams' own defaults."""
+        return SamplingParams.from_defaults(self.generation_defaults, **fields)
 
     def captured_graph_sizes(self) -> list[int]:
         """Decode batch sizes replayed from CUDA graphs so far (empty: all decode ran eagerly)."""
@@ -202,6 +212,11 @@ class LLMEngine:
                 f"a prompt must be a string or a list of token ids, got {type(prompt).__name__}")
         if not ids:
             raise InvalidRequestError("prompt is empty after tokenization; give at least one token")
+        vocab = self.architecture.vocab_size
+        outside = [t for t in [*params.logit_bias, *params.stop_token_ids] if t >= vocab]
+        if outside:
+            raise InvalidRequestError(f"token id {outside[0]} in logit_bias / stop_token_ids is "
+                                      f"outside the vocabulary [0, {vocab})")
         limit = self.config.max_model_len
         if len(ids) + params.max_tokens > limit:
             raise PromptTooLongError(len(ids), params.max_tokens, limit)

@@ -38,6 +38,7 @@ class Request:
         self.stop_reason: str | int | None = None
         self.slots: SeqSlots | None = None
         self.generator: torch.Generator | None = None
+        self.penalty_state = None             # engine/penalties.py, made on first sample if needed
         self.detokenizer = IncrementalDetokenizer(tokenizer, params) if tokenizer is not None else None
         self.arrival_time = time.perf_counter()
         self.first_scheduled_time: float | None = None

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from turboctx.engine.penalties import (PenaltyState, apply_logit_bias, apply_min_p, apply_penalties,
+                                       mask_min_tokens)
 from turboctx.engine.request import Request
 
 
@@ -37,22 +39,52 @@ def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch
     return logits
 
 
+def _processed_row(logits: torch.Tensor, i: int, req: Request) -> torch.Tensor:
+    """logits[i] [V] after the request's logit bias, penalties and min_tokens mask."""
+    p, row = req.params, logits[i]
+    if p.logit_bias:
+        row = apply_logit_bias(row, p.logit_bias)
+    if p.has_penalties:
+        if req.penalty_state is None:
+            req.penalty_state = PenaltyState(req.prompt_token_ids, req.output_token_ids, p,
+                                             logits.shape[-1], logits.device)
+        row = apply_penalties(row, p, req.penalty_state)
+    if len(req.output_token_ids) < p.min_tokens:
+        row = mask_min_tokens(row, sorted(req.eos_token_ids | set(p.stop_token_ids)))
+    return row
+
+
+def _needs_processing(req: Request) -> bool:
+    p = req.params
+    return p.processes_logits or len(req.output_token_ids) < p.min_tokens
+
+
 def sample(logits: torch.Tensor, requests: list[Request], generator: torch.Generator | None = None
            ) -> tuple[list[int], list[dict | None]]:
     """logits: [B, V] float32, one row per request -> chosen token ids and their logprob dicts.
-    A request with a seed draws from its own generator; the others from `generator`."""
-    greedy = logits.argmax(dim=-1)
-    tokens = greedy.tolist()
+    A request with a seed draws from its own generator; the others from `generator`. Logprobs are
+    those of the raw logits (vLLM's default), before penalties, temperature and filters."""
+    processed = logits
+    todo = [i for i, r in enumerate(requests) if _needs_processing(r)]
+    if todo:
+        processed = logits.clone()
+        for i in todo:
+            processed[i] = _processed_row(logits, i, requests[i])
+    tokens = processed.argmax(dim=-1).tolist()
     for i, req in enumerate(requests):
         p = req.params
         if p.greedy:
             continue
-        row = logits[i] / p.temperature
+        row = processed[i] / p.temperature
+        row = apply_min_p(row, p.min_p)
         row = _filter_top_k_top_p(row, p.top_k, p.top_p)
         probs = row.softmax(-1)
         if req.generator is None and p.seed is not None:
             req.generator = torch.Generator(device=logits.device).manual_seed(p.seed)
         tokens[i] = int(torch.multinomial(probs, 1, generator=req.generator if req.generator is not None else generator).item())
+    for req, tok in zip(requests, tokens):
+        if req.penalty_state is not None:
+            req.penalty_state.observe(tok)
     want = [i for i, r in enumerate(requests) if r.params.logprobs is not None]
     logprob_rows: list[dict | None] = [None] * len(requests)
     if want:

@@ -13,11 +13,15 @@ from starlette.exceptions import HTTPException
 from turboctx.server.engine_loop import EngineLoop
 from turboctx.server.errors import error_body, install_error_handlers
 from turboctx.server.metrics import CONTENT_TYPE_LATEST, ServerMetrics
-from turboctx.server.protocol import (ChatCompletionRequest, ChatCompletionResponse, CompletionRequest,
-                                      CompletionResponse, ErrorResponse, ModelCard, ModelList)
+from turboctx.server.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
+                                      TokenizeRequest)
+from turboctx.server.responses import (ChatCompletionResponse, CompletionResponse, DetokenizeResponse,
+                                       ErrorResponse, ModelCard, ModelList, TokenizeResponse,
+                                       TokenizerInfo)
 from turboctx.server.serving_chat import create_chat_completion
 from turboctx.server.serving_common import ServerState
 from turboctx.server.serving_completions import create_completion
+from turboctx.server.serving_tokenize import create_detokenize, create_tokenize, tokenizer_info
 
 log = logging.getLogger("turboctx.server")
 DEFAULT_MAX_BODY_BYTES = 64 << 20     # ~1M tokens as text or token ids fit comfortably
@@ -110,6 +114,18 @@ def create_app(engine_loop: EngineLoop, *, model_names: list[str], api_key: str 
         **ERRORS, 200: {"content": {"text/event-stream": {}}}})
     async def completions(body: CompletionRequest, request: Request):
         return await create_completion(state, body, request)
+
+    @app.post("/tokenize", response_model=TokenizeResponse, responses=ERRORS)
+    async def tokenize(body: TokenizeRequest):
+        return await create_tokenize(state, body)
+
+    @app.post("/detokenize", response_model=DetokenizeResponse, responses=ERRORS)
+    async def detokenize(body: DetokenizeRequest):
+        return await create_detokenize(state, body)
+
+    @app.get("/tokenizer_info", response_model=TokenizerInfo, responses=ERRORS)
+    async def get_tokenizer_info():
+        return tokenizer_info(state)
 
     @app.get("/v1/models", response_model=ModelList, responses={401: {"model": ErrorResponse}})
     async def models():

@@ -1,33 +1,22 @@
-"""POST /v1/chat/completions."""
+"""POST /v1/chat/completions: the chat template, n choices, streaming, logprobs."""
 from __future__ import annotations
-
-from typing import AsyncIterator
 
 from starlette.requests import Request as HTTPRequest
 
 from turboctx.engine.outputs import RequestOutput
-from turboctx.server.engine_loop import RequestStream
+from turboctx.server.chat_template import chat_prompt
+from turboctx.server.choices import ChoiceSpec, Choices
 from turboctx.server.errors import APIError
-from turboctx.server.protocol import (ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest,
-                                      ChatCompletionResponse, ChatLogprobs, DeltaMessage, ResponseMessage,
-                                      TokenLogprob, TopLogprob)
-from turboctx.server.serving_common import (ServerState, SSEResponse, final_output, refuse_unsupported,
-                                            sampling_params, sse, stream_sse, submit, tokenize, top_sorted,
-                                            usage_of)
+from turboctx.server.protocol import ChatCompletionRequest, random_id
+from turboctx.server.request_fields import check_neutral_fields, choice_seed, sampling_params
+from turboctx.server.responses import (ChatChoice, ChatChunkChoice, ChatCompletionChunk,
+                                       ChatCompletionResponse, ChatLogprobs, DeltaMessage,
+                                       ResponseMessage, TokenLogprob, TopLogprob)
+from turboctx.server.serving_common import ServerState, tokenize, top_sorted
+from turboctx.server.streaming import SSEResponse, TextHoldback, sse, stream_choices
 
 
-def _messages(body: ChatCompletionRequest) -> list[dict]:
-    out = []
-    for m in body.messages:
-        content = m.content
-        if isinstance(content, list):
-            content = "".join(p.text for p in content)
-        role = "system" if m.role == "developer" else m.role
-        out.append({"role": role, "content": content or ""})
-    return out
-
-
-def _logprobs(state: ServerState, out: RequestOutput, start: int, end: int, k: int) -> ChatLogprobs:
+def logprobs_of(state: ServerState, out: RequestOutput, start: int, end: int, k: int) -> ChatLogprobs:
     items = []
     for tok, d in zip(out.token_ids[start:end], out.logprobs[start:end]):
         s, b = state.token_info(tok)
@@ -39,42 +28,63 @@ def _logprobs(state: ServerState, out: RequestOutput, start: int, end: int, k: i
 
 async def create_chat_completion(state: ServerState, body: ChatCompletionRequest, http: HTTPRequest):
     state.check_model(body.model)
-    refuse_unsupported(body)
+    check_neutral_fields(body)
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError("top_logprobs needs logprobs=true", 400, param="top_logprobs")
-    tk = state.tokenizer
-    if tk is None:
-        raise APIError("this model has no tokenizer, so no chat template; use /v1/completions with token ids", 400)
-    try:
-        prompt = tk.apply_chat_template(_messages(body), add_generation_prompt=body.add_generation_prompt is not False)
-    except Exception as e:        # a template may raise on roles or orders it does not accept
-        raise APIError(f"the chat template rejected these messages: {e}", 400, param="messages") from None
+    if body.max_tokens == 0:
+        raise APIError("max_tokens=0 generates nothing; give at least 1", 400, param="max_tokens")
+    prompt = chat_prompt(state, body.messages, add_generation_prompt=body.add_generation_prompt is not False,
+                         continue_final_message=bool(body.continue_final_message), tools=body.tools,
+                         chat_template_kwargs=body.chat_template_kwargs)
     ids = await tokenize(state, prompt, add_special_tokens=False)
     k = (body.top_logprobs or 0) if body.logprobs else None
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    params = sampling_params(body, max_tokens, len(ids), state.max_model_len, k)
-    stream = await submit(state, ids, params, "chatcmpl")
+    specs = []
+    for j in range(body.n or 1):
+        params = sampling_params(body, defaults=state.engine.generation_defaults, max_tokens=max_tokens,
+                                 prompt_len=len(ids), max_model_len=state.max_model_len,
+                                 vocab_size=state.vocab_size, logprobs=k, seed=choice_seed(body.seed, j))
+        specs.append(ChoiceSpec(j, 0, ids, params))
+    choices = await Choices.submit(state, random_id("chatcmpl"), specs, "messages")
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return SSEResponse(_stream(state, body, stream, params.stop, k, include_usage))
-    out = await final_output(state, stream, http)
-    lp = _logprobs(state, out, 0, len(out.token_ids), k) if k is not None else None
-    return ChatCompletionResponse(
-        id=stream.request_id, model=body.model, usage=usage_of(out),
-        choices=[ChatChoice(message=ResponseMessage(content=out.text), logprobs=lp,
-                            finish_reason=out.finish_reason)])
+        streamers = [_Streamer(state, choices.request_id, body.model, s.index, k, s.params.stop)
+                     for s in specs]
+        usage_chunk = (lambda u: sse(ChatCompletionChunk(id=choices.request_id, model=body.model,
+                                                         choices=[], usage=u))) if include_usage else None
+        return SSEResponse(stream_choices(choices, streamers, usage_chunk))
+    outs = await choices.results(http)
+    return ChatCompletionResponse(id=choices.request_id, model=body.model, usage=choices.usage(), choices=[
+        ChatChoice(index=s.index, message=ResponseMessage(content=o.text),
+                   logprobs=logprobs_of(state, o, 0, o.num_output_tokens, k) if k is not None else None,
+                   finish_reason=o.finish_reason)
+        for s, o in zip(specs, outs)])
 
 
-def _stream(state: ServerState, body: ChatCompletionRequest, stream: RequestStream, stop: list[str],
-            k: int | None, include_usage: bool) -> AsyncIterator[str]:
-    rid, model = stream.request_id, body.model
+class _Streamer:
+    """One choice's SSE chunks: the assistant role first, then text deltas past the stop
+    holdback with the new tokens' logprobs, then the finish reason."""
 
-    def chunk(text: str, lp=None, finish=None, role: str | None = None) -> str:
-        return sse(ChatCompletionChunk(id=rid, model=model, choices=[
-            ChatChunkChoice(delta=DeltaMessage(role=role, content=text), logprobs=lp, finish_reason=finish)]))
+    def __init__(self, state: ServerState, rid: str, model: str, index: int, k: int | None,
+                 stop: list[str]):
+        self.state, self.rid, self.model, self.index, self.k = state, rid, model, index, k
+        self.held, self.sent_tokens = TextHoldback(stop), 0
 
-    return stream_sse(
-        state, stream, stop, chunk,
-        lambda usage: sse(ChatCompletionChunk(id=rid, model=model, choices=[], usage=usage)),
-        None if k is None else (lambda out, lo, hi: _logprobs(state, out, lo, hi, k)),
-        first=chunk("", role="assistant"), include_usage=include_usage)
+    def _chunk(self, delta: DeltaMessage, lp=None, finish=None) -> str:
+        return sse(ChatCompletionChunk(id=self.rid, model=self.model, choices=[
+            ChatChunkChoice(index=self.index, delta=delta, logprobs=lp, finish_reason=finish)]))
+
+    def start(self) -> list[str]:
+        return [self._chunk(DeltaMessage(role="assistant", content=""))]
+
+    def update(self, out: RequestOutput) -> list[str]:
+        text = self.held.delta(out.text, out.finished)
+        n = out.num_output_tokens
+        lp = None
+        if self.k is not None and n > self.sent_tokens:
+            lp = logprobs_of(self.state, out, self.sent_tokens, n, self.k)
+        self.sent_tokens = n
+        finish = out.finish_reason if out.finished else None
+        if text or lp or finish:
+            return [self._chunk(DeltaMessage(content=text), lp, finish)]
+        return []
