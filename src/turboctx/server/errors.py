@@ -70,7 +70,7 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
         where = _loc(e.get("loc", ())) or "body"
         if e.get("type") == "extra_forbidden":
             msgs.append(f"{where}: this server does not know the field {where.rsplit('.', 1)[-1]!r}; "
-                        f"remove it (docs/serving.md lists the fields served)")
+                        f"remove it (docs/SERVING.md lists the fields served)")
             continue
         got = e.get("input")
         got_s = "" if e.get("type") == "missing" else f" (got {str(got)[:60]!r})"
