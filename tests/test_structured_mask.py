@@ -211,3 +211,16 @@ def test_batched_fill_matches_single(tiny):
     assert allowed[1].all()
     with pytest.raises(ValueError, match="contiguous CPU int32"):
         a.fill_bitmask(torch.zeros(masks.shape[1], dtype=torch.int64))
+
+
+@pytest.mark.gpu
+def test_apply_bitmask_on_gpu_matches_cpu():
+    g = torch.Generator().manual_seed(1)
+    words = torch.randint(-2**31, 2**31 - 1, (4, 1536), dtype=torch.int32, generator=g)  # [4, W]
+    logits = torch.randn(4, 49152 + 64, generator=g)                                     # padded
+    expect = apply_bitmask(logits, words)
+    for dtype in (torch.float32, torch.bfloat16):
+        got = apply_bitmask(logits.to("cuda", dtype), words)           # the bitmask moves over
+        assert got.device.type == "cuda" and got.dtype == dtype
+        assert torch.equal(torch.isinf(got).cpu(), torch.isinf(expect))
+    assert torch.equal(unpack_bitmask(words.cuda(), 49216).cpu(), unpack_bitmask(words, 49216))

@@ -42,6 +42,8 @@ def test_spec_kind_and_json_text_parsed():
     assert spec.kind == "json" and spec.json == {"type": "integer"}
     assert StructuredOutputsParams(choice=["a", "b"]).choice == ("a", "b")
     assert StructuredOutputsParams(json_object=True).kind == "json_object"
+    a, b = StructuredOutputsParams(json={"type": "object"}), StructuredOutputsParams(json='{"type": "object"}')
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1      # usable as a dict key
 
 
 def test_from_response_format():

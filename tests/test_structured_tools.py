@@ -374,3 +374,20 @@ def test_template_supports_tools():
     assert template_supports_tools(hermes_tool_chat_template())
     assert not template_supports_tools(default_tokenizer().chat_template)
     assert not template_supports_tools(None)
+
+
+def test_streaming_long_arguments_reads_each_character_once():
+    """22K characters of arguments in 4-character pieces: re-scanning the call per piece takes
+    ~6 s on a 2-core CPU (5,500 scans of up to 22K characters); reading once, ~0.1 s."""
+    import time
+
+    code = "def f(x):\n    return {'a': [x, \"}\"]}\n" * 540
+    args = json.dumps({"path": "a.py", "code": code})
+    text = '<tool_call>\n{"name": "write_file", "arguments": ' + args + "}\n</tool_call>"
+    parser = tool_parser("hermes")
+    t0 = time.perf_counter()
+    stream, deltas = _stream(parser, text, list(range(4, len(text), 4)))
+    assert time.perf_counter() - t0 < 3
+    assert _calls(stream.result()) == _calls(parser.parse(text))
+    assert json.loads(stream.result().tool_calls[0]["function"]["arguments"])["code"] == code
+    _check_deltas(deltas, stream.result())

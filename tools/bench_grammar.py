@@ -6,8 +6,9 @@ one, whose per-token figure includes masking the logits): the one-time tokenizer
 compile time of a typical JSON schema (a pydantic model with 5 fields: a string, an enum, a nested
 list of objects, a list of strings and a boolean), the first mask after compiling, and the
 per-token cost of computing the next-token bitmask and accepting the token, walked over a
-~100-token valid JSON answer tokenized by the default model's tokenizer. Compile times are the median of --runs fresh compiles (library
-caches off); per-token times are the median (and p90) over every token of every run.
+~100-token valid JSON answer tokenized by the default model's tokenizer. Compile times are the
+median of --runs fresh compiles (library caches off); per-token times are the median (and p90)
+over every token of every run.
 
 usage: PYTHONPATH=src python3 tools/bench_grammar.py [--runs 7] [--libs xgrammar,llguidance,turboctx]
 """

@@ -77,6 +77,9 @@ class StructuredOutputsParams:
                                                      and self.whitespace_pattern is None),
                  f"disable_any_whitespace and whitespace_pattern apply to JSON only, not {kind}")
 
+    def __hash__(self) -> int:        # the json dict is not hashable; its canonical text is
+        return hash(self.cache_key())
+
     @property
     def kind(self) -> str:
         """Which of SPEC_FIELDS this spec uses."""

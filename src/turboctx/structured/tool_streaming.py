@@ -17,7 +17,8 @@ content's end. For well-formed output the final `result()` equals the whole-text
 chunking. A call's first delta goes out once its name is known and its arguments object has
 begun; if its JSON breaks after that, the call stays as sent (the non-streaming parser would
 return that block as content).
-Each delta re-scans the current call from its start: O(call length) per delta.
+Until its arguments begin, a call is re-scanned from its start on each delta; the arguments
+object is then followed character by character, each character once.
 """
 from __future__ import annotations
 
@@ -42,6 +43,41 @@ class DeltaMessage:
         return bool(self.content) or bool(self.tool_calls)
 
 
+class _ValueCursor:
+    """Finds the end of the JSON object or array that begins at text[start], reading each
+    character once however the text arrives."""
+
+    def __init__(self, start: int):
+        self.start = self.pos = start
+        self.depth = 0
+        self.in_string = self.escape = False
+        self.end: int | None = None
+
+    def advance(self, text: str) -> int | None:
+        """Read text[pos:] -> index past the value's end, or None while it is open."""
+        i = self.pos
+        while self.end is None and i < len(text):
+            c = text[i]
+            if self.in_string:
+                if self.escape:
+                    self.escape = False
+                elif c == "\\":
+                    self.escape = True
+                elif c == '"':
+                    self.in_string = False
+            elif c == '"':
+                self.in_string = True
+            elif c in "{[":
+                self.depth += 1
+            elif c in "}]":
+                self.depth -= 1
+                if self.depth == 0:
+                    self.end = i + 1
+            i += 1
+        self.pos = i
+        return self.end
+
+
 def _partial_suffix(text: str, tag: str) -> int:
     """Length of the longest end of `text` that is a proper beginning of `tag`."""
     for k in range(min(len(tag) - 1, len(text)), 0, -1):
@@ -61,6 +97,7 @@ class StreamingToolParser:
         self._content: list[str] = []
         self._calls: list[dict] = []
         self._header = False           # the current call's first delta was sent
+        self._cursor: _ValueCursor | None = None   # the end search of its arguments object
         self._finished = False
         self._out: list[DeltaMessage] = []
 
@@ -134,6 +171,10 @@ class StreamingToolParser:
         """Send what the unfinished call object at text[start:] makes known: its name once the
         arguments object has begun, then the arguments text written so far (of the preferred
         key only, whose text is final)."""
+        if self._cursor is not None:        # arguments under way: scan only the new text
+            end = self._cursor.advance(text)
+            self._send_written(text[self._cursor.start:len(text) if end is None else end])
+            return
         scan = scan_object(text, start)
         if not scan.ok:
             return
@@ -151,7 +192,12 @@ class StreamingToolParser:
             if not name:
                 return
             self._open_call(name)
-        written = text[span[0]:len(text) if span[1] is None else span[1]]
+        if span[1] is None:
+            self._cursor = _ValueCursor(span[0])
+            self._cursor.advance(text)
+        self._send_written(text[span[0]:len(text) if span[1] is None else span[1]])
+
+    def _send_written(self, written: str) -> None:
         sent = self._sent_arguments()
         if len(written) > len(sent) and written.startswith(sent):
             self._add_arguments(written[len(sent):])
@@ -163,7 +209,11 @@ class StreamingToolParser:
         sent = self._sent_arguments()
         if arguments.startswith(sent):
             self._add_arguments(arguments[len(sent):])
+        self._end_call()
+
+    def _end_call(self) -> None:
         self._header = False
+        self._cursor = None
 
 
 class HermesStreamingParser(StreamingToolParser):
@@ -205,7 +255,7 @@ class HermesStreamingParser(StreamingToolParser):
             self._finish_call(*call)
         elif not self._header:      # not a call: the block is content, as written
             self._emit_content(HERMES_START + body + (HERMES_END if closed else ""))
-        self._header = False
+        self._end_call()
 
 
 class Llama3JsonStreamingParser(StreamingToolParser):
@@ -258,7 +308,7 @@ class Llama3JsonStreamingParser(StreamingToolParser):
             call = call_from_object(self._buf, scan, self.parser.args_keys)
             if call is None:
                 if self._header:             # its name was sent: keep the call as sent
-                    self._header = False
+                    self._end_call()
                     self._buf = self._buf[scan.end:] if scan.end is not None else ""
                     continue
                 self._to_content()
