@@ -73,15 +73,19 @@ class Tokenizer:
 
     # ---- chat -------------------------------------------------------------------------
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
-                            **kwargs: Any) -> str:
-        if not self.chat_template:
+                            chat_template: str | None = None, **kwargs: Any) -> str:
+        """Render messages with the model's chat template, or with `chat_template` when given
+        (e.g. turboctx.structured's tool template). Extra keyword arguments (`tools=[...]`,
+        `documents=...`) become template variables, as in transformers."""
+        template = chat_template or self.chat_template
+        if not template:
             raise ModelLoadError(
                 "this model has no chat template (tokenizer_config.json `chat_template`, "
                 "chat_template.jinja or GGUF `tokenizer.chat_template`); use a plain prompt")
         special = {"bos_token": self.bos_token, "eos_token": self.eos_token,
                    "unk_token": self.unk_token, "pad_token": self.pad_token}
         variables = {**{k: v for k, v in special.items() if v is not None}, **kwargs}
-        return _compile_template(self.chat_template).render(
+        return _compile_template(template).render(
             messages=messages, add_generation_prompt=add_generation_prompt, **variables)
 
     # ---- constructors -----------------------------------------------------------------
