@@ -223,7 +223,24 @@ class LLMEngine:
         rid = request_id if request_id is not None else str(next(self._ids))
         if rid in self.requests:
             raise InvalidRequestError(f"request id {rid!r} is already in use")
-        return Request(rid, text, ids, params, self.eos_token_ids, self.tokenizer)
+        grammar = self._grammar_matcher(params) if params.structured_outputs is not None else None
+        return Request(rid, text, ids, params, self.eos_token_ids, self.tokenizer, grammar=grammar)
+
+    def compile_grammar(self, spec):
+        """A StructuredOutputsParams compiled for this model's vocabulary (cached per spec);
+        InvalidRequestError names what is wrong with a bad schema, regex or grammar."""
+        from turboctx.structured import TokenizerInfo, compile_grammar
+        if self.tokenizer is None:
+            raise InvalidRequestError("structured output needs the model's tokenizer; this model has none")
+        return compile_grammar(spec, TokenizerInfo.for_tokenizer(self.tokenizer, self.eos_token_ids))
+
+    def _grammar_matcher(self, params: SamplingParams):
+        """The request's grammar state (turboctx.structured)."""
+        from turboctx.structured import GrammarMatcher
+        if params.ignore_eos:
+            raise InvalidRequestError("structured output ends where its grammar ends; it cannot be "
+                                      "combined with ignore_eos")
+        return GrammarMatcher(self.compile_grammar(params.structured_outputs))
 
     def add_request(self, req: Request, *, precomputed_tokens: int = 0) -> None:
         """Queues a request. precomputed_tokens: prompt tokens whose KV is taken as already in the

@@ -20,7 +20,7 @@ class RequestStatus(enum.Enum):
 
 class Request:
     def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
-                 params: SamplingParams, eos_token_ids: list[int], tokenizer=None):
+                 params: SamplingParams, eos_token_ids: list[int], tokenizer=None, grammar=None):
         self.request_id = request_id
         self.prompt = prompt
         self.prompt_token_ids = prompt_token_ids
@@ -39,6 +39,7 @@ class Request:
         self.slots: SeqSlots | None = None
         self.generator: torch.Generator | None = None
         self.penalty_state = None             # engine/penalties.py, made on first sample if needed
+        self.grammar = grammar                # turboctx.structured.GrammarMatcher, or None
         self.detokenizer = IncrementalDetokenizer(tokenizer, params) if tokenizer is not None else None
         self.arrival_time = time.perf_counter()
         self.first_scheduled_time: float | None = None
@@ -81,6 +82,8 @@ class Request:
         elif stop is not None:
             self.stop_reason = stop
             return "stop"
+        elif self.grammar is not None and self.grammar.is_terminated():
+            reason = "stop"                   # the grammar is complete: only EOS could follow
         elif len(self.output_token_ids) >= p.max_tokens:
             reason = "length"
         else:

@@ -40,7 +40,7 @@ def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch
 
 
 def _processed_row(logits: torch.Tensor, i: int, req: Request) -> torch.Tensor:
-    """logits[i] [V] after the request's logit bias, penalties and min_tokens mask."""
+    """logits[i] [V] after the request's logit bias, penalties, min_tokens mask and grammar."""
     p, row = req.params, logits[i]
     if p.logit_bias:
         row = apply_logit_bias(row, p.logit_bias)
@@ -49,14 +49,18 @@ def _processed_row(logits: torch.Tensor, i: int, req: Request) -> torch.Tensor:
             req.penalty_state = PenaltyState(req.prompt_token_ids, req.output_token_ids, p,
                                              logits.shape[-1], logits.device)
         row = apply_penalties(row, p, req.penalty_state)
+    if req.grammar is not None:
+        row = req.grammar.apply(row)          # tokens the grammar does not allow -> -inf
     if len(req.output_token_ids) < p.min_tokens:
-        row = mask_min_tokens(row, sorted(req.eos_token_ids | set(p.stop_token_ids)))
+        masked = mask_min_tokens(row, sorted(req.eos_token_ids | set(p.stop_token_ids)))
+        # a complete grammar may allow EOS alone: it ends there, min_tokens or not
+        row = masked if req.grammar is None or bool(torch.isfinite(masked).any()) else row
     return row
 
 
 def _needs_processing(req: Request) -> bool:
     p = req.params
-    return p.processes_logits or len(req.output_token_ids) < p.min_tokens
+    return p.processes_logits or len(req.output_token_ids) < p.min_tokens or req.grammar is not None
 
 
 def sample(logits: torch.Tensor, requests: list[Request], generator: torch.Generator | None = None
@@ -85,6 +89,8 @@ def sample(logits: torch.Tensor, requests: list[Request], generator: torch.Gener
     for req, tok in zip(requests, tokens):
         if req.penalty_state is not None:
             req.penalty_state.observe(tok)
+        if req.grammar is not None:
+            req.grammar.accept(tok)
     want = [i for i, r in enumerate(requests) if r.params.logprobs is not None]
     logprob_rows: list[dict | None] = [None] * len(requests)
     if want:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from turboctx.errors import InvalidRequestError
+from turboctx.structured.params import StructuredOutputsParams
 
 MAX_LOGPROBS = 20
 
@@ -28,6 +29,7 @@ class SamplingParams:
     prompt_logprobs: int | None = None  # per prompt position: the actual token + top-k
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    structured_outputs: StructuredOutputsParams | None = None   # JSON schema, regex, choice, grammar
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -58,6 +60,10 @@ class SamplingParams:
             v = getattr(self, name)
             _check(v is None or (isinstance(v, int) and 0 <= v <= MAX_LOGPROBS),
                    f"{name}={v!r} must be None or an integer in [0, {MAX_LOGPROBS}]")
+        _check(self.structured_outputs is None or isinstance(self.structured_outputs,
+                                                              StructuredOutputsParams),
+               f"structured_outputs must be a StructuredOutputsParams, got "
+               f"{type(self.structured_outputs).__name__}")
         _check(all(isinstance(s, str) and s for s in self.stop),
                f"stop={self.stop!r} must be non-empty strings")
         _check(all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),

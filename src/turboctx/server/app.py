@@ -85,12 +85,14 @@ ERRORS = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 413: {"m
 
 def create_app(engine_loop: EngineLoop, *, model_names: list[str], api_key: str | None = None,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, metrics: ServerMetrics | None = None,
-               stop_engine_on_shutdown: bool = True) -> FastAPI:
+               stop_engine_on_shutdown: bool = True, chat_template: str | None = None,
+               tool_call_parser: str | None = None) -> FastAPI:
     metrics = metrics or engine_loop.metrics or ServerMetrics()
     engine_loop.metrics = metrics
     metrics.bind(engine_loop)
     state = ServerState(engine_loop, list(model_names), metrics,
-                        max_model_len=engine_loop.engine.config.max_model_len)
+                        max_model_len=engine_loop.engine.config.max_model_len,
+                        chat_template=chat_template, tool_call_parser=tool_call_parser)
 
     @asynccontextmanager
     async def lifespan(_app):

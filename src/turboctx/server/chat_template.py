@@ -7,8 +7,9 @@ import json
 from turboctx.server.errors import APIError
 from turboctx.server.protocol import ChatMessage, ToolDefinition
 from turboctx.server.serving_common import ServerState, require_tokenizer
+from turboctx.structured import template_supports_tools
 
-RESERVED_TEMPLATE_VARIABLES = ("messages", "add_generation_prompt", "tools")
+RESERVED_TEMPLATE_VARIABLES = ("messages", "add_generation_prompt", "tools", "chat_template")
 
 
 def template_messages(messages: list[ChatMessage]) -> list[dict]:
@@ -47,15 +48,15 @@ def _arguments(text: str, i: int):
 
 
 def template_renders_tools(state: ServerState) -> bool:
-    tk = state.tokenizer
-    return bool(tk is not None and tk.chat_template and "tools" in tk.chat_template)
+    return template_supports_tools(state.chat_template_text())
 
 
 def chat_prompt(state: ServerState, messages: list[ChatMessage], *, add_generation_prompt: bool,
                 continue_final_message: bool = False, tools: list[ToolDefinition] | None = None,
                 chat_template_kwargs: dict | None = None) -> str:
     tk = require_tokenizer(state, "no chat template; use /v1/completions with token ids")
-    if not tk.chat_template:
+    template = state.chat_template_text()
+    if not template:
         raise APIError("this model has no chat template; start the server with --chat-template "
                        "FILE, or use /v1/completions", 400, param="messages")
     if continue_final_message and add_generation_prompt:
@@ -72,12 +73,14 @@ def chat_prompt(state: ServerState, messages: list[ChatMessage], *, add_generati
     if tools:
         if not template_renders_tools(state):
             raise APIError("this model's chat template does not render tools; start the server "
-                           "with --chat-template pointing at a template that does (turboctx ships "
-                           "the Hermes form Qwen2.5 uses: `turboctx serve --help`)", 400, param="tools")
+                           "with --chat-template FILE (a template that does) or --chat-template "
+                           "hermes (the Hermes form Qwen2.5 uses, shipped with turboctx)", 400,
+                           param="tools")
         extra["tools"] = [t.model_dump(exclude_none=True) for t in tools]
     msgs = template_messages(messages)
     try:
-        text = tk.apply_chat_template(msgs, add_generation_prompt=add_generation_prompt, **extra)
+        text = tk.apply_chat_template(msgs, add_generation_prompt=add_generation_prompt,
+                                      chat_template=template, **extra)
     except Exception as e:        # a template may raise on roles or orders it does not accept
         raise APIError(f"the chat template rejected these messages: {e}", 400, param="messages") from None
     if continue_final_message:

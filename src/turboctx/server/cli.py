@@ -11,6 +11,7 @@ import typer
 
 from turboctx.cli.engine_options import engine_options
 from turboctx.errors import InvalidRequestError
+from turboctx.structured.tool_parsers import TOOL_PARSERS
 
 serve_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 log = logging.getLogger("turboctx.server")
@@ -47,8 +48,12 @@ def serve(model_arg: Annotated[Optional[str], typer.Argument(metavar="MODEL", he
           shutdown_timeout: Annotated[float, typer.Option(min=0, help="seconds running requests may finish after SIGTERM/SIGINT before they are cancelled")] = 30.0,
           threads: Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads (fewer than cores avoids oversubscription)")] = None,
           log_level: Annotated[str, typer.Option(help="debug | info | warning")] = "info",
+          chat_template: Annotated[Optional[str], typer.Option(help="a jinja chat template FILE used instead of the model's, or 'hermes': the Hermes tool-calling form Qwen2.5 uses (ChatML), shipped with turboctx, for models whose own template renders no tools")] = None,
+          tool_call_parser: Annotated[Optional[str], typer.Option(help="how tool calls are read from the model's text: hermes (<tool_call> JSON) | llama3_json; default: what the chat template writes")] = None,
+          enable_auto_tool_choice: Annotated[bool, typer.Option(help="accepted for vLLM command lines: tool_choice 'auto' is always served when the chat template renders tools")] = False,
           *, options: dict):
-    """OpenAI-compatible server: /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics."""
+    """OpenAI-compatible server: /v1/chat/completions, /v1/completions, /v1/models, /tokenize,
+    /detokenize, /tokenizer_info, /health, /metrics."""
     import torch
 
     if model_arg is not None:
@@ -61,16 +66,33 @@ def serve(model_arg: Annotated[Optional[str], typer.Argument(metavar="MODEL", he
         torch.set_num_threads(threads)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         log.warning("binding %s without --api-key: anyone who can reach this address can use the server", host)
+    template = load_chat_template(chat_template)
+    if tool_call_parser is not None and tool_call_parser not in TOOL_PARSERS:
+        raise InvalidRequestError(f"--tool-call-parser {tool_call_parser!r} is not one of "
+                                  f"{', '.join(TOOL_PARSERS)}")
     engine = build_engine(options)
     try:
         _run_server(engine, served_model_name, host, port, api_key, max_waiting, max_body_bytes,
-                    shutdown_timeout, log_level)
+                    shutdown_timeout, log_level, template, tool_call_parser)
     finally:
         engine.shutdown()           # every tensor-parallel rank ends with the server
 
 
+def load_chat_template(spec: str | None) -> str | None:
+    """--chat-template: None, 'hermes' (the shipped tool template) or a file's text."""
+    if spec is None:
+        return None
+    if spec == "hermes":
+        from turboctx.structured import hermes_tool_chat_template
+        return hermes_tool_chat_template()
+    path = Path(spec)
+    if not path.is_file():
+        raise InvalidRequestError(f"--chat-template {spec!r} is neither 'hermes' nor a file")
+    return path.read_text(encoding="utf-8")
+
+
 def _run_server(engine, served_model_name, host, port, api_key, max_waiting, max_body_bytes,
-                shutdown_timeout, log_level) -> None:
+                shutdown_timeout, log_level, chat_template, tool_call_parser) -> None:
     import uvicorn
 
     from turboctx.server.app import create_app
@@ -78,7 +100,8 @@ def _run_server(engine, served_model_name, host, port, api_key, max_waiting, max
     from turboctx.server.metrics import ServerMetrics
     names = served_names(engine, served_model_name)
     loop = EngineLoop(engine, ServerMetrics(), max_waiting=max_waiting)
-    app = create_app(loop, model_names=names, api_key=api_key, max_body_bytes=max_body_bytes)
+    app = create_app(loop, model_names=names, api_key=api_key, max_body_bytes=max_body_bytes,
+                     chat_template=chat_template, tool_call_parser=tool_call_parser)
     cfg = uvicorn.Config(app, host=host, port=port, log_level=log_level.lower(),
                          timeout_graceful_shutdown=int(shutdown_timeout) + 5, access_log=False)
     server = GracefulServer(cfg, loop, shutdown_timeout)

@@ -60,6 +60,7 @@ class _SamplingFields(_Strict):
     min_p: Optional[float] = Field(default=None, ge=0, le=1)
     repetition_penalty: Optional[float] = Field(default=None, gt=0)
     min_tokens: Optional[int] = Field(default=None, ge=0)
+    structured_outputs: Optional[dict[str, Any]] = None   # json | json_object | regex | choice | grammar
     ignore_eos: Optional[bool] = False
     stop_token_ids: Optional[list[int]] = None
     skip_special_tokens: Optional[bool] = True

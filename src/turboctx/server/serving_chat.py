@@ -1,4 +1,5 @@
-"""POST /v1/chat/completions: the chat template, n choices, streaming, logprobs."""
+"""POST /v1/chat/completions: the chat template, n choices, streaming, logprobs, structured
+output (response_format, structured_outputs) and tools (tool_calls parsed, whole or streamed)."""
 from __future__ import annotations
 
 from starlette.requests import Request as HTTPRequest
@@ -14,6 +15,8 @@ from turboctx.server.responses import (ChatChoice, ChatChunkChoice, ChatCompleti
                                        ResponseMessage, TokenLogprob, TopLogprob)
 from turboctx.server.serving_common import ServerState, tokenize, top_sorted
 from turboctx.server.streaming import SSEResponse, TextHoldback, sse, stream_choices
+from turboctx.server.tools import (ToolPlan, delta_out, finish_reason, structured_spec,
+                                   tool_calls_out, tool_plan)
 
 
 def logprobs_of(state: ServerState, out: RequestOutput, start: int, end: int, k: int) -> ChatLogprobs:
@@ -37,38 +40,50 @@ async def create_chat_completion(state: ServerState, body: ChatCompletionRequest
                          continue_final_message=bool(body.continue_final_message), tools=body.tools,
                          chat_template_kwargs=body.chat_template_kwargs)
     ids = await tokenize(state, prompt, add_special_tokens=False)
+    plan = tool_plan(state, body)
+    spec = structured_spec(state, body, plan)
     k = (body.top_logprobs or 0) if body.logprobs else None
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     specs = []
     for j in range(body.n or 1):
         params = sampling_params(body, defaults=state.engine.generation_defaults, max_tokens=max_tokens,
                                  prompt_len=len(ids), max_model_len=state.max_model_len,
-                                 vocab_size=state.vocab_size, logprobs=k, seed=choice_seed(body.seed, j))
+                                 vocab_size=state.vocab_size, logprobs=k, seed=choice_seed(body.seed, j),
+                                 structured_outputs=spec)
         specs.append(ChoiceSpec(j, 0, ids, params))
     choices = await Choices.submit(state, random_id("chatcmpl"), specs, "messages")
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        streamers = [_Streamer(state, choices.request_id, body.model, s.index, k, s.params.stop)
+        streamers = [_Streamer(state, choices.request_id, body.model, s.index, k, s.params.stop, plan)
                      for s in specs]
         usage_chunk = (lambda u: sse(ChatCompletionChunk(id=choices.request_id, model=body.model,
                                                          choices=[], usage=u))) if include_usage else None
         return SSEResponse(stream_choices(choices, streamers, usage_chunk))
     outs = await choices.results(http)
     return ChatCompletionResponse(id=choices.request_id, model=body.model, usage=choices.usage(), choices=[
-        ChatChoice(index=s.index, message=ResponseMessage(content=o.text),
-                   logprobs=logprobs_of(state, o, 0, o.num_output_tokens, k) if k is not None else None,
-                   finish_reason=o.finish_reason)
-        for s, o in zip(specs, outs)])
+        _choice(state, s.index, o, k, plan) for s, o in zip(specs, outs)])
+
+
+def _choice(state: ServerState, index: int, out: RequestOutput, k: int | None, plan: ToolPlan) -> ChatChoice:
+    content, calls = out.text, []
+    if plan.parser is not None:
+        parsed = plan.parser.parse(out.text)
+        content, calls = parsed.content, parsed.tool_calls
+    return ChatChoice(index=index, message=ResponseMessage(content=content, tool_calls=tool_calls_out(calls)),
+                      logprobs=logprobs_of(state, out, 0, out.num_output_tokens, k) if k is not None else None,
+                      finish_reason=finish_reason(out.finish_reason, bool(calls)))
 
 
 class _Streamer:
     """One choice's SSE chunks: the assistant role first, then text deltas past the stop
-    holdback with the new tokens' logprobs, then the finish reason."""
+    holdback (or, with tools, the streaming tool parser's content and tool-call deltas) with the
+    new tokens' logprobs, then the finish reason."""
 
     def __init__(self, state: ServerState, rid: str, model: str, index: int, k: int | None,
-                 stop: list[str]):
+                 stop: list[str], plan: ToolPlan):
         self.state, self.rid, self.model, self.index, self.k = state, rid, model, index, k
         self.held, self.sent_tokens = TextHoldback(stop), 0
+        self.tools = plan.parser.streaming() if plan.parser is not None else None
 
     def _chunk(self, delta: DeltaMessage, lp=None, finish=None) -> str:
         return sse(ChatCompletionChunk(id=self.rid, model=self.model, choices=[
@@ -85,6 +100,17 @@ class _Streamer:
             lp = logprobs_of(self.state, out, self.sent_tokens, n, self.k)
         self.sent_tokens = n
         finish = out.finish_reason if out.finished else None
-        if text or lp or finish:
-            return [self._chunk(DeltaMessage(content=text), lp, finish)]
-        return []
+        if self.tools is None:
+            if text or lp or finish:
+                return [self._chunk(DeltaMessage(content=text), lp, finish)]
+            return []
+        deltas = self.tools.feed(text) if text else []
+        if out.finished:
+            deltas += self.tools.finish()
+            finish = finish_reason(finish, bool(self.tools.result().tool_calls))
+        lines = [self._chunk(delta_out(d), lp if i == 0 else None) for i, d in enumerate(deltas)]
+        if lp is not None and not deltas:
+            lines.append(self._chunk(DeltaMessage(), lp))
+        if finish:
+            lines.append(self._chunk(DeltaMessage(), None, finish))
+        return lines

@@ -19,6 +19,7 @@ class ServerState:
     model_names: list[str]
     metrics: ServerMetrics
     max_model_len: int = 0
+    chat_template: str | None = None          # --chat-template: replaces the model's template
     tool_call_parser: str | None = None       # "hermes" | "llama3_json" | None (from the template)
     token_cache: dict[int, tuple[str, list[int]]] = field(default_factory=dict)
 
@@ -33,6 +34,11 @@ class ServerState:
     @property
     def vocab_size(self) -> int:
         return self.engine.architecture.vocab_size
+
+    def chat_template_text(self) -> str | None:
+        """The template chat requests are rendered with: --chat-template's, else the model's."""
+        tk = self.tokenizer
+        return self.chat_template or (tk.chat_template if tk is not None else None)
 
     def check_model(self, name: str | None, optional: bool = False) -> None:
         if name is None and optional:

@@ -13,6 +13,7 @@ from turboctx.server.request_fields import check_neutral_fields, choice_seed, sa
 from turboctx.server.responses import CompletionChoice, CompletionLogprobs, CompletionResponse
 from turboctx.server.serving_common import ServerState, tokenize, top_sorted
 from turboctx.server.streaming import SSEResponse, TextHoldback, sse, stream_choices
+from turboctx.server.tools import structured_spec
 
 
 def prompts_of(prompt) -> list[str | list[int]]:
@@ -101,6 +102,7 @@ async def create_completion(state: ServerState, body: CompletionRequest, http: H
         raise APIError("max_tokens=0 generates nothing; it is allowed only with echo=true (to "
                        "score the prompt with logprobs)", 400, param="max_tokens")
     show_output = body.max_tokens != 0
+    spec = structured_spec(state, body)
     engine_max_tokens = 1 if body.max_tokens == 0 else body.max_tokens
     specs, plans = [], []
     for i, p in enumerate(prompts):
@@ -114,7 +116,7 @@ async def create_completion(state: ServerState, body: CompletionRequest, http: H
                 prompt_len=len(ids), max_model_len=state.max_model_len, vocab_size=state.vocab_size,
                 logprobs=body.logprobs if show_output else None,
                 prompt_logprobs=body.logprobs if body.echo else None,
-                seed=choice_seed(body.seed, j))
+                seed=choice_seed(body.seed, j), structured_outputs=spec)
             specs.append(ChoiceSpec(len(specs), i, ids, params))
             plans.append(_Plan(body, echo_text, show_output, state))
     choices = await Choices.submit(state, random_id("cmpl"), specs, "prompt")

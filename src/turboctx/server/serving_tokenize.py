@@ -43,4 +43,4 @@ def tokenizer_info(state: ServerState) -> TokenizerInfo:
     tk = require_tokenizer(state, "there is no tokenizer to describe")
     return TokenizerInfo(model_max_length=state.max_model_len, vocab_size=tk.vocab_size,
                          bos_token=tk.bos_token, eos_token=tk.eos_token, pad_token=tk.pad_token,
-                         unk_token=tk.unk_token, chat_template=tk.chat_template)
+                         unk_token=tk.unk_token, chat_template=state.chat_template_text())
