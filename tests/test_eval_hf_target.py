@@ -55,12 +55,12 @@ def test_cli_target_hf(tmp_path):
 
     from turboctx.eval import cli
     t = cli.make_target({"device": "cpu", "dtype": "float32", "dca": False}, None, None,
-                        False, None, None, 4, 2, kind="hf")
+                        None, None, 4, 2, kind="hf")
     assert isinstance(t, HFTarget) and t.batch_size == 2 and t.dtype_name == "float32"
     with pytest.raises(typer.BadParameter, match="engine flags"):
-        cli.make_target({"dca": True}, None, None, False, None, None, 4, 1, kind="hf")
+        cli.make_target({"dca": True}, None, None, None, None, 4, 1, kind="hf")
     with pytest.raises(typer.BadParameter, match="drop --base-url"):
-        cli.make_target({}, "http://x/v1", None, False, None, None, 4, 1, kind="hf")
+        cli.make_target({}, "http://x/v1", None, None, None, 4, 1, kind="hf")
     r = CliRunner().invoke(cli.eval_app, ["passkey", "--target", "hf", "--model", "random:smollm2-135m",
                                           "--out", str(tmp_path)])
     assert r.exit_code != 0 and "random:<preset>" in r.output

@@ -105,6 +105,41 @@ def test_lengths_within_two_percent_longer(length, tok):
         assert 0.98 * length <= s.prompt_tokens + s.max_tokens <= length, task
 
 
+def _cwe_words(prompt: str) -> tuple[list[str], list[str]]:
+    """(words of the solved example, words of the task) of a cwe prompt."""
+    shot, task = prompt.split("\nBelow is a numbered list")
+    listed = lambda text: re.findall(r"\d+\. ([a-z]+)", text.split("Question:")[0])  # noqa: E731
+    return listed(shot), listed(task)
+
+
+def test_cwe_builds_at_1m_from_one_word_list():
+    """Every length draws from data/cwe_words.txt.gz alone (RULER's wonderwords list runs out
+    near 199K tokens and RULER then switches to another list)."""
+    from collections import Counter
+
+    count = lambda t: len(t) // 3   # noqa: E731 - ~5.7 tokens per numbered word, a compact BPE's rate
+    built = {L: ruler.generate("cwe", L, 1, 42, count, lambda b, p: b + p)[0]
+             for L in (4096, 1 << 20)}
+    from turboctx.eval.ruler import common_words
+    words = set(common_words.word_list())
+    assert len(words) > 100_000 and all(w.isalpha() and w.islower() for w in words)
+    for length, s in built.items():
+        assert 0.98 * length <= s.prompt_tokens + s.max_tokens <= length, length
+        assert s.prompt_tokens == count(s.prompt)
+        shot, listed = _cwe_words(s.prompt)
+        assert set(shot) <= words and set(listed) <= words
+        counts = Counter(listed)
+        assert [counts[w] for w in s.expected] == [30] * 10 and set(counts.values()) == {30, 3}
+    assert len(counts) > 30_000            # the 1M prompt: far past the 8,166 words RULER has
+
+
+def test_cwe_refuses_a_length_its_list_cannot_fill():
+    with pytest.raises(ValueError, match=r"needs more than the (\d+) words of its word list") as e:
+        ruler.generate("cwe", 65536, 1, 42, lambda t: len(t) // 400, lambda b, p: b + p)
+    from turboctx.eval.ruler import common_words
+    assert f"the {common_words.max_words()} words" in str(e.value)
+
+
 def test_oracle_scores_100(tok):
     target = OracleTarget(tok)
     from turboctx.eval.ruler.scoring import score_sample

@@ -1,11 +1,12 @@
 """Passkey / NIAH grids, runner bookkeeping (samples.jsonl, summary.json, resume), plots, CLI."""
 import json
+import re
 
 import pytest
 
 from turboctx.eval import niah, passkey
 from turboctx.eval.common import parse_floats, parse_size, parse_sizes
-from turboctx.eval.runner import load_done, run_samples
+from turboctx.eval.runner import load_done, run_samples, summarize
 from eval_doubles import DownTarget, OracleTarget, WordTokenizer, WrongTarget
 from turboctx.eval.targets import TargetUnavailable
 
@@ -45,19 +46,78 @@ def test_parse_depths():
             parse_depths(bad, 1)
 
 
+CLASSIC_GARBAGE = " ".join(["The grass is green. The sky is blue. The sun is yellow. Here we go. "
+                            "There and back again."] * 5000)   # the classic's garbage_inf
+
+
 def test_passkey_prompt_classic(tok):
+    """Landmark Attention's run_test.py: five parts, one per line; the key from 1..50000."""
     s = passkey.generate([1024], [0.5], 1, 0, _count(tok))[0]
     key = s.expected[0]
-    assert len(key) == 5 and key.isdigit()
-    assert s.prompt.startswith("There is an important info hidden inside a lot of irrelevant text. "
-                               "Find it and memorize them. I will quiz you about the important "
-                               "information there. The grass is green. The sky is blue.")
-    assert f" The pass key is {key}. Remember it. {key} is the pass key. " in s.prompt
-    # filled at sentence granularity (the classic cuts the repeated filler anywhere)
-    assert s.prompt.endswith(". What is the pass key? The pass key is")
-    assert s.prompt.count("The grass is green.") >= 30
-    mid = s.prompt.index("The pass key is")
-    assert 0.4 < mid / len(s.prompt) < 0.6
+    lines = s.prompt.split("\n")
+    assert len(lines) == 5
+    assert lines[0] == ("There is an important info hidden inside a lot of irrelevant text. Find it "
+                        "and memorize them. I will quiz you about the important information there.")
+    assert lines[2] == f"The pass key is {key}. Remember it. {key} is the pass key."
+    assert lines[4] == "What is the pass key? The pass key is"
+    for filler in (lines[1], lines[3]):   # both cut from the start of the repeated garbage
+        assert CLASSIC_GARBAGE.startswith(filler) and filler.endswith(".") and len(filler) > 1000
+    assert abs(len(lines[1]) - len(lines[3])) <= 40          # depth 0.5: the key in the middle
+    keys = [int(x.expected[0]) for x in passkey.generate([256], [0.0, 0.5, 1.0], 20, 3, _count(tok))]
+    assert all(1 <= k <= 50000 for k in keys) and min(keys) < 10000   # randint(1, 50000)
+    assert [len(x.expected[0]) for x in passkey.generate([256], [0.5], 4, 3, _count(tok),
+                                                         digits=7)] == [7] * 4
+
+
+class SaysWrongFirst(OracleTarget):
+    """Answers "54321, no, KEY": the key, but not as the first number."""
+
+    def answer(self, p: str) -> str:
+        return " 54321, no, " + re.search(r"The pass key is (\d+)\. Remember it", p).group(1)
+
+
+def test_passkey_scores_the_first_integer(tok, tmp_path):
+    samples = passkey.generate([1024], [0.25, 0.75], 2, 0, _count(tok))
+    summary = run_samples(samples, SaysWrongFirst(tok), tmp_path / "first", progress=False)
+    assert summary["overall"] == 0.0                      # the classic: first integer only
+    right = run_samples(samples, OracleTarget(tok), tmp_path / "right", progress=False)
+    assert right["overall"] == 100.0
+    subs = passkey.generate([1024], [0.25, 0.75], 2, 0, _count(tok), scoring="substring")
+    assert run_samples(subs, SaysWrongFirst(tok), tmp_path / "sub", progress=False)["overall"] == 100.0
+    from turboctx.eval.ruler.scoring import score_sample
+    assert score_sample("54321, no, 12345", ["12345"], "first_integer") == 0.0
+    assert score_sample("54321, no, 12345", ["12345"], "all") == 1.0
+    assert score_sample(" 12345. Remember it.", ["12345"], "first_integer") == 1.0
+    assert score_sample("no number", ["12345"], "first_integer") == 0.0
+    with pytest.raises(ValueError, match="first-integer or substring"):
+        passkey.generate([1024], [0.5], 1, 0, _count(tok), scoring="exact")
+
+
+def test_errors_count_as_misses_and_are_counted():
+    recs = [{"task": "t", "length": 1024, "depth": 0.5, "index": 0, "score": 1.0},
+            {"task": "t", "length": 1024, "depth": 0.5, "index": 1, "score": None,
+             "error": "PromptTooLong: over the limit"},
+            {"task": "u", "length": 1024, "depth": None, "index": 0, "score": 1.0}]
+    s = summarize(recs)
+    t = s["tasks"]["t"]
+    assert (t["score"], t["n"], t["errors"]) == (50.0, 2, 1)     # one right + one error: 50
+    assert t["by_length"]["1024"] == {"score": 50.0, "n": 2, "errors": 1}
+    assert t["grid"] == {"0.5000": {"1024": 50.0}}
+    assert s["by_length"] == {"1024": 75.0} and s["overall"] == 75.0 and s["errors"] == 1
+
+
+def test_overall_says_what_it_covers():
+    from turboctx.eval.summary import summarize as summarize_
+    recs = [{"task": "vt", "length": 4096, "depth": None, "index": 0, "score": 1.0},
+            {"task": "vt", "length": 4096, "depth": None, "index": 1, "score": None, "error": "x"},
+            {"task": "cwe", "length": 4096, "depth": None, "index": 0, "score": 0.5}]
+    s = summarize_(recs, not_built={"qa_1@4096": "qa_1 needs the squad file (--squad PATH)",
+                                    "cwe@1048576": "cwe at 1048576 tokens needs more words"})
+    assert s["overall"] == 50.0 and s["overall_tasks"] == 2 and s["tasks_asked"] == 3
+    assert s["overall_text"] == ("50.0 over 2 of 3 tasks; 1 error counted as misses; not built: "
+                                 "qa_1 at 4K (qa_1 needs the squad file (--squad PATH)), "
+                                 "cwe at 1M (cwe at 1048576 tokens needs more words)")
+    assert s["by_length_tasks"] == {"4096": 2, "1048576": 0} and s["by_length"]["1048576"] is None
 
 
 @pytest.mark.parametrize("gen", ["passkey", "niah"])
@@ -90,7 +150,7 @@ def test_samples_jsonl_fields_and_save_prompts(tok, tmp_path):
     rec = json.loads((tmp_path / "b" / "samples.jsonl").read_text().splitlines()[0])
     assert "prompt" not in rec and FIELDS <= set(rec)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["tasks"]["passkey"]["by_length"]["1024"] == {"score": 100.0, "n": 2}
+    assert summary["tasks"]["passkey"]["by_length"]["1024"] == {"score": 100.0, "n": 2, "errors": 0}
     assert summary["by_length"] == {"1024": 100.0} and summary["overall"] == 100.0
 
 
@@ -109,17 +169,19 @@ def test_resume_skips_done_and_retries_errors(tok, tmp_path):
     assert len(load_done(tmp_path / "samples.jsonl")) == 6
 
 
-def test_too_long_is_an_error_not_a_wrong_answer(tok, tmp_path):
+def test_too_long_is_an_error_and_a_miss(tok, tmp_path):
     samples = passkey.generate([1024, 2048], [0.5], 1, 0, _count(tok))
     summary = run_samples(samples, OracleTarget(tok, max_len=1500), tmp_path, progress=False)
     t = summary["tasks"]["passkey"]
-    assert t["score"] == 100.0 and t["n"] == 1 and t["errors"] == 1
+    assert t["score"] == 50.0 and t["n"] == 2 and t["errors"] == 1
+    assert t["by_length"]["2048"] == {"score": 0.0, "n": 1, "errors": 1}
     recs = [json.loads(l) for l in (tmp_path / "samples.jsonl").read_text().splitlines()]
     err = [r for r in recs if r["length"] == 2048][0]
     assert err["score"] is None and err["answer"] is None and "PromptTooLong" in err["error"]
     # the error is retried on resume (e.g. against a target with a larger limit)
     t2 = OracleTarget(tok)
-    assert run_samples(samples, t2, tmp_path, progress=False)["errors"] == 0 and t2.calls == 1
+    again = run_samples(samples, t2, tmp_path, progress=False)
+    assert again["errors"] == 0 and t2.calls == 1 and again["overall"] == 100.0
 
 
 def test_target_down_raises(tok, tmp_path):
@@ -193,7 +255,29 @@ def test_cli_passkey_niah_ruler(tok, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     s = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert s["overall"] == 100.0 and set(s["tasks"]) == {"niah_single_1", "vt"}
-    assert "qa_1@4096" in s["not_run"]
+    assert "qa_1@4096" in s["not_built"] and s["tasks_asked"] == 3
+    assert s["overall_text"].startswith("100.0 over 2 of 3 tasks; not built: qa_1 at 4K (")
+    assert "overall 100.0 over 2 of 3 tasks; not built: qa_1 at 4K" in r.output
+    r = run(cli.eval_app, ["ruler", "--lengths", "4k", "--tasks", "vt,nosuch", "--out",
+                           str(tmp_path / "bad")])
+    assert r.exit_code == 2 and "nosuch" in r.output and "Traceback" not in r.output
+
+
+def test_cli_passkey_scoring(tok, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from turboctx.eval import cli
+    monkeypatch.setattr(cli, "make_target", lambda *a, **k: SaysWrongFirst(tok))
+    run = CliRunner().invoke
+    base = ["passkey", "--lengths", "1k", "--depths", "0.5", "--trials", "2"]
+    for extra, want in (([], 0.0), (["--passkey-scoring", "substring"], 100.0),
+                        (["--passkey-scoring", "first-integer"], 0.0)):
+        out = tmp_path / (extra[-1] if extra else "default")
+        r = run(cli.eval_app, [*base, *extra, "--out", str(out)])
+        assert r.exit_code == 0, r.output
+        assert json.loads((out / "summary.json").read_text())["overall"] == want, extra
+    r = run(cli.eval_app, [*base, "--passkey-scoring", "exact", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "--passkey-scoring" in r.output and "Traceback" not in r.output
 
 
 def test_cli_ruler_chat_template(tok, tmp_path, monkeypatch):

@@ -32,11 +32,11 @@ def _rec(task, length, index, answer, score, sha="s"):
 def test_compare_bench_counts():
     eng = {f"k{i}": _rec("t", 1024, i, f"a{i}", 1.0) for i in range(4)}
     hf = {**eng, "k3": _rec("t", 1024, 3, "other", 0.0)}
-    srv = {**eng, "k2": _rec("t", 1024, 2, None, None)}   # an error: not compared, counted
+    srv = {**eng, "k2": _rec("t", 1024, 2, None, None)}   # an error: a miss, not compared
     rows = compare_bench({"engine": eng, "hf": hf, "server": srv}, "engine")
     assert len(rows) == 1
     r = rows[0]
-    assert r["n"] == 4 and r["scores"] == {"engine": 100.0, "hf": 75.0, "server": 100.0}
+    assert r["n"] == 4 and r["scores"] == {"engine": 100.0, "hf": 75.0, "server": 75.0}
     assert r["differ"] == {"hf": 1, "server": 0} and r["compared"] == {"hf": 4, "server": 3}
     assert r["errors"]["server"] == 1
 
@@ -73,6 +73,8 @@ def test_suite_with_stand_in_targets(suite_mod, tmp_path, monkeypatch):
     assert "server did not start" in suite["targets"]["server"]["error"]
     assert all(b["status"] == "ok" for b in suite["targets"]["engine"]["benches"].values())
     assert "qa_1" in suite["not_run"]
+    ruler_text = suite["targets"]["engine"]["benches"]["ruler"]["score_text"]
+    assert ruler_text.startswith("100.0 over 2 of 3 tasks; not built: qa_1 (")
     cmp = json.loads((out / "compare.json").read_text())
     assert cmp["totals"]["hf"]["differ"] == cmp["totals"]["hf"]["compared"] == 13
     by = {(r["task"]): r for r in cmp["benches"]["ruler"]}

@@ -163,15 +163,17 @@ def pending(samples: list, run_dir: Path) -> int:
                or r.get("prompt_sha256") != sha256(s.prompt))
 
 
-def run_bench(name: str, bench: str, samples: list, target, out: Path, cfg: SuiteConfig) -> dict:
+def run_bench(name: str, bench: str, samples: list, target, out: Path, cfg: SuiteConfig,
+              not_built: dict[str, str] | None = None) -> dict:
     from turboctx.eval.runner import run_samples
     run_dir = out / name / bench
     t0 = time.time()
     summary = run_samples(samples, target, run_dir, meta={"suite": name, "bench": bench,
-                                                          "seed": cfg.seed, "dtype": cfg.dtype})
+                                                          "seed": cfg.seed, "dtype": cfg.dtype},
+                          not_built=not_built)
     st = {"status": "ok", "elapsed_s": round(time.time() - t0, 2),
           "scored_now": summary["meta"]["scored_now"], "score": summary["overall"],
-          "sample_errors": summary["errors"]}
+          "score_text": summary["overall_text"], "sample_errors": summary["errors"]}
     if bench in ("passkey", "niah"):
         try:
             from turboctx.eval.plots import heatmap
@@ -184,7 +186,7 @@ def run_bench(name: str, bench: str, samples: list, target, out: Path, cfg: Suit
 
 
 def run_target(name: str, cfg: SuiteConfig, tok, benches: dict, out: Path,
-               previous: dict | None = None) -> dict:
+               previous: dict | None = None, not_run: dict[str, str] | None = None) -> dict:
     """Runs every bench on one target; `previous` (its entry in an earlier suite.json) keeps
     the timings of benches that this invocation only resumed (nothing left to score)."""
     info: dict = {"benches": {}}
@@ -200,10 +202,13 @@ def run_target(name: str, cfg: SuiteConfig, tok, benches: dict, out: Path,
             stack.callback(close_target, target)
             for bench, samples in benches.items():
                 try:
-                    st = run_bench(name, bench, samples, target, out, cfg)
+                    # RULER tasks that could not be built: named in the bench's overall score
+                    missing = ({k: v for k, v in (not_run or {}).items()
+                                if k not in ("passkey", "niah")} if bench == "ruler" else None)
+                    st = run_bench(name, bench, samples, target, out, cfg, missing)
                     if st["scored_now"] == 0 and before.get(bench, {}).get("status") == "ok":
                         st = {**before[bench], **{k: v for k, v in st.items()
-                                                  if k in ("score", "sample_errors")},
+                                                  if k in ("score", "score_text", "sample_errors")},
                               "resumed": True}
                     info["benches"][bench] = st
                 except Exception as e:  # noqa: BLE001 - reported; the next bench / target runs
@@ -334,7 +339,8 @@ def main(argv=None) -> int:
     everyone = [t for t in TARGETS if t in targets or t in previous]   # engine first
     suite["targets"] = {t: previous.get(t, {"benches": {}}) for t in everyone}
     for name in targets:
-        suite["targets"][name] = run_target(name, cfg, tok, benches, out, previous.get(name))
+        suite["targets"][name] = run_target(name, cfg, tok, benches, out, previous.get(name),
+                                            not_run)
         suite.update(finished=time.strftime("%Y-%m-%d %H:%M:%S"),
                      elapsed_s=round(time.time() - t0, 1))
         (out / "suite.json").write_text(json.dumps(suite, indent=2), encoding="utf-8")

@@ -4,15 +4,17 @@
     turboctx eval passkey --lengths 1k,2k,4k,8k --trials 6 --out runs/passkey
     turboctx eval niah --model path/to/model --dca --lengths 4k,16k,64k --out runs/niah
     turboctx eval ruler --lengths 4k --samples 20 --tasks niah_single_1,vt,cwe --out runs/ruler
-    turboctx eval ruler --base-url http://localhost:8000/v1 --api-key K --chat ...
+    turboctx eval ruler --base-url http://localhost:8000/v1 --api-key K ...   (counts via /tokenize)
+    turboctx eval ruler --base-url URL --chat --tokenizer path/to/served-model ...
     turboctx eval ruler --target hf --dtype float32 ...   (HF transformers on the same prompts)
     turboctx eval ppl --lengths 32k --setting dca=false --setting dca=true --out runs/ppl
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
@@ -21,89 +23,54 @@ from turboctx.cli.parsing import option_sizes, parse_option
 from turboctx.eval import niah as niah_mod
 from turboctx.eval import passkey as passkey_mod
 from turboctx.eval.common import parse_depths
-from turboctx.eval.targets import LocalTarget, OpenAITarget, TargetUnavailable, load_tokenizer
+from turboctx.eval.summary import not_built_key
+from turboctx.eval.target_flags import (ApiKeyOpt, BaseUrlOpt, BatchOpt, ChatOpt, ConcOpt,
+                                        SavePromptsOpt, SeedOpt, ServedOpt, TargetOpt,
+                                        TemplateOpt, TokOpt, describe, make_target, make_wrap,
+                                        resolve_template)
+from turboctx.eval.targets import LocalTarget, TargetUnavailable
 
 eval_app = typer.Typer(help="Long-context evaluation: passkey, needle-in-a-haystack, RULER, "
                             "perplexity by position.", no_args_is_help=True)
 # the engine options of the local engine; --seed here is the samples' seed
 EVAL_ENGINE = dict(exclude=("seed",))
 
-# Common options (typer has no option groups: the same declarations on each command).
-TargetOpt = typer.Option("engine", "--target", help="What runs --model: engine (turboctx, in "
-                         "process) | hf (Hugging Face transformers, the reference).")
-BaseUrlOpt = typer.Option(None, "--base-url", help="OpenAI-compatible server, e.g. http://localhost:8000/v1.")
-ApiKeyOpt = typer.Option(None, "--api-key", envvar="OPENAI_API_KEY", help="API key for --base-url.")
-ChatOpt = typer.Option(False, "--chat", help="Use /chat/completions (remote) instead of /completions.")
-ServedOpt = typer.Option(None, "--served-model", help="Model name on the server (default: its first).")
-TokOpt = typer.Option(None, "--tokenizer", help="Tokenizer spec for length fitting with --base-url "
-                      "(a model spec; default: --model's, else the default model's).")
-ConcOpt = typer.Option(4, "--concurrency", help="Parallel requests to a remote target.")
-BatchOpt = typer.Option(1, "--batch-size", help="Prompts per engine call (local target).")
-SeedOpt = typer.Option(42, "--seed", help="Seed of the samples (needle values and positions).")
-SavePromptsOpt = typer.Option(False, "--save-prompts", help="Store each full prompt in samples.jsonl.")
-TemplateOpt = typer.Option("base", "--template", help="Prompt wrapping: base (raw completion), chat "
-                           "(the tokenizer's chat template), or a RULER model template name.")
 
-HF_OPTIONS = ("model", "device", "dtype", "max_model_len")
-
-
-def make_target(options: dict, base_url, api_key, chat, served_model, tokenizer, concurrency,
-                batch_size, kind: str = "engine"):
-    if kind not in ("engine", "hf"):
-        raise typer.BadParameter(f"--target {kind!r}: use engine or hf")
-    model = options.get("model")
-    if base_url:
-        if kind == "hf":
-            raise typer.BadParameter("--target hf runs the model in process; drop --base-url")
-        local = sorted(set(options) - {"model"})
-        if local:
-            raise typer.BadParameter(f"engine options {local} do not reach a server at --base-url; "
-                                     "set them on `turboctx serve` instead")
-        tok = load_tokenizer(tokenizer or model) if (tokenizer or model) else None
-        return OpenAITarget(base_url, api_key, model=served_model, chat=chat,
-                            concurrency=concurrency, tokenizer=tok)
-    if kind == "hf":
-        return make_hf_target(options, batch_size)
-    return LocalTarget(batch_size=batch_size, **options)
-
-
-def make_hf_target(options: dict, batch_size: int = 1):
-    """HFTarget from the same options; engine-only ones (dca, attention, ...) are refused."""
-    from turboctx.eval.hf_target import HFTarget
-    other = {k: v for k, v in options.items() if k not in HF_OPTIONS
-             and not (k == "dca" and v is False) and not (k == "attention" and v == "dense")}
-    if other:
-        raise typer.BadParameter(f"--target hf takes only --model, --device, --dtype, "
-                                 f"--max-model-len; engine flags {sorted(other)} do not apply to "
-                                 "transformers")
+@contextlib.contextmanager
+def target_errors() -> Iterator[None]:
+    """A target that cannot be used (unreachable, tokens not countable) ends the command with
+    one line, never a traceback."""
     try:
-        return HFTarget(options.get("model"), batch_size=batch_size,
-                        **{k: v for k, v in options.items() if k in HF_OPTIONS and k != "model"})
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from e
-
-
-def make_wrap(target, template: str):
-    """(body, answer_prefix) -> prompt text, as RULER's model template + answer prefix."""
-    from turboctx.eval.ruler.constants import MODEL_TEMPLATES
-    if template == "base":
-        return lambda body, prefix: body + prefix
-    if template == "chat":
-        return lambda body, prefix: target.wrap(body, prefix, chat=True)
-    if template not in MODEL_TEMPLATES:
-        raise typer.BadParameter(f"unknown --template {template!r}: base, chat, "
-                                 + ", ".join(MODEL_TEMPLATES))
-    tmpl = MODEL_TEMPLATES[template]
-    return lambda body, prefix: tmpl.format(task_template=body) + prefix
-
-
-def _run(samples, target, out: Path, save_prompts: bool, meta: dict, heat: bool = False):
-    from turboctx.eval.runner import print_table, run_samples
-    try:
-        summary = run_samples(samples, target, out, save_prompts=save_prompts, meta=meta)
+        yield
     except TargetUnavailable as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2)
+
+
+def _setup(options: dict, base_url, api_key, chat, served_model, tokenizer, concurrency,
+           batch_size, target_kind: str, template: str):
+    """(target, wrap, meta) from the common flags; says (and meta records) which prompt form
+    the target gets and who counts its tokens."""
+    template = resolve_template(template, chat)
+    target = make_target(options, base_url, api_key, served_model, tokenizer, concurrency,
+                         batch_size, kind=target_kind)
+    wrap = make_wrap(target, template)
+    with target_errors():
+        form = describe(target, template)
+    typer.echo(form, err=True)
+    return target, wrap, {"template": template, "prompt_form": form}
+
+
+def _run(samples, target, out: Path, save_prompts: bool, meta: dict, heat: bool = False,
+         not_built: dict[str, str] | None = None):
+    from turboctx.eval.summary import print_table
+    from turboctx.eval.runner import run_samples
+    with target_errors():
+        confirm = getattr(target, "confirm_prompt_tokens", None)
+        if confirm is not None and (checked := confirm(samples)):
+            typer.echo(f"{checked} prompt lengths agree with the server's /tokenize", err=True)
+        summary = run_samples(samples, target, out, save_prompts=save_prompts, meta=meta,
+                              not_built=not_built)
     print_table(summary, title=f"{meta.get('command')} — {getattr(target, 'name', '')}")
     if heat:
         from turboctx.eval.plots import heatmap
@@ -127,19 +94,26 @@ def passkey(target_kind: str = TargetOpt,
             depths: str = typer.Option("0,0.25,0.5,0.75,1", help="Needle depths: fractions, "
                                       "percents, grid:N (evenly spaced) or random:N (from --seed)."),
             trials: int = typer.Option(5, help="Trials per (length, depth) cell."),
-            digits: int = typer.Option(5, help="Digits of the pass key."),
+            digits: Optional[int] = typer.Option(None, help="Digits of the pass key (default: "
+                                                 "the classic key, 1 to 50000)."),
+            scoring: str = typer.Option("first-integer", "--passkey-scoring", help="first-integer "
+                                        "(the classic: the reply's first integer is the key) | "
+                                        "substring (the key anywhere in the reply)."),
             seed: int = SeedOpt, template: str = TemplateOpt,
             out: Path = typer.Option(Path("eval_out/passkey")), save_prompts: bool = SavePromptsOpt,
             *, options: dict):
     """Passkey retrieval over lengths x depths (the classic prompt); heatmap PNG."""
-    target = make_target(options, base_url, api_key, chat, served_model, tokenizer,
-                         concurrency, batch_size, kind=target_kind)
-    wrap = make_wrap(target, template)
-    samples = passkey_mod.generate(option_sizes(lengths),
-                                   parse_option("--depths", parse_depths, depths, seed), trials, seed,
-                                   target.count_tokens, wrap=lambda p: wrap(p, ""), digits=digits)
-    _run(samples, target, out, save_prompts, {"command": "passkey", "seed": seed, "options": options},
-         heat=True)
+    parse_option("--passkey-scoring", passkey_mod.scoring_metric, scoring)
+    if digits is not None and digits < 1:
+        raise typer.BadParameter(f"--digits {digits}: a pass key needs at least 1 digit")
+    target, wrap, form = _setup(options, base_url, api_key, chat, served_model, tokenizer,
+                                    concurrency, batch_size, target_kind, template)
+    with target_errors():
+        samples = passkey_mod.generate(
+            option_sizes(lengths), parse_option("--depths", parse_depths, depths, seed), trials,
+            seed, target.count_tokens, wrap=lambda p: wrap(p, ""), digits=digits, scoring=scoring)
+    _run(samples, target, out, save_prompts, {"command": "passkey", "seed": seed, "options": options,
+                                              **form, "scoring": scoring}, heat=True)
 
 
 @eval_app.command()
@@ -161,17 +135,17 @@ def niah(target_kind: str = TargetOpt,
          out: Path = typer.Option(Path("eval_out/niah")), save_prompts: bool = SavePromptsOpt,
          *, options: dict):
     """Needle in a haystack over lengths x depths; heatmap PNG (depth rows, length columns)."""
-    target = make_target(options, base_url, api_key, chat, served_model, tokenizer,
-                         concurrency, batch_size, kind=target_kind)
-    samples = niah_mod.generate(
-        option_sizes(lengths), parse_option("--depths", parse_depths, depths, seed), trials, seed,
-        target.count_tokens,
-        wrap=make_wrap(target, template), needle=needle, question=question,
-        answer_prefix=answer_prefix,
-        expected=[w.strip() for w in expected.split(",")] if expected else None,
-        haystack=str(haystack) if haystack else None)
-    _run(samples, target, out, save_prompts, {"command": "niah", "seed": seed, "options": options},
-         heat=True)
+    target, wrap, form = _setup(options, base_url, api_key, chat, served_model, tokenizer,
+                                    concurrency, batch_size, target_kind, template)
+    with target_errors():
+        samples = niah_mod.generate(
+            option_sizes(lengths), parse_option("--depths", parse_depths, depths, seed), trials,
+            seed, target.count_tokens, wrap=wrap, needle=needle, question=question,
+            answer_prefix=answer_prefix,
+            expected=[w.strip() for w in expected.split(",")] if expected else None,
+            haystack=str(haystack) if haystack else None)
+    _run(samples, target, out, save_prompts, {"command": "niah", "seed": seed, "options": options,
+                                              **form}, heat=True)
 
 
 @eval_app.command()
@@ -190,26 +164,31 @@ def ruler(target_kind: str = TargetOpt,
           *, options: dict):
     """RULER synthetic tasks with RULER's templates, length fitting and scorers."""
     from turboctx.eval import ruler as ruler_mod
-    target = make_target(options, base_url, api_key, chat, served_model, tokenizer,
-                         concurrency, batch_size, kind=target_kind)
     names = ruler_mod.ALL_TASKS if tasks == "all" else [t.strip() for t in tasks.split(",") if t.strip()]
+    unknown = [n for n in names if n not in ruler_mod.ALL_TASKS]
+    if unknown:
+        raise typer.BadParameter(f"--tasks: unknown {', '.join(unknown)}; known: "
+                                 f"{', '.join(ruler_mod.ALL_TASKS)} (or all)")
+    sizes = option_sizes(lengths)
+    target, wrap, form = _setup(options, base_url, api_key, chat, served_model, tokenizer,
+                                    concurrency, batch_size, target_kind, template)
     qa_files = {k: str(v) for k, v in (("squad", squad), ("hotpotqa", hotpotqa)) if v}
-    wrap = make_wrap(target, template)
-    all_samples, not_run = [], {}
-    for name in names:
-        for L in option_sizes(lengths):
-            try:
-                all_samples += ruler_mod.generate(name, L, samples, seed, target.count_tokens, wrap,
-                                                  haystack=str(haystack) if haystack else None,
-                                                  qa_files=qa_files)
-            except (ruler_mod.NotRun, ValueError) as e:
-                not_run[f"{name}@{L}"] = str(e)
-                typer.secho(f"not run: {name} at {L}: {e}", fg="yellow", err=True)
-    summary = _run(all_samples, target, out, save_prompts,
-                   {"command": "ruler", "seed": seed, "options": options, "not_run": not_run})
-    if not_run:
-        summary["not_run"] = not_run
-        (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    all_samples, not_built = [], {}
+    with target_errors():
+        for name in names:
+            for L in sizes:
+                try:
+                    all_samples += ruler_mod.generate(name, L, samples, seed, target.count_tokens,
+                                                      wrap, haystack=str(haystack) if haystack else None,
+                                                      qa_files=qa_files)
+                except TargetUnavailable:
+                    raise
+                except (ruler_mod.NotRun, ValueError, RuntimeError) as e:
+                    not_built[not_built_key(name, L)] = str(e)
+                    typer.secho(f"not built: {name} at {L}: {e}", fg="yellow", err=True)
+    _run(all_samples, target, out, save_prompts,
+         {"command": "ruler", "seed": seed, "options": options, **form},
+         not_built=not_built)
 
 
 @eval_app.command()
@@ -237,7 +216,7 @@ def ppl(target_kind: str = TargetOpt,
             raise typer.BadParameter("--setting compares local engine settings; drop --base-url / "
                                      "--target hf")
         targets = {"remote" if base_url else "hf": make_target(
-            options, base_url, api_key, False, served_model, tokenizer, 1, 1, kind=target_kind)}
+            options, base_url, api_key, served_model, tokenizer, 1, 1, kind=target_kind)}
     else:
         shown = {k: v for k, v in options.items() if k != "model"}
         settings = setting or [",".join(f"{k}={v}" for k, v in shown.items()) or "default"]

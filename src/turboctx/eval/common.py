@@ -76,10 +76,13 @@ class Sample:
 
 
 def fit_to_length(build: Callable[[int], str], count: Callable[[str], int], budget: int,
-                  lo: int = 1, hi: int | None = None) -> tuple[int, str, int]:
+                  lo: int = 1, hi: int | None = None,
+                  max_units: int | None = None) -> tuple[int, str, int]:
     """Largest n with count(build(n)) <= budget, by binary search (RULER's procedure).
 
     Returns (n, text, tokens). Without `hi`, an upper bound is found by doubling from `lo`.
+    `max_units` caps n (a generator with a finite supply, e.g. cwe's word list): the result is
+    then at most max_units, and equals it when even that many units fit.
     Raises ValueError when even `lo` units do not fit.
     """
     first = build(lo)
@@ -90,8 +93,19 @@ def fit_to_length(build: Callable[[int], str], count: Callable[[str], int], budg
     best: tuple[int, str, int] = (lo, first, n_first)
     if hi is None:
         hi = max(2 * lo, 16)
-        while count(build(hi)) <= budget:
+        while True:
+            if max_units is not None and hi >= max_units:
+                hi = max_units
+                text = build(hi)
+                n_tok = count(text)
+                if n_tok <= budget:
+                    return hi, text, n_tok
+                break
+            if count(build(hi)) > budget:
+                break
             lo, hi = hi, hi * 2
+    elif max_units is not None:
+        hi = min(hi, max_units)
     lo = best[0] + 1 if lo == best[0] else lo
     while lo <= hi:
         mid = (lo + hi) // 2

@@ -35,7 +35,8 @@ def _pct(xs: list[float]) -> float | None:
 
 
 def compare_bench(by_target: dict[str, dict[str, dict]], reference: str) -> list[dict]:
-    """Rows per (task, length): n, per-target score / errors, answers differing from reference."""
+    """Rows per (task, length): n, per-target score (errors count as misses) and errors, answers
+    differing from the reference's."""
     cells: dict[tuple[str, int], set[str]] = defaultdict(set)
     for recs in by_target.values():
         for k, r in recs.items():
@@ -47,7 +48,8 @@ def compare_bench(by_target: dict[str, dict[str, dict]], reference: str) -> list
                "differ": {}, "compared": {}}
         for t, recs in by_target.items():
             got = [recs[k] for k in keys if k in recs]
-            row["scores"][t] = _pct([r["score"] for r in got if r.get("score") is not None])
+            # an error (no score) is a miss, as in the run's own summary
+            row["scores"][t] = _pct([r.get("score") or 0.0 for r in got])
             row["errors"][t] = sum(1 for r in got if r.get("score") is None)
             if t == reference:
                 continue

@@ -112,8 +112,8 @@ def render(out: Path, suite: dict, cmp: dict, images: dict[str, str]) -> str:
          "in-process **engine** (`LLM`), **HF transformers** (`AutoModelForCausalLM` through "
          "`HFTarget`: same token ids, same stop tokens, greedy) and the engine behind its own "
          "**endpoint** (`turboctx serve` subprocess, `/v1/completions` via `OpenAITarget`). "
-         "Scores are percent (RULER's string_match_all). `≠ X` = samples whose answer text differs "
-         "from the engine's / samples answered by both.", "", "## Setup", "", *_setup(suite, out), ""]
+         "Scores are percent (RULER's string_match_all; an error counts as a miss). `≠ X` = "
+         "samples whose answer text differs from the engine's / samples answered by both.", "", "## Setup", "", *_setup(suite, out), ""]
     if cmp["totals"]:
         L += ["## Agreement with the engine", "",
               "| target | samples compared | answers differ | (task, length) cells with equal score |",
@@ -124,7 +124,8 @@ def render(out: Path, suite: dict, cmp: dict, images: dict[str, str]) -> str:
         L.append("")
     benches = cmp["benches"]
     if "passkey" in benches:
-        L += ["## Passkey", "", "Classic prompt, 5-digit key; per length over all depths and trials.", "",
+        L += ["## Passkey", "", "Classic prompt (one part per line, key 1 to 50000, scored by the "
+              "reply's first integer); per length over all depths and trials.", "",
               *rows_table(benches["passkey"], targets, ref, by_task=False), ""]
         g = grid(out, ref, "passkey")
         if g:

@@ -1,8 +1,10 @@
 """Targets: what the harness talks to. The local engine, or any OpenAI-compatible server.
 
-A Target answers three questions: how many tokens is this text (for length fitting), what
-does the model reply to these prompts (greedy), and what are the log-probabilities of these
-tokens (for perplexity).
+A Target answers three questions: how many tokens is this prompt (for length fitting, counted
+as the model sees it: special tokens included, as a prompt string is encoded for generation),
+what does the model reply to these prompts (greedy), and what are the log-probabilities of these
+tokens (for perplexity). The prompt text, chat template included, is built on this side for
+every target, so a remote run sends the text a local run gives the engine.
 """
 from __future__ import annotations
 
@@ -11,13 +13,12 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, Sequence, runtime_checkable
 
+from turboctx.eval.errors import (PromptTooLong, TargetUnavailable, TokenizerMismatch,
+                                  TokenizerUnavailable)
+from turboctx.eval.server_tokenizer import ServerTokenizer
 
-class TargetUnavailable(RuntimeError):
-    """The target cannot be reached at all: the run stops (no sample is scored)."""
-
-
-class PromptTooLong(ValueError):
-    """A prompt over the target's context limit: recorded as an error sample."""
+__all__ = ["LocalTarget", "OpenAITarget", "PromptTooLong", "Target", "TargetUnavailable",
+           "TokenizerMismatch", "TokenizerMixin", "TokenizerUnavailable", "load_tokenizer"]
 
 
 @runtime_checkable
@@ -34,7 +35,8 @@ class Target(Protocol):
         ...
 
 
-def _chat_prompt(tokenizer: Any, body: str) -> str:
+def chat_prompt(tokenizer: Any, body: str) -> str:
+    """The tokenizer's chat template around one user turn, ending with the assistant header."""
     msgs = [{"role": "user", "content": body}]
     try:
         return tokenizer.apply_chat_template(msgs, add_generation_prompt=True)
@@ -42,21 +44,33 @@ def _chat_prompt(tokenizer: Any, body: str) -> str:
         return tokenizer.apply_chat_template(msgs)
 
 
+def encode_prompt(tokenizer: Any, text: str) -> list[int]:
+    """A prompt string's token ids as the engine and /v1/completions encode it: with the
+    tokenizer's special tokens (a BOS where the model adds one)."""
+    try:
+        return list(tokenizer.encode(text, add_special_tokens=True))
+    except TypeError:   # a tokenizer without the flag (a stand-in): it adds none
+        return list(tokenizer.encode(text))
+
+
 class TokenizerMixin:
-    """count_tokens / wrap over a tokenizer with encode(text) -> ids (and apply_chat_template)."""
+    """count_tokens / encode / wrap over a tokenizer with encode(text) -> ids (and
+    apply_chat_template)."""
 
     tokenizer: Any
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer.encode(text))
+        return len(encode_prompt(self.tokenizer, text))
 
     def encode(self, text: str) -> list[int]:
+        """Token ids of running text (no special tokens): perplexity windows."""
         return list(self.tokenizer.encode(text))
 
     def wrap(self, body: str, answer_prefix: str = "", chat: bool = False) -> str:
-        """The prompt text for a task body: RULER's model template + answer prefix."""
+        """The prompt text for a task body: the chat template (chat) + the answer prefix, which
+        so sits after the assistant header, as RULER puts it."""
         if chat:
-            return _chat_prompt(self.tokenizer, body) + answer_prefix
+            return chat_prompt(self.tokenizer, body) + answer_prefix
         return body + answer_prefix
 
 
@@ -142,28 +156,67 @@ class LocalTarget(TokenizerMixin):
 
 
 class OpenAITarget(TokenizerMixin):
-    """Any OpenAI-compatible server: /v1/completions, or /v1/chat/completions with --chat."""
+    """Any OpenAI-compatible server, through /v1/completions.
+
+    Prompts arrive here whole (a chat template already rendered with the served model's
+    tokenizer, the answer prefix after the assistant header), so the server sees the very text
+    a local run gives the engine. Tokens are counted by the server's /tokenize, or by
+    `tokenizer` (the served model's, --tokenizer) when given: then the length search runs
+    locally and confirm_prompt_tokens checks each finished prompt once against the server.
+    Never another model's tokenizer by default: with neither, counting raises
+    TokenizerUnavailable.
+    """
 
     def __init__(self, base_url: str, api_key: str | None = None, model: str | None = None,
-                 chat: bool = False, concurrency: int = 4, tokenizer: Any = None,
-                 timeout: float = 3600.0):
+                 concurrency: int = 4, tokenizer: Any = None, timeout: float = 3600.0):
         import openai
         self._openai = openai
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "EMPTY",
                                     timeout=timeout, max_retries=1)
         self.base_url = base_url
-        self.chat = chat
         self.batch_size = max(1, concurrency)
-        self._tokenizer = tokenizer
+        self.local_tokenizer = tokenizer
+        self.server_tokenizer = ServerTokenizer(base_url, api_key, lambda: self.model,
+                                                timeout=min(timeout, 600.0))
         self._model = model
         self._lock = threading.Lock()
-        self.name = f"openai:{base_url}" + (" (chat)" if chat else "")
+        self.name = f"openai:{base_url}"
 
     @property
     def tokenizer(self):
-        if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(None)
-        return self._tokenizer
+        if self.local_tokenizer is None:
+            raise TokenizerUnavailable(
+                "a chat template is rendered here, with the served model's tokenizer: pass "
+                "--tokenizer SPEC (the served model's HF folder or .gguf file)")
+        return self.local_tokenizer
+
+    def count_tokens(self, text: str) -> int:
+        if self.local_tokenizer is not None:
+            return super().count_tokens(text)
+        return self.server_tokenizer.count(text)
+
+    def encode(self, text: str) -> list[int]:
+        if self.local_tokenizer is not None:
+            return super().encode(text)
+        return self.server_tokenizer.token_ids(text, add_special_tokens=False)
+
+    def confirm_prompt_tokens(self, samples: Sequence[Any]) -> int:
+        """With a local tokenizer, each prompt's token count must equal the server's (one
+        /tokenize request per prompt); raises TokenizerMismatch at the first that differs.
+        Returns how many prompts were checked: 0 when the server has no /tokenize or the
+        counts came from it anyway."""
+        if self.local_tokenizer is None or not self.server_tokenizer.available:
+            return 0
+        for s in samples:
+            mine = s.prompt_tokens if s.prompt_tokens is not None else self.count_tokens(s.prompt)
+            theirs = self.server_tokenizer.count(s.prompt)
+            if mine != theirs:
+                raise TokenizerMismatch(
+                    f"--tokenizer counts {mine} tokens in the prompt {s.key} where the server "
+                    f"(its /tokenize) counts {theirs}: it is not the served model's tokenizer. "
+                    "Pass the served model's, or leave --tokenizer out to count through the "
+                    "server (a chat template needs it, though)")
+        return len(samples)
 
     @property
     def model(self) -> str:
@@ -180,19 +233,9 @@ class OpenAITarget(TokenizerMixin):
                 self._model = models[0].id
             return self._model
 
-    def wrap(self, body: str, answer_prefix: str = "", chat: bool = False) -> str:
-        # Chat endpoints apply the template server-side: send body + prefix as the user turn
-        # (what RULER's OpenAI client does).
-        return body + answer_prefix
-
     def _one(self, prompt: str, max_tokens: int) -> str | Exception:
         oa = self._openai
         try:
-            if self.chat:
-                r = self.client.chat.completions.create(
-                    model=self.model, messages=[{"role": "user", "content": prompt}],
-                    max_tokens=max_tokens, temperature=0)
-                return r.choices[0].message.content or ""
             r = self.client.completions.create(model=self.model, prompt=prompt,
                                                max_tokens=max_tokens, temperature=0)
             return r.choices[0].text

@@ -26,6 +26,7 @@ def generate(task: str, length: int, n: int, seed: int, count: Callable[[str], i
     if task not in TASKS:
         raise ValueError(f"unknown RULER task {task!r}; known: {', '.join(ALL_TASKS)}")
     family, args = TASKS[task]["task"], TASKS[task]["args"]
+    max_units, units_name = None, "units"
     if family == "niah":
         build = niah.make(args, seed, haystack)
         make_for, min_units = (lambda i: build), (100 if args["type_haystack"] == "essay" else 4)
@@ -35,6 +36,7 @@ def generate(task: str, length: int, n: int, seed: int, count: Callable[[str], i
     elif family == "common_words_extraction":
         build = common_words.make(args, seed, length)
         make_for, min_units = (lambda i: build), 10
+        max_units, units_name = common_words.max_words(), "words of its word list"
     elif family == "freq_words_extraction":
         build = freq_words.make(args, seed, length)
         make_for, min_units = (lambda i: build), 10
@@ -43,4 +45,5 @@ def generate(task: str, length: int, n: int, seed: int, count: Callable[[str], i
         if not path:
             raise NotRun(f"{task} needs the {args['dataset']} file (--{args['dataset']} PATH)")
         make_for, min_units = qa.make(args, seed, path), 2
-    return fit_samples(task, family, length, n, seed, make_for, prompt_fn, count, min_units)
+    return fit_samples(task, family, length, n, seed, make_for, prompt_fn, count, min_units,
+                       max_units, units_name)

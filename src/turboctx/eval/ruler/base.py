@@ -46,8 +46,11 @@ PromptFn = Callable[[str, str], str]   # (body, answer_prefix) -> full prompt
 
 def fit_samples(task: str, family: str, length: int, n: int, seed: int,
                 make_for: Callable[[int], Callable[[random.Random, int], Built]], prompt_fn: PromptFn,
-                count: Callable[[str], int], min_units: int) -> list[Sample]:
-    """n samples whose prompt tokens + tokens_to_generate land at or just under `length`."""
+                count: Callable[[str], int], min_units: int,
+                max_units: int | None = None, units_name: str = "units") -> list[Sample]:
+    """n samples whose prompt tokens + tokens_to_generate land at or just under `length`.
+    max_units: the most units the generator can make (cwe: the words of its list); a length
+    that would need more is refused with a ValueError, never built short."""
     gen = TEMPLATES[family]["tokens_to_generate"]
     budget = length - gen
     out: list[Sample] = []
@@ -60,7 +63,11 @@ def fit_samples(task: str, family: str, length: int, n: int, seed: int,
             cache[units] = b = make(sample_rng(seed, task, length, i), units)
             return prompt_fn(b.body, b.answer_prefix)
 
-        units, prompt, n_tok = fit_to_length(build, count, budget, lo=min_units, hi=hi)
+        units, prompt, n_tok = fit_to_length(build, count, budget, lo=min_units, hi=hi,
+                                             max_units=max_units)
+        if max_units is not None and units >= max_units:
+            raise ValueError(f"{task} at {length} tokens needs more than the {max_units} "
+                             f"{units_name}: all of them make a prompt of only {n_tok} tokens")
         hi = 2 * units + 16
         b = cache[units]
         out.append(Sample(task=task, length=length, index=i, prompt=prompt, expected=b.expected,
