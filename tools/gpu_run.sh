@@ -6,6 +6,7 @@
 #                                               #   ATTENTION, REPEAT override; EXTRA: more flags)
 #        tools/gpu_run.sh decode                # decode ms/token, random:qwen2.5-7b-1m, 128K and 1M
 #        tools/gpu_run.sh fidelity              # default model + DCA: NLL by position, dense vs sparse
+#        tools/gpu_run.sh structured            # default model: decode ms/token with and without a grammar
 set -uo pipefail
 export PYTHONPATH="$PWD/src:$PWD/tests:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -27,5 +28,8 @@ case "${1:-}" in
     tc eval ppl --model "$GGUF" --device cuda --dtype float32 --dca --lengths 64k --max-model-len 65600 \
       --setting attention=dense --setting attention=sparse,sparse_threshold=4096 ${EXTRA:-} \
       --out "$OUT/fidelity" 2>&1 | grep -v -i warn | tail -14 ;;
-  *) echo "usage: tools/gpu_run.sh tests|prefill|decode|fidelity"; exit 2 ;;
+  structured)
+    python3 tools/bench_structured_decode.py --model "$GGUF" --device cuda --tokens "${TOKENS:-128}" \
+      --batch "${BATCH:-1,8}" --repeat "${REPEAT:-5}" --json "$OUT/structured_decode.json" 2>&1 | grep -v -i warn ;;
+  *) echo "usage: tools/gpu_run.sh tests|prefill|decode|fidelity|structured"; exit 2 ;;
 esac
