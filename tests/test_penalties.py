@@ -115,3 +115,28 @@ def test_generation_config_defaults(tmp_path, llm):
     assert given.temperature == 0.0 and math.isclose(given.top_p, 0.8)
     with pytest.raises(InvalidRequestError, match="generation_config"):
         LLM(device="cpu", generation_config=str(tmp_path / "missing"))
+
+
+def test_batched_logits_processing_equals_one_request_at_a_time(llm):
+    """process_logits masks every structured request's row with one bitmask; the reference
+    applies each request's own mask (GrammarMatcher.apply) after its penalties, row by row."""
+    from turboctx.engine.logits_processing import process_logits, processed_row
+    from turboctx.structured import StructuredOutputsParams
+    eng = llm.engine
+    json_spec = StructuredOutputsParams(json={"type": "object", "properties": {"a": {"type": "integer"}}})
+    params = [SamplingParams(max_tokens=8),                                            # untouched
+              SamplingParams(max_tokens=8, structured_outputs=json_spec),
+              SamplingParams(max_tokens=8, repetition_penalty=1.3, structured_outputs=StructuredOutputsParams(
+                  choice=["yes", "no"])),
+              SamplingParams(max_tokens=8, presence_penalty=1.0, logit_bias={5: 3.0}),
+              SamplingParams(max_tokens=8, min_tokens=3, structured_outputs=json_spec)]
+    reqs = [eng.make_request("Answer:", p, request_id=f"r{i}") for i, p in enumerate(params)]
+    vocab = eng.architecture.vocab_size + 64                    # padded logits rows are masked too
+    logits = torch.randn(len(reqs), vocab, generator=torch.Generator().manual_seed(3))    # [B, V]
+    got = process_logits(logits, reqs)
+    for i, r in enumerate(reqs):
+        want = processed_row(logits[i], r)
+        if r.grammar is not None:
+            want = r.grammar.apply(want)
+        assert torch.equal(got[i], want), i
+    assert torch.isinf(got[1, eng.architecture.vocab_size:]).all()

@@ -22,8 +22,11 @@ def own_server(tmp_path, default_gguf_path):
 
 
 def test_sigterm_cancels_a_streaming_request_with_an_error_event(own_server):
+    assert_sigterm_cancels_a_stream(own_server)
+
+
+def assert_sigterm_cancels_a_stream(server) -> None:
     """SIGTERM while a long request streams -> it gets an error event and [DONE], the server exits 0."""
-    server = own_server
     body = {"model": MODEL, "max_tokens": 1500, "temperature": 0, "ignore_eos": True,
             "prompt": PROMPT, "stream": True}
     r = post(server, COMPL, body, stream=True)

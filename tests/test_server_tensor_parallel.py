@@ -6,12 +6,12 @@ from __future__ import annotations
 import openai
 import pytest
 
-import test_server as ts
 from server_fixtures import API_KEY, start_server
-from test_server import (llm, test_chat_and_stream_agree_with_usage,  # noqa: F401 - reused
+from test_server import (test_chat_and_stream_agree_with_usage,  # noqa: F401 - reused
                          test_completions_and_stream_agree, test_concurrent_requests_all_answered,
                          test_health_and_models, test_logprobs_equal_in_process,
                          test_stream_disconnect_aborts_and_frees)
+from test_server_shutdown import assert_sigterm_cancels_a_stream
 from test_tensor_parallel_lifecycle import wait_gone, worker_pids
 
 
@@ -37,5 +37,5 @@ def test_server_runs_one_worker_rank(server):
 
 def test_zz_graceful_shutdown_ends_every_rank(server, client):
     """Last: SIGTERM while a request streams -> error event, exit 0, and the worker rank is gone."""
-    ts.test_zz_graceful_shutdown_cancels_with_error_event(server, client)
+    assert_sigterm_cancels_a_stream(server)
     assert wait_gone(server.worker_pids) == []

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from turboctx.engine.penalties import (PenaltyState, apply_logit_bias, apply_min_p, apply_penalties,
-                                       mask_min_tokens)
+from turboctx.engine.logits_processing import process_logits
+from turboctx.engine.penalties import apply_min_p
 from turboctx.engine.request import Request
 
 
@@ -39,41 +39,12 @@ def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch
     return logits
 
 
-def _processed_row(logits: torch.Tensor, i: int, req: Request) -> torch.Tensor:
-    """logits[i] [V] after the request's logit bias, penalties, min_tokens mask and grammar."""
-    p, row = req.params, logits[i]
-    if p.logit_bias:
-        row = apply_logit_bias(row, p.logit_bias)
-    if p.has_penalties:
-        if req.penalty_state is None:
-            req.penalty_state = PenaltyState(req.prompt_token_ids, req.output_token_ids, p,
-                                             logits.shape[-1], logits.device)
-        row = apply_penalties(row, p, req.penalty_state)
-    if req.grammar is not None:
-        row = req.grammar.apply(row)          # tokens the grammar does not allow -> -inf
-    if len(req.output_token_ids) < p.min_tokens:
-        masked = mask_min_tokens(row, sorted(req.eos_token_ids | set(p.stop_token_ids)))
-        # a complete grammar may allow EOS alone: it ends there, min_tokens or not
-        row = masked if req.grammar is None or bool(torch.isfinite(masked).any()) else row
-    return row
-
-
-def _needs_processing(req: Request) -> bool:
-    p = req.params
-    return p.processes_logits or len(req.output_token_ids) < p.min_tokens or req.grammar is not None
-
-
 def sample(logits: torch.Tensor, requests: list[Request], generator: torch.Generator | None = None
            ) -> tuple[list[int], list[dict | None]]:
     """logits: [B, V] float32, one row per request -> chosen token ids and their logprob dicts.
     A request with a seed draws from its own generator; the others from `generator`. Logprobs are
     those of the raw logits (vLLM's default), before penalties, temperature and filters."""
-    processed = logits
-    todo = [i for i, r in enumerate(requests) if _needs_processing(r)]
-    if todo:
-        processed = logits.clone()
-        for i in todo:
-            processed[i] = _processed_row(logits, i, requests[i])
+    processed = process_logits(logits, requests)
     tokens = processed.argmax(dim=-1).tolist()
     for i, req in enumerate(requests):
         p = req.params
