@@ -10,6 +10,13 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))   # tests/hf_reference.py and friends
 torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 
+# kept contexts (and anything else turboctx keeps across processes) go to a folder of this test
+# run, never to the user's ~/.cache or /dev/shm; subprocesses inherit it
+_HOME = __import__("tempfile").mkdtemp(prefix="turboctx-test-home-")
+os.environ["TURBOCTX_HOME"] = _HOME
+os.environ["TURBOCTX_CONTEXT_RAM_DIR"] = os.path.join(_HOME, "ram")
+__import__("atexit").register(__import__("shutil").rmtree, _HOME, True)
+
 
 @pytest.fixture(scope="session")
 def default_gguf_path():

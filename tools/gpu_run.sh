@@ -7,6 +7,8 @@
 #        tools/gpu_run.sh decode                # decode ms/token, random:qwen2.5-7b-1m, 128K and 1M
 #        tools/gpu_run.sh fidelity              # default model + DCA: NLL by position, dense vs sparse
 #        tools/gpu_run.sh structured            # default model: decode ms/token with and without a grammar
+#        tools/gpu_run.sh context               # a kept 1M context, random:qwen2.5-7b-1m: prefill, then a new
+#                                               #   process loading it from RAM and from disk (LENGTH)
 set -uo pipefail
 export PYTHONPATH="$PWD/src:$PWD/tests:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -31,5 +33,10 @@ case "${1:-}" in
   structured)
     python3 tools/bench_structured_decode.py --model "$GGUF" --device cuda --tokens "${TOKENS:-128}" \
       --batch "${BATCH:-1,8}" --repeat "${REPEAT:-5}" --json "$OUT/structured_decode.json" 2>&1 | grep -v -i warn ;;
-  *) echo "usage: tools/gpu_run.sh tests|prefill|decode|fidelity|structured"; exit 2 ;;
+  context)
+    df -h / /dev/shm "${TURBOCTX_HOME:-$HOME}" 2>/dev/null; free -g | head -2
+    tc bench context --model "${MODEL:-random:qwen2.5-7b-1m}" --length "${LENGTH:-1m}" ${EXTRA:-} \
+      --json "$OUT/kept_context_${LENGTH:-1m}.json" 2>&1 | tee -a "$OUT/context.log" | grep -v -i warn
+    tc context rm --all ;;
+  *) echo "usage: tools/gpu_run.sh tests|prefill|decode|fidelity|structured|context"; exit 2 ;;
 esac

@@ -144,3 +144,36 @@ def _mount_serve_bench() -> None:
 
 
 _mount_serve_bench()
+
+
+CONTEXT_COLUMNS = ["phase", "weights_load_s", "ttft_s", "keep_s", "load_tier", "load_s", "load_gb_per_s",
+                   "first_token_after_weights_s", "fraction_of_prefill", "cached_tokens", "first_token"]
+
+
+@bench_app.command()
+@engine_options(exclude=BENCH_SETS, defaults=BENCH_MODEL)
+def context(length: Annotated[str, typer.Option(help="tokens of the kept context, e.g. 128k, 1m")] = "32k",
+            phases: Annotated[str, typer.Option(help="keep,ram,disk: each a new process")] = "keep,ram,disk",
+            json_path: Annotated[Optional[Path], typer.Option("--json")] = None,
+            *, options: dict):
+    """A kept context: prefill and keep it, then a new process's time to first token loading it
+    from host RAM and from disk (TURBOCTX_HOME, TURBOCTX_CONTEXT_RAM_DIR say where)."""
+    import torch
+
+    from turboctx.bench.kept_context import bench_context
+    from turboctx.bench.report import environment, print_table, write_json
+    from turboctx.errors import InvalidRequestError
+    n = option_sizes(length)
+    if len(n) != 1:
+        raise InvalidRequestError(f"--length takes one length, got {length!r}")
+    chosen = [p.strip() for p in phases.split(",") if p.strip()]
+    bad = [p for p in chosen if p not in ("keep", "ram", "disk")]
+    if bad or not chosen:
+        raise InvalidRequestError(f"--phases {phases!r}: give some of keep, ram, disk")
+    rows = bench_context(options, n[0], options.get("seed", 0), chosen)
+    env = environment(torch.device(options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")))
+    print_table(f"kept context: {options['model']}, {n[0]} tokens on {env.get('gpu', env['device'])}",
+                rows, CONTEXT_COLUMNS)
+    if json_path:
+        write_json(json_path, {"kind": "kept_context", "model": options["model"], "length": n[0],
+                               "options": options, "env": env, "rows": rows})

@@ -1,4 +1,4 @@
-"""`turboctx` command line: generate, ask, chat, info, serve, eval, bench, calibrate.
+"""`turboctx` command line: generate, ask, chat, info, serve, eval, bench, calibrate, context.
 
 Errors are one line on stderr (`error: ...`) with exit code 2, never a traceback: bad engine
 options name the option, an unknown flag names the closest known one, and a vLLM flag that
@@ -54,6 +54,7 @@ def full_app() -> typer.Typer:
     for module, attr, name, help_ in (
             ("turboctx.eval.cli", "eval_app", "eval", "long-context evaluation: passkey, niah, ruler, ppl"),
             ("turboctx.bench.cli", "bench_app", "bench", "benchmarks: prefill, decode, serve"),
+            ("turboctx.cli.context", "context_app", "context", "kept contexts: list, rm"),
             ("turboctx.server.cli", "serve_app", None, None),
             ("turboctx.calibration.cli", "calibrate_app", None, None)):
         try:

@@ -123,6 +123,26 @@ class LLM:
             if not req.finished:
                 eng.abort_request(req.request_id)
 
+    def keep_context(self, name: str, prompt: Prompt, *, chat: bool = False):
+        """Keeps the KV of `prompt` (tokens as generate() makes them with the same `chat`) under
+        `name` in host RAM and on disk, for this process or a later one: run a prompt that starts
+        with it first. Returns a KeepResult (tokens kept, bytes, tiers written, warnings)."""
+        return self.engine.keep_context(name, self._token_ids(prompt, chat))
+
+    def load_context(self, name: str, prompt: Prompt | None = None, *, chat: bool = False):
+        """Loads kept context `name` into the prefix cache, so a prompt that starts with it
+        computes only the rest. With `prompt`, it is used only if made from exactly that prompt.
+        Returns a LoadResult (tier, seconds, warnings) or None when nothing is kept as `name`."""
+        ids = self._token_ids(prompt, chat) if prompt is not None else None
+        return self.engine.load_context(name, ids)
+
+    def _token_ids(self, prompt: Prompt, chat: bool) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise InvalidRequestError("this model has no tokenizer; give token ids")
+            return self.tokenizer.encode(prompt, add_special_tokens=not chat)
+        return list(prompt)
+
     def chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         if self.tokenizer is None:
             raise InvalidRequestError("this model has no tokenizer, so no chat template")

@@ -19,7 +19,7 @@ from turboctx.engine.sampling_params import SamplingParams
 from turboctx.engine.scheduler import Scheduler, SchedulerOutput
 from turboctx.engine.worker import Worker
 from turboctx.errors import InvalidRequestError, PromptTooLongError, TurboctxError
-from turboctx.kv_cache import BlockAllocator
+from turboctx.kv_cache import BlockAllocator, block_hashes
 from turboctx.weights import open_checkpoint
 from turboctx.weights.generation_config import generation_defaults
 
@@ -74,6 +74,8 @@ class LLMEngine:
             self.tokenizer.eos_token_ids if self.tokenizer else []))
         self.requests: dict[str, Request] = {}
         self._ids = itertools.count()
+        self.kept_contexts = None          # engine/kept_contexts.py, once a store is attached
+        self._match_kept_contexts = False
         self.generation_defaults = generation_defaults(
             config.model.generation_config, ckpt.source if ckpt.kind == "hf" else None)
         if self.generation_defaults:
@@ -242,6 +244,26 @@ class LLMEngine:
                                       "combined with ignore_eos")
         return GrammarMatcher(self.compile_grammar(params.structured_outputs))
 
+    # -- kept contexts --------------------------------------------------------------------------
+    def attach_context_store(self, store=None, match_prompts: bool = False):
+        """Kept contexts (contexts/store.py; None: the default store). match_prompts: every
+        request whose prompt starts with a kept context of this setup loads it first (serve)."""
+        from turboctx.contexts.store import ContextStore
+        from turboctx.engine.kept_contexts import KeptContexts
+        self.kept_contexts = KeptContexts(self, store if store is not None else ContextStore())
+        self._match_kept_contexts = match_prompts
+        return self.kept_contexts
+
+    def keep_context(self, name: str, token_ids: list[int]):
+        """Saves the KV of token_ids (in the prefix cache after a prompt that starts with them)
+        as context `name`; a KeepResult."""
+        return (self.kept_contexts or self.attach_context_store()).keep(name, token_ids)
+
+    def load_context(self, name: str, token_ids: list[int] | None = None):
+        """Loads context `name` into the prefix cache (checked against token_ids when given); a
+        LoadResult, or None when nothing is kept under that name."""
+        return (self.kept_contexts or self.attach_context_store()).load(name, token_ids)
+
     def add_request(self, req: Request, *, precomputed_tokens: int = 0) -> None:
         """Queues a request. precomputed_tokens: prompt tokens whose KV is taken as already in the
         cache (decode benchmarks on a synthetic context); the rest is prefilled."""
@@ -250,6 +272,11 @@ class LLMEngine:
                 raise InvalidRequestError(f"precomputed_tokens={precomputed_tokens} must be in "
                                           f"[0, {req.num_prompt_tokens})")
             req.num_computed_tokens = precomputed_tokens
+        elif self.kept_contexts is not None and self._match_kept_contexts and \
+                req.prompt_logprobs is None:
+            if req.block_hashes is None:
+                req.block_hashes = block_hashes(req.prompt_token_ids, self.config.cache.block_size)
+            self.kept_contexts.load_for_prompt(req.block_hashes)
         self.requests[req.request_id] = req
         self.scheduler.add(req)
 

@@ -51,6 +51,7 @@ def serve(model_arg: Annotated[Optional[str], typer.Argument(metavar="MODEL", he
           chat_template: Annotated[Optional[str], typer.Option(help="a jinja chat template FILE used instead of the model's, or 'hermes': the Hermes tool-calling form Qwen2.5 uses (ChatML), shipped with turboctx, for models whose own template renders no tools")] = None,
           tool_call_parser: Annotated[Optional[str], typer.Option(help="how tool calls are read from the model's text: hermes (<tool_call> JSON) | llama3_json; default: what the chat template writes")] = None,
           enable_auto_tool_choice: Annotated[bool, typer.Option(help="accepted for vLLM command lines: tool_choice 'auto' is always served when the chat template renders tools")] = False,
+          kept_contexts: Annotated[bool, typer.Option(help="a prompt that starts with a context kept by `ask/chat --keep-context` (same model and setup) loads its KV from host RAM or disk instead of prefilling it")] = True,
           *, options: dict):
     """OpenAI-compatible server: /v1/chat/completions, /v1/completions, /v1/models, /tokenize,
     /detokenize, /tokenizer_info, /health, /metrics."""
@@ -71,11 +72,27 @@ def serve(model_arg: Annotated[Optional[str], typer.Argument(metavar="MODEL", he
         raise InvalidRequestError(f"--tool-call-parser {tool_call_parser!r} is not one of "
                                   f"{', '.join(TOOL_PARSERS)}")
     engine = build_engine(options)
+    if kept_contexts:
+        attach_kept_contexts(engine)
     try:
         _run_server(engine, served_model_name, host, port, api_key, max_waiting, max_body_bytes,
                     shutdown_timeout, log_level, template, tool_call_parser)
     finally:
         engine.shutdown()           # every tensor-parallel rank ends with the server
+
+
+def attach_kept_contexts(engine) -> None:
+    """Requests starting with a kept context load it (engine/kept_contexts.py); where kept
+    contexts cannot be used (tensor parallelism, no prefix cache) the server says so and runs."""
+    from turboctx.errors import TurboctxError
+    try:
+        kept = engine.attach_context_store(match_prompts=True)
+    except TurboctxError as e:
+        log.warning("kept contexts off: %s", e)
+        return
+    names = [m.name for m in kept.store.metas() if m.digest == kept.digest]
+    log.info("kept contexts: %s in %s", ", ".join(names) if names else "none of this setup yet",
+             ", ".join(f"{t.name} {t.root}" for t in kept.store.tiers))
 
 
 def load_chat_template(spec: str | None) -> str | None:
