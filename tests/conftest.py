@@ -11,6 +11,16 @@ sys.path.insert(0, os.path.dirname(__file__))   # tests/hf_reference.py and frie
 torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 
 
+@pytest.fixture(autouse=True)
+def turboctx_home(tmp_path_factory, request, monkeypatch):
+    """Each test's own turboctx home (prefill rates, kept contexts), never the user's: commands
+    the test starts inherit it."""
+    name = "".join(c if c.isalnum() else "_" for c in request.node.nodeid)[-120:]
+    home = tmp_path_factory.getbasetemp() / "turboctx_home" / name
+    monkeypatch.setenv("TURBOCTX_HOME", str(home))
+    return home
+
+
 @pytest.fixture(scope="session")
 def default_gguf_path():
     """The default model's GGUF (SmolLM2-135M-Instruct Q4_1). Missing is a failure, not a skip:
