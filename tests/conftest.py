@@ -18,6 +18,24 @@ os.environ["TURBOCTX_CONTEXT_RAM_DIR"] = os.path.join(_HOME, "ram")
 __import__("atexit").register(__import__("shutil").rmtree, _HOME, True)
 
 
+@pytest.fixture(autouse=True)
+def turboctx_home(tmp_path_factory, request, monkeypatch):
+    """Each test's own turboctx home (prefill rates, kept contexts), never the user's: commands
+    the test starts inherit it."""
+    name = "".join(c if c.isalnum() else "_" for c in request.node.nodeid)[-120:]
+    home = tmp_path_factory.getbasetemp() / "turboctx_home" / name
+    monkeypatch.setenv("TURBOCTX_HOME", str(home))
+    monkeypatch.setenv("TURBOCTX_CONTEXT_RAM_DIR", str(home / "ram"))
+    return home
+
+
+@pytest.fixture(scope="session")
+def session_turboctx_home():
+    """The turboctx home of processes started by session fixtures (the shared server)."""
+    from pathlib import Path
+    return Path(_HOME)
+
+
 @pytest.fixture(scope="session")
 def default_gguf_path():
     """The default model's GGUF (SmolLM2-135M-Instruct Q4_1). Missing is a failure, not a skip:

@@ -5,12 +5,16 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+SRC = Path(__file__).resolve().parents[1] / "src"      # this checkout's turboctx
+
 
 def run(*args, stdin: str | None = None, timeout: int = 300):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-m", "turboctx.cli", *args], input=stdin, text=True,
                           capture_output=True, timeout=timeout, env=env)
 
@@ -72,6 +76,10 @@ def test_bench_prefill_and_decode_on_cpu(tmp_path):
     rows = json.loads(j.read_text())["rows"]
     assert [x["length"] for x in rows] == [128, 256] and all(x["ttft_s"] > 0 for x in rows)
     assert all(x["usd_per_mtok"] > 0 for x in rows) and (tmp_path / "p.png").stat().st_size > 1000
+    stored = json.loads((Path(os.environ["TURBOCTX_HOME"]) / "prefill_rates.json").read_text())["rates"]
+    assert [(s["model"], s["length"], s["attention"]) for s in stored] == [
+        ("random:smollm2-135m", 128, "dense"), ("random:smollm2-135m", 256, "dense")]
+    assert [s["tokens_per_s"] for s in stored] == [x["tokens_per_s"] for x in rows]
     j = tmp_path / "d.json"
     r = run("bench", "decode", "--model", "random:smollm2-135m", "--lengths", "300", "--steps", "4",
             "--repeat", "1", "--json", str(j))

@@ -186,12 +186,14 @@ def test_names_and_sizes_are_checked(store):
         parse_size("lots", "disk_limit")
 
 
-def test_the_server_loads_a_kept_context_for_a_prompt_that_starts_with_it(material, server):
+def test_the_server_loads_a_kept_context_for_a_prompt_that_starts_with_it(material, server,
+                                                                          session_turboctx_home):
     """The shared server runs with the test run's TURBOCTX_HOME and kept contexts on (the
     default): a context kept by another process is loaded for a request that starts with it."""
     from server_fixtures import MODEL, post
     llm, prefix, question, cold_tokens = material
-    llm.engine.attach_context_store(ContextStore())          # the store the server reads
+    home = session_turboctx_home                              # the store the server reads
+    llm.engine.attach_context_store(ContextStore(home=home, ram_dir=home / "ram"))
     kept = llm.keep_context("served-notes", prefix)
     r = post(server, "/v1/completions", {"model": MODEL, "prompt": prefix + question,
                                          "max_tokens": 8, "temperature": 0})

