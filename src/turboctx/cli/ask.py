@@ -11,6 +11,7 @@ from turboctx.cli.document_options import (Directories, DryRun, Files, Price, Ve
                                            footer, prepare_documents, show_plan, stream_answer)
 from turboctx.cli.engine_options import engine_options
 from turboctx.cli.generate import AsJson, MaxTokens, Temperature
+from turboctx.cli.kept_context_options import KeepContext, keep_after, load_kept
 
 
 @app.command()
@@ -19,10 +20,10 @@ def ask(question: Annotated[str, typer.Argument(help="the question about the doc
         file: Files = None, directory: Directories = None,
         max_tokens: MaxTokens = 256, temperature: Temperature = 0.0,
         dry_run: DryRun = False, verbose: Verbose = False, price_per_gpu_hour: Price = None,
-        as_json: AsJson = False, *, options: dict):
+        keep_context: KeepContext = None, as_json: AsJson = False, *, options: dict):
     """Answer a question about whole documents: files, PDFs, stdin (--file -), code repositories
     (--dir). The plan (tokens per document, fit, estimated TTFT and cost) comes first; --dry-run
-    prints only the plan."""
+    prints only the plan. --keep-context NAME keeps the documents' KV for the next question."""
     from turboctx.documents import DocumentError
     from turboctx.documents.inputs import NO_INPUT
     from turboctx.documents.plan_text import plan_dict
@@ -36,12 +37,17 @@ def ask(question: Annotated[str, typer.Argument(help="the question about the doc
         return
     plan, prompt_ids = prepared.plan, prepared.prompt.prompt_ids
     params = generate._params(max_tokens, temperature)
+    prefix_ids = prepared.prompt.prefix_ids
     with generate.load_llm(options) as llm:
+        loaded = load_kept(llm, keep_context, prefix_ids)
         if as_json:
             last = None
             for last in llm.stream(prompt_ids, params, chat=True, use_tqdm=False):
                 pass
-            print(json.dumps({**generate.output_dict(last), "plan": plan_dict(plan)}))
+            context = keep_after(llm, keep_context, prefix_ids, loaded)
+            print(json.dumps({**generate.output_dict(last), "plan": plan_dict(plan),
+                              **({"context": context} if context else {})}))
         else:
             last = stream_answer(llm, prompt_ids, params)
-            typer.echo(footer(last, price_per_gpu_hour, plan.gpus), err=True)
+            typer.echo(footer(last, price_per_gpu_hour, plan.gpus, loaded), err=True)
+            keep_after(llm, keep_context, prefix_ids, loaded)

@@ -12,6 +12,7 @@ from turboctx.cli.document_options import (Directories, DryRun, Files, Price, Ve
                                            prepare_documents, show_plan, show_progress)
 from turboctx.cli.engine_options import engine_options
 from turboctx.cli.generate import MaxTokens, Temperature
+from turboctx.cli.kept_context_options import KeepContext, keep_after, load_kept
 from turboctx.errors import TurboctxError
 
 
@@ -20,9 +21,11 @@ from turboctx.errors import TurboctxError
 def chat(max_tokens: MaxTokens = 512, temperature: Temperature = 0.7,
          system: Annotated[Optional[str], typer.Option(help="system prompt")] = None,
          file: Files = None, directory: Directories = None, dry_run: DryRun = False,
-         verbose: Verbose = False, price_per_gpu_hour: Price = None, *, options: dict):
+         verbose: Verbose = False, price_per_gpu_hour: Price = None,
+         keep_context: KeepContext = None, *, options: dict):
     """Interactive chat on the terminal (/exit or Ctrl-D to leave, /reset to clear the
-    conversation; documents stay). With --file / --dir the documents open the first message."""
+    conversation; documents stay). With --file / --dir the documents open the first message;
+    --keep-context NAME keeps their KV for a later chat or ask."""
     from turboctx.documents import DocumentError
     if any(str(f) == "-" for f in file or []):
         raise DocumentError("chat reads the conversation from stdin, so it cannot read a document "
@@ -33,12 +36,15 @@ def chat(max_tokens: MaxTokens = 512, temperature: Temperature = 0.7,
         show_plan(prepared, dry_run, verbose, as_json=False)
     elif dry_run:
         raise DocumentError("--dry-run plans documents; give them with --file or --dir")
+    elif keep_context is not None:
+        raise DocumentError("--keep-context keeps the documents' KV; give them with --file or --dir")
     if dry_run:
         return
     params = generate._params(max_tokens, temperature)
     gpus = prepared.plan.gpus if prepared else options.get("tensor_parallel_size", 1)
     with generate.load_llm(options) as llm:
-        chat_loop(llm, params, system, prepared, price_per_gpu_hour, gpus)
+        loaded = load_kept(llm, keep_context, prepared.prompt.prefix_ids) if prepared else None
+        chat_loop(llm, params, system, prepared, price_per_gpu_hour, gpus, keep_context, loaded)
 
 
 def turn_prompt(llm, history: list[dict], system: str | None, prepared) -> str | list[int]:
@@ -51,9 +57,11 @@ def turn_prompt(llm, history: list[dict], system: str | None, prepared) -> str |
 
 
 def chat_loop(llm, params, system: str | None, prepared=None, price_per_gpu_hour: float | None = None,
-              gpus: int = 1) -> None:
+              gpus: int = 1, keep_context: str | None = None, loaded=None) -> None:
     """Reads lines from stdin until /exit or end of input; each answer streams to stdout and its
-    footer (TTFT, tokens, cost) goes to stderr."""
+    footer (TTFT, tokens, cost) goes to stderr. keep_context: the documents' KV is kept after the
+    first answer (unless `loaded`, the kept context loaded at start, had it)."""
+    pending_keep, loaded_at_start = keep_context is not None, loaded
     history: list[dict] = []
     typer.echo("chat: /exit to leave, /reset to clear the conversation"
                + (" (the documents stay)" if prepared else ""), err=True)
@@ -81,7 +89,11 @@ def chat_loop(llm, params, system: str | None, prepared=None, price_per_gpu_hour
                 reply = last.text
             sys.stdout.write("\n")
             history.append({"role": "assistant", "content": reply})
-            typer.echo(footer(last, price_per_gpu_hour, gpus), err=True)
+            typer.echo(footer(last, price_per_gpu_hour, gpus, loaded), err=True)
+            loaded = None                     # its load time counts in the first turn only
+            if pending_keep:
+                keep_after(llm, keep_context, prepared.prompt.prefix_ids, loaded_at_start)
+                pending_keep = False
         except TurboctxError as e:
             history.pop()
             typer.echo(f"error: {e}", err=True)

@@ -70,10 +70,14 @@ def show_progress(prompt_tokens: int) -> bool:
     return sys.stderr.isatty() and prompt_tokens >= PROGRESS_MIN_PROMPT_TOKENS
 
 
-def footer(out, price_per_gpu_hour: float | None, gpus: int) -> str:
-    """'[TTFT 1.20 s, 812 prompt tokens (512 from the cache), 8 generated, 14.2 tok/s, ...]'."""
+def footer(out, price_per_gpu_hour: float | None, gpus: int, loaded=None) -> str:
+    """'[TTFT 1.20 s, 812 prompt tokens (512 from the cache), 8 generated, 14.2 tok/s, ...]'.
+    loaded: the kept context loaded before the request (its load time is added to the TTFT)."""
     m = out.metrics
-    parts = [f"TTFT {m.ttft_s:.2f} s" if m.ttft_s is not None else "TTFT -",
+    load_s = loaded.seconds if loaded is not None and loaded.num_tokens else 0.0
+    parts = [(f"TTFT {m.ttft_s + load_s:.2f} s" + (f" ({load_s:.2f} s loading the kept context)"
+                                                   if load_s else ""))
+             if m.ttft_s is not None else "TTFT -",
              f"{m.num_prompt_tokens:,} prompt tokens"
              + (f" ({m.num_cached_tokens:,} from the cache)" if m.num_cached_tokens else ""),
              f"{m.num_generated_tokens:,} generated"]
