@@ -115,18 +115,14 @@ class KeptContexts:
         warnings: list[str] = []
         for tier, folder, meta in self.store.locations(name):
             why = self._unusable(meta, folder, token_ids)
+            if why is None:
+                t0 = time.perf_counter()
+                try:
+                    loaded = self._load_blocks(folder, meta)
+                except CorruptContextError as e:
+                    why = f"it is damaged ({e})"
             if why is not None:
                 warnings.append(f"kept context {name!r} in {tier.name} not used: {why}; "
-                                f"discarded, the prompt is computed afresh")
-                log.warning(warnings[-1])
-                self.store.remove(name, tier)
-                self._index = None
-                continue
-            t0 = time.perf_counter()
-            try:
-                loaded = self._load_blocks(folder, meta)
-            except CorruptContextError as e:
-                warnings.append(f"kept context {name!r} in {tier.name} is damaged ({e}); "
                                 f"discarded, the prompt is computed afresh")
                 log.warning(warnings[-1])
                 self.store.remove(name, tier)
