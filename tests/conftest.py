@@ -67,6 +67,15 @@ def client(server):
 
 
 @pytest.fixture(scope="session")
+def hf_default_model(default_gguf_path):
+    """HF transformers' own load of the default model's GGUF (fp32): the reference, loaded once."""
+    pytest.importorskip("accelerate")  # transformers needs it to load GGUF
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(default_gguf_path.parent, gguf_file=default_gguf_path.name,
+                                                dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
 def reference_llm():
     """The served model in-process, with the server's max_model_len: what the server must match."""
     from server_fixtures import MAX_MODEL_LEN

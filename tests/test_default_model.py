@@ -1,10 +1,8 @@
 """The default model (SmolLM2-135M-Instruct, Q4_1 GGUF) against HF transformers loading the same file."""
 from __future__ import annotations
 
-import os
 
 import pytest
-import torch
 
 from hf_reference import hf_greedy
 from turboctx import LLM, SamplingParams
@@ -13,10 +11,8 @@ TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def hf_model(default_gguf_path):
-    from transformers import AutoModelForCausalLM
-    folder, name = os.path.split(default_gguf_path)
-    return AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+def hf_model(hf_default_model):
+    return hf_default_model
 
 
 @pytest.fixture(scope="module")

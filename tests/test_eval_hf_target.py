@@ -8,8 +8,11 @@ from turboctx.eval.targets import LocalTarget, PromptTooLong
 
 
 @pytest.fixture(scope="module")
-def pair(default_gguf_path):
+def pair(default_gguf_path, hf_default_model):
+    from transformers import GenerationConfig
     hf = HFTarget(None, device="cpu", dtype="float32", batch_size=3)
+    hf_default_model.generation_config = GenerationConfig()   # what HFTarget's own load sets
+    hf._model = hf_default_model           # the same load HFTarget makes, shared with other tests
     local = LocalTarget(None, device="cpu", dtype="float32", max_model_len=2048, batch_size=3)
     yield hf, local
     hf.close()
