@@ -25,6 +25,9 @@ def ask(question: Annotated[str, typer.Argument(help="the question about the doc
     (--dir). The plan (tokens per document, fit, estimated TTFT and cost) comes first; --dry-run
     prints only the plan. --keep-context NAME keeps the documents' KV for the next question."""
     from turboctx.documents import DocumentError
+    if keep_context is not None:
+        from turboctx.contexts.store import check_name
+        check_name(keep_context)                 # before any file is read or weight loaded
     from turboctx.documents.inputs import NO_INPUT
     from turboctx.documents.plan_text import plan_dict
     if not question.strip():

@@ -27,6 +27,9 @@ def chat(max_tokens: MaxTokens = 512, temperature: Temperature = 0.7,
     conversation; documents stay). With --file / --dir the documents open the first message;
     --keep-context NAME keeps their KV for a later chat or ask."""
     from turboctx.documents import DocumentError
+    if keep_context is not None:
+        from turboctx.contexts.store import check_name
+        check_name(keep_context)                 # before any file is read or weight loaded
     if any(str(f) == "-" for f in file or []):
         raise DocumentError("chat reads the conversation from stdin, so it cannot read a document "
                             "there (--file -); save the document to a file and give its path")

@@ -14,15 +14,18 @@ KeepContext = Annotated[Optional[str], typer.Option(
 
 def load_kept(llm, name: str | None, prefix_ids: list[int]):
     """Loads context `name` when it is kept and valid for these documents; says what happened on
-    stderr. Returns the LoadResult (None: nothing kept under that name)."""
+    stderr (why a kept copy was discarded comes as a logged warning). Returns the LoadResult
+    (None: nothing kept under that name)."""
     if name is None:
         return None
     from turboctx.contexts.store import check_name
     check_name(name)
-    res = llm.load_context(name, prefix_ids)
-    if res is not None:
-        for w in res.warnings:
-            typer.echo(f"warning: {w}", err=True)
+    from turboctx.errors import TurboctxError
+    try:
+        res = llm.load_context(name, prefix_ids)    # its warnings are logged (stderr) as they happen
+    except TurboctxError as e:                      # e.g. no room in the cache: prefill instead
+        typer.echo(f"warning: context {name!r} not loaded: {e}; the documents are prefilled", err=True)
+        return None
     if res is not None and res.num_tokens:
         where = "already in the prefix cache" if res.tier == "gpu" else \
             f"loaded from {res.tier} in {res.seconds:.2f} s ({res.gb_per_s:.1f} GB/s)"
@@ -47,9 +50,7 @@ def keep_after(llm, name: str | None, prefix_ids: list[int], loaded) -> dict | N
     except TurboctxError as e:
         typer.echo(f"warning: context {name!r} not kept: {e}", err=True)
         return {"name": name, "kept": False, "error": str(e)}
-    for w in kept.warnings:
-        typer.echo(f"warning: {w}", err=True)
-    where = " and ".join(kept.tiers) or "nowhere"
+    where = " and ".join(kept.tiers) or "nowhere"              # kept.warnings are logged already
     typer.echo(f"[context {name!r} kept: {kept.num_tokens:,} tokens, {kept.nbytes / 2**30:.2f} GiB "
                f"in {where} ({kept.seconds:.2f} s)]", err=True)
     return {"name": name, "kept": bool(kept.tiers), "tiers": kept.tiers, "tokens": kept.num_tokens,
