@@ -1,6 +1,8 @@
 """Documents and a question into token ids, split where the question begins.
 
-The user message is every document's block, then the question:
+The user message is every document's block, then the question. With several documents each
+block is headed by its name; a single document is its text alone (a small model given one headed
+file tends to recite it instead of answering):
 
     === path/to/first.py ===
     <its text>
@@ -68,16 +70,22 @@ class DocumentPrompt:
         return len(self.prefix_ids) + len(self.question_ids) - self.document_tokens
 
 
-def document_block(document: Document) -> str:
-    """'=== name ===\\n<text>', ending with exactly one added newline if the text has none."""
+def document_block(document: Document, headed: bool = True) -> str:
+    """'=== name ===\\n<text>' (headed) or '<text>', ending with exactly one added newline if the
+    text has none."""
     text = document.text
     ending = "" if not text or text.endswith("\n") else "\n"
-    return f"=== {document.name} ===\n{text}{ending}"
+    return (f"=== {document.name} ===\n" if headed else "") + f"{text}{ending}"
+
+
+def names_blocks(documents: list[Document]) -> bool:
+    """Blocks carry their names when there is more than one (module doc)."""
+    return len(documents) > 1
 
 
 def documents_text(documents: list[Document]) -> str:
     """The documents part of the user message, as the model reads it."""
-    return "".join(document_block(d) for d in documents)
+    return "".join(document_block(d, names_blocks(documents)) for d in documents)
 
 
 def build_document_prompt(tokenizer: Tokenizer, documents: list[Document], question: str,
@@ -87,7 +95,7 @@ def build_document_prompt(tokenizer: Tokenizer, documents: list[Document], quest
     if tokenizer is None:
         raise DocumentError("this model has no tokenizer, so documents cannot be put in a prompt")
     frame = render_frame(tokenizer, system)
-    blocks = encode_documents(tokenizer, [document_block(d) for d in documents])
+    blocks = encode_documents(tokenizer, [document_block(d, names_blocks(documents)) for d in documents])
     prefix = encode_template(tokenizer, frame.head)
     for ids in blocks:
         prefix += ids
