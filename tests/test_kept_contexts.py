@@ -26,11 +26,11 @@ def store(tmp_path):
 
 @pytest.fixture(scope="module")
 def material():
-    """~700 tokens of prose, its question, and the greedy answer computed with nothing kept."""
+    """~300 tokens of prose, its question, and the greedy answer computed with nothing kept."""
     from turboctx import SamplingParams
     llm = make_llm()
     text = " ".join(f"Note {i}: the courier left the harbour at {i % 12 + 1} o'clock with parcel "
-                    f"{1000 + 37 * i}." for i in range(40))
+                    f"{1000 + 37 * i}." for i in range(18))
     prefix = llm.tokenizer.encode(text, add_special_tokens=True)
     question = llm.tokenizer.encode("\nWhich parcel left with note 7? Parcel", add_special_tokens=False)
     cold = llm.generate([prefix + question], SamplingParams(max_tokens=8, temperature=0))[0]
