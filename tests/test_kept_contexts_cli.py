@@ -46,34 +46,38 @@ def context_cli(capsys, *args):
     return json.loads(out) if "--json" in args else out
 
 
-def ask_in_process(capsys, *args):
-    """The same command in this process (the model loads faster than in a new one)."""
+def ask_in_process(capsys, caplog, *args):
+    """The same command in this process (the model loads faster than in a new one). Returns the
+    JSON answer and what the user reads on stderr: printed lines and logged warnings (a user sees
+    those on stderr; under pytest they are captured as log records)."""
     from turboctx.cli import main
     capsys.readouterr()
+    caplog.clear()
     main(["ask", *args, "--max-tokens", "12", "--json", QUESTION])
     out = capsys.readouterr()
-    return json.loads(out.out), out.err
+    return json.loads(out.out), out.err + "\n".join(r.getMessage() for r in caplog.records)
 
 
-def test_damaged_and_foreign_kept_contexts_are_rebuilt_with_a_warning(tmp_path, capsys, monkeypatch):
+def test_damaged_and_foreign_kept_contexts_are_rebuilt_with_a_warning(tmp_path, capsys, caplog,
+                                                                      monkeypatch):
     from turboctx.contexts.store import ContextStore
     monkeypatch.chdir(tmp_path)
     doc = tmp_path / "notes.txt"
     doc.write_text(" ".join(f"Parcel {1000 + 37 * i} left the harbour at {i % 12 + 1} o'clock."
                             for i in range(30)))
-    cold, _ = ask_in_process(capsys, "--file", "notes.txt", "--keep-context", "notes")
+    cold, _ = ask_in_process(capsys, caplog, "--file", "notes.txt", "--keep-context", "notes")
     store = ContextStore()
     for tier, folder, _ in store.locations("notes"):     # one flipped bit in every copy
         kv = folder / "kv.bin"
         data = bytearray(kv.read_bytes())
         data[len(data) // 3] ^= 0x01
         kv.write_bytes(bytes(data))
-    rebuilt, err = ask_in_process(capsys, "--file", "notes.txt", "--keep-context", "notes")
+    rebuilt, err = ask_in_process(capsys, caplog, "--file", "notes.txt", "--keep-context", "notes")
     assert "damaged" in err and "checksum" in err and "Traceback" not in err
     assert rebuilt["token_ids"] == cold["token_ids"] and rebuilt["context"]["kept"]
     assert rebuilt["metrics"]["num_cached_tokens"] == 0
 
-    other, err = ask_in_process(capsys, "--file", "notes.txt", "--keep-context", "notes", "--dca")
+    other, err = ask_in_process(capsys, caplog, "--file", "notes.txt", "--keep-context", "notes", "--dca")
     assert "another setup" in err and "dca" in err, err
     assert other["metrics"]["num_cached_tokens"] == 0 and other["context"]["kept"]
 
