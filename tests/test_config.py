@@ -35,7 +35,7 @@ def test_a_typo_is_refused_at_once_with_no_weight_loaded(monkeypatch):
     (dict(gpu_memory_utilization=1.5), r"gpu_memory_utilization=1.5 must be a number in \[0.05, 1\]"),
     (dict(enable_prefix_caching="yes"), "enable_prefix_caching='yes' must be True or False"),
     (dict(attention="fast"), "attention='fast' is not one of dense, sparse, auto"),
-    (dict(kv_cache_dtype="fp8"), "kv_cache_dtype='fp8' is not one of auto"),
+    (dict(kv_cache_dtype="fp8_e5m2"), "kv_cache_dtype='fp8_e5m2' is not one of auto, fp8"),
     (dict(device="tpu"), "device='tpu' is not one of auto, cpu, cuda, cuda:N"),
     (dict(tensor_parallel_size=0), "tensor_parallel_size=0 must be an int >= 1"),
 ])

@@ -31,6 +31,9 @@ DCA = dict(dca=True, dca_chunk_size=64, dca_local_size=16)   # chunk_len 48
     # DCA: decode at 50 (intra + succ), 100 (intra + succ + inter), 131 (intra + inter)
     ("qwen2-gqa7-bias-untied", DCA, [50, 100, 131]),
     ("llama-gqa3-nobias-tied", dict(DCA, attention="sparse", sparse_threshold=300), [50, 100, 131]),
+    # the FP8 cache: the graph's kernels quantize the new token and read the scales
+    ("qwen2-gqa7-bias-untied", dict(kv_cache_dtype="fp8"), [5, 70, 131]),
+    ("llama-gqa3-nobias-tied", dict(DCA, kv_cache_dtype="fp8"), [50, 100, 131]),
 ])
 def test_graph_body_equals_eager_step_cpu(tmp_path, name, extra, lengths):
     pytest.importorskip("triton")
@@ -136,8 +139,10 @@ def test_gpu_graph_decode_close_to_eager_qwen_bf16():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dca, attention", [(True, "dense"), (True, "sparse"), (False, "sparse")])
-def test_gpu_graph_decode_equals_eager_dca_and_sparse_tiny_hf_fp32(tmp_path, dca, attention):
+@pytest.mark.parametrize("dca, attention, kv", [(True, "dense", "auto"), (True, "sparse", "auto"),
+                                                (False, "sparse", "auto"), (False, "dense", "fp8"),
+                                                (True, "sparse", "fp8")])
+def test_gpu_graph_decode_equals_eager_dca_and_sparse_tiny_hf_fp32(tmp_path, dca, attention, kv):
     """DCA decode in graphs: decode rows cross from the local window (intra + succ [+ inter]) to
     far rows (intra + inter) and into a new DCA chunk (chunk_len 192). Sparse backends (prefill
     sparse from 512 tokens) decode as the backend they extend."""
@@ -147,7 +152,8 @@ def test_gpu_graph_decode_equals_eager_dca_and_sparse_tiny_hf_fp32(tmp_path, dca
         extra.update(dca=True, dca_chunk_size=256, dca_local_size=64)
     eager, graph, captured = _generate_both(
         str(tmp_path), "float32", [7, 180, 1000, 64, 2049], [24, 24, 12, 12, 40], 512,
-        max_model_len=4096, max_num_batched_tokens=256, block_size=16, attention=attention, **extra)
+        max_model_len=4096, max_num_batched_tokens=256, block_size=16, attention=attention,
+        kv_cache_dtype=kv, **extra)
     assert 1 in captured and len(captured) >= 2, captured
     _assert_same(eager, graph)
 
@@ -184,7 +190,8 @@ def test_gpu_graph_decode_dca_default_model(default_gguf_path):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("extra", [{}, dict(dca=True, dca_chunk_size=2048, dca_local_size=256),
-                                   dict(attention="sparse"), dict(attention="sparse", dca=True)])
+                                   dict(attention="sparse"), dict(attention="sparse", dca=True),
+                                   dict(attention="sparse", dca=True, kv_cache_dtype="fp8")])
 def test_gpu_graphs_by_default_for_every_attention_setup(extra):
     """Decode runs in CUDA graphs by default whatever the positions and the prefill pattern;
     enforce_eager turns them off."""

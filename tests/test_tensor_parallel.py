@@ -34,6 +34,7 @@ BACKENDS = {
     "sparse": dict(attention="sparse", sparse_threshold=128, sparse_dense_tail=32),
     "dcasparse": dict(dca=True, dca_chunk_size=128, dca_local_size=16, attention="sparse", sparse_threshold=128,
                       sparse_dense_tail=32),
+    "fp8": dict(kv_cache_dtype="fp8", dca=True, dca_chunk_size=128, dca_local_size=16),  # each rank: its KV heads
 }
 SPARSE_BUDGETS = [[(4, 8), (16, 32), (64, 8), (8, 64)], [(8, 16), (2, 4), (32, 32), (4, 128)]]
 
@@ -47,7 +48,8 @@ def _backend_options(name: str, folder) -> dict:
 
 
 @pytest.fixture(scope="module", params=[*TP_CONFIGS, "default", "qwen2-4q2kv-bias+dca",
-                                        "qwen2-4q2kv-bias+sparse", "qwen2-4q2kv-bias+dcasparse"])
+                                        "qwen2-4q2kv-bias+sparse", "qwen2-4q2kv-bias+dcasparse",
+                                        "qwen2-4q2kv-bias+fp8"])
 def engines(request, tmp_path_factory):
     """(tp=1 LLM, tp=2 LLM, vocab, tolerance). One tensor-parallel engine alive at a time."""
     name, _, backend = request.param.partition("+")

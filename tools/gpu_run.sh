@@ -7,6 +7,9 @@
 #        tools/gpu_run.sh decode                # decode ms/token, random:qwen2.5-7b-1m, 128K and 1M
 #        tools/gpu_run.sh fidelity              # default model + DCA: NLL by position, dense vs sparse
 #        tools/gpu_run.sh structured            # default model: decode ms/token with and without a grammar
+#        tools/gpu_run.sh fp8-accuracy          # default model + DCA, bf16: the FP8 KV cache against the
+#                                               #   bf16 one (NLL by position over 64K; paired RULER needles
+#                                               #   and passkey at 16K and 32K; SAMPLES, DEPTHS)
 #        tools/gpu_run.sh context               # a kept 1M context, random:qwen2.5-7b-1m: prefill, then a new
 #                                               #   process loading it from RAM and from disk (LENGTH)
 set -uo pipefail
@@ -33,10 +36,23 @@ case "${1:-}" in
   structured)
     python3 tools/bench_structured_decode.py --model "$GGUF" --device cuda --tokens "${TOKENS:-128}" \
       --batch "${BATCH:-1,8}" --repeat "${REPEAT:-5}" --json "$OUT/structured_decode.json" 2>&1 | grep -v -i warn ;;
+  fp8-accuracy)
+    E="--model $GGUF --device cuda --dca"
+    tc eval ppl $E --lengths 64k --max-model-len 65600 --setting kv_cache_dtype=auto \
+      --setting kv_cache_dtype=fp8 --out "$OUT/fp8_ppl" 2>&1 | grep -v -i warn | tail -14
+    for kv in auto fp8; do
+      tc eval ruler $E --max-model-len 34000 --kv-cache-dtype $kv --lengths 16k,32k --samples "${SAMPLES:-60}" \
+        --tasks niah_single_2,niah_multikey_1,niah_multivalue --seed 7 --out "$OUT/fp8_ruler_$kv" 2>&1 | tail -2
+      tc eval passkey $E --max-model-len 34000 --kv-cache-dtype $kv --lengths 16k,32k \
+        --depths "random:${DEPTHS:-60}" --trials 2 --seed 19 --out "$OUT/fp8_passkey_$kv" 2>&1 | tail -2
+    done
+    for t in ruler passkey; do
+      tc eval paired --a "$OUT/fp8_${t}_auto" --b "$OUT/fp8_${t}_fp8" --json "$OUT/fp8_${t}_paired.json"
+    done ;;
   context)
     df -h / /dev/shm "${TURBOCTX_HOME:-$HOME}" 2>/dev/null; free -g | head -2
     tc bench context --model "${MODEL:-random:qwen2.5-7b-1m}" --length "${LENGTH:-1m}" ${EXTRA:-} \
       --json "$OUT/kept_context_${LENGTH:-1m}.json" 2>&1 | tee -a "$OUT/context.log" | grep -v -i warn
     tc context rm --all ;;
-  *) echo "usage: tools/gpu_run.sh tests|prefill|decode|fidelity|structured|context"; exit 2 ;;
+  *) echo "usage: tools/gpu_run.sh tests|prefill|decode|fidelity|structured|fp8-accuracy|context"; exit 2 ;;
 esac

@@ -134,7 +134,7 @@ class AttentionBackend:
         """q: [N, H, D]; k, v: [N, Hkv, D] un-rotated -> [N, H, D]."""
         state = batch.extras["positions"]
         rotated, k, q = self.positions.rotate(q, k, state)
-        k_cache, v_cache = batch.kv_cache.k[layer], batch.kv_cache.v[layer]
+        k_cache, v_cache = batch.kv_cache.layer(layer)
         if len(batch.seqs) == 1:     # the long-prompt case: no scatter into a batch buffer
             return self._attend_seq(layer, batch.seqs[0], SeqQueries(q, rotated), k, v,
                                     state.parts[0], k_cache, v_cache)

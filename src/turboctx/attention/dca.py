@@ -232,7 +232,7 @@ class DCAGraphDecode:
         if ex["q_scale"] is not None:
             q = q * ex["q_scale"]
         (cos_r, sin_r), succ, inter = ex["dca_cos_sin"]
-        k_cache, v_cache = batch.kv_cache.k[layer], batch.kv_cache.v[layer]
+        k_cache, v_cache = batch.kv_cache.layer(layer)
         # keys (and intra queries) at r; the new k/v go to slot start + len - 1
         q_intra = self.kernels.rotary_store_kv(q, k, v, cos_r, sin_r, k_cache, v_cache,
                                                ex["seq_lens"], ex["slot_starts"])

@@ -22,11 +22,14 @@ import triton
 import triton.language as tl
 
 from turboctx.attention.triton_common import multiprocessors, upcast_dot
+from turboctx.kv_cache.cache import CacheLayer
+from turboctx.kv_cache.fp8 import FP8_MAX, FP8Layer
 
 # Launch settings of the split kernel; tools/sweep_decode_kernel.py sweeps them on the GPU.
 BLOCK_N, NUM_WARPS, NUM_STAGES = 64, 4, 2
 MIN_KEYS_PER_SPLIT = 512   # a split shorter than this costs more in partials than it saves
 MAX_SPLITS = 256
+_FP8_MAX = tl.constexpr(FP8_MAX)
 
 
 def num_splits_for(batch: int, num_kv_heads: int, max_len: int, device: torch.device) -> int:
@@ -39,11 +42,12 @@ def num_splits_for(batch: int, num_kv_heads: int, max_len: int, device: torch.de
 
 
 @triton.jit
-def _split_kernel(q_ptr, k_ptr, v_ptr, lens_ptr, starts_ptr, po_ptr, pl_ptr,
-                  stride_qb, stride_qh, stride_kh, stride_ks, stride_vh, stride_vs,
+def _split_kernel(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, lens_ptr, starts_ptr, po_ptr, pl_ptr,
+                  stride_qb, stride_qh, stride_kh, stride_ks, stride_vh, stride_vs, stride_sh,
                   sm_scale, G, D,
                   NUM_SPLITS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
-                  BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                  BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                  FP8: tl.constexpr):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -67,6 +71,8 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, lens_ptr, starts_ptr, po_ptr, pl_ptr,
     qk_scale = sm_scale * 1.4426950408889634                  # exp -> exp2
     k_base = k_ptr + kvh.to(tl.int64) * stride_kh
     v_base = v_ptr + kvh.to(tl.int64) * stride_vh
+    ks_base = ks_ptr + kvh.to(tl.int64) * stride_sh           # FP8: [Hkv, slots] scales
+    vs_base = vs_ptr + kvh.to(tl.int64) * stride_sh
 
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
@@ -77,15 +83,22 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, lens_ptr, starts_ptr, po_ptr, pl_ptr,
         slots = slot0 + n
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = tl.load(k_base + slots[:, None] * stride_ks + offs_d[None, :], mask=kv_mask, other=0.0)
+        if FP8:                                               # e4m3 is exact in bf16 / fp32
+            k = k.to(q_ptr.dtype.element_ty)
         if UPCAST:                                            # see triton_common.upcast_dot
             k = k.to(tl.float32)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [BLOCK_H, BLOCK_N]
+        if FP8:                                               # q . (k * s_k) = (q . k) * s_k
+            s = s * tl.load(ks_base + slots, mask=n_mask, other=0.0).to(tl.float32)[None, :]
         s = tl.where(n_mask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_base + slots[:, None] * stride_vs + offs_d[None, :], mask=kv_mask, other=0.0)
+        if FP8:                                               # p . (v * s_v) = (p * s_v) . v
+            v = v.to(q_ptr.dtype.element_ty)
+            p = p * tl.load(vs_base + slots, mask=n_mask, other=0.0).to(tl.float32)[None, :]
         p = p.to(v.dtype)
         if UPCAST:
             p, v = p.to(tl.float32), v.to(tl.float32)
@@ -132,32 +145,39 @@ def _combine_kernel(po_ptr, pl_ptr, out_ptr, lse_ptr, stride_ob, stride_oh, D,
              tl.where(num_live > 0, m + tl.log(tl.where(num_live > 0, denom, 1.0)), float("-inf")))
 
 
-def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+def decode_attention(q: torch.Tensor, k_cache: CacheLayer, v_cache: CacheLayer,
                      seq_lens: torch.Tensor, slot_starts: torch.Tensor, scale: float,
                      num_splits: int, block_n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """q: [B, H, D] (one query per sequence); k_cache, v_cache: [Hkv, slots, D] (one layer);
-    seq_lens, slot_starts: [B] int32/int64 on q's device. Query head h reads kv head h // G.
+    """q: [B, H, D] (one query per sequence); k_cache, v_cache: [Hkv, slots, D] (one layer; FP8
+    cache layers are read with their per-token scales); seq_lens, slot_starts: [B] int32/int64 on
+    q's device. Query head h reads kv head h // G.
 
     Returns out [B, H, D] (q.dtype) and lse [B, H] (float32); a row with seq_len 0 gets out 0 and
     lse -inf. Every shape depends on B, H, D and num_splits only: safe inside a CUDA graph.
     """
+    k_cache, k_scale, _ = _unpack(k_cache)
+    v_cache, v_scale, _ = _unpack(v_cache)
     B, H, D = q.shape
     Hkv = k_cache.shape[0]
     G = H // Hkv
     assert H == G * Hkv and k_cache.shape[-1] == D and v_cache.shape == k_cache.shape
     assert q.stride(-1) == 1 and k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
+    assert k_scale is None or (k_scale.stride() == v_scale.stride() and k_scale.stride(-1) == 1)
     block_d = max(16, triton.next_power_of_2(D))
     block_n = block_n or (BLOCK_N if block_d <= 128 else BLOCK_N // 2)
     partial_out = torch.empty(B, H, num_splits, D, dtype=torch.float32, device=q.device)
     partial_lse = torch.empty(B, H, num_splits, dtype=torch.float32, device=q.device)
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     upcast = upcast_dot(q.dtype)
+    fp8 = k_scale is not None
     _split_kernel[(B, Hkv, num_splits)](
-        q, k_cache, v_cache, seq_lens, slot_starts, partial_out, partial_lse,
+        q, k_cache, v_cache, k_scale if fp8 else k_cache, v_scale if fp8 else v_cache, seq_lens,
+        slot_starts, partial_out, partial_lse,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
-        v_cache.stride(0), v_cache.stride(1), scale, G, D,
+        v_cache.stride(0), v_cache.stride(1), k_scale.stride(0) if fp8 else 0, scale, G, D,
         NUM_SPLITS=num_splits, BLOCK_H=max(16, triton.next_power_of_2(G)), BLOCK_N=block_n,
-        BLOCK_D=block_d, PRECISION=precision, UPCAST=upcast, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+        BLOCK_D=block_d, PRECISION=precision, UPCAST=upcast, FP8=fp8, num_warps=NUM_WARPS,
+        num_stages=NUM_STAGES)
     out = torch.empty(B, H, D, dtype=q.dtype, device=q.device)
     lse = torch.empty(B, H, dtype=torch.float32, device=q.device)
     _combine_kernel[(B, H)](partial_out, partial_lse, out, lse, out.stride(0), out.stride(1), D,
@@ -168,9 +188,51 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
 
 
 @triton.jit
-def _rotary_store_kernel(q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, qo_ptr, kc_ptr, vc_ptr, lens_ptr, starts_ptr,
+def _round_e4m3(y):
+    """y (fp32, |y| <= 448) rounded to the nearest e4m3 value, ties to even, in exact fp32 steps:
+    the step of y's binade is 2^(e - 3) (3 mantissa bits), 2^-9 below the normal range. The
+    conversion to e4m3 after it is exact on every target (Triton's interpreter rounds otherwise)."""
+    a = tl.abs(y)
+    e = tl.maximum(((a.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127, -6)
+    step = ((e + 124) << 23).to(tl.float32, bitcast=True)             # 2^(e - 3)
+    t = a / step + 0.5                                                 # exact: step is 2^k
+    f = tl.floor(t)
+    odd = (f - 2.0 * tl.floor(f * 0.5)) == 1.0
+    r = tl.where((f == t) & odd, f - 1.0, f) * step
+    return tl.where(y < 0, -r, r).to(tl.float8e4nv)
+
+
+@triton.jit
+def _round_bf16(x):
+    """x (fp32, finite, >= 0) rounded to bf16 (nearest, ties to even), as an fp32 value."""
+    bits = x.to(tl.int32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536                 # keep the top 16 bits
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _fp8_store(dst, sdst, x1, x2, mask, static_ptr, HALF, STATIC: tl.constexpr):
+    """kv_cache/fp8.py's quantize of one vector [x1 | x2] (fp32 halves): bf16 scale amax / 448
+    (or the checkpoint's), e4m3 values x / scale rounded to nearest even."""
+    if STATIC:
+        sc = _round_bf16(tl.load(static_ptr).to(tl.float32))
+    else:
+        amax = tl.maximum(tl.max(tl.where(mask, tl.abs(x1), 0.0), 0),
+                          tl.max(tl.where(mask, tl.abs(x2), 0.0), 0))
+        sc = _round_bf16(tl.where(amax > 0, tl.math.div_rn(amax, _FP8_MAX), 1.0))
+    tl.store(sdst, sc.to(tl.bfloat16), mask=tl.max(mask.to(tl.int32), 0) > 0)
+    y1 = tl.minimum(tl.maximum(tl.math.div_rn(x1, sc), -_FP8_MAX), _FP8_MAX)
+    y2 = tl.minimum(tl.maximum(tl.math.div_rn(x2, sc), -_FP8_MAX), _FP8_MAX)
+    tl.store(dst, _round_e4m3(y1), mask=mask)
+    tl.store(dst + HALF, _round_e4m3(y2), mask=mask)
+
+
+@triton.jit
+def _rotary_store_kernel(q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, qo_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr,
+                         kst_ptr, vst_ptr, lens_ptr, starts_ptr,
                          stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_cb,
-                         stride_kch, stride_kcs, stride_vch, stride_vcs, H, HALF, BLOCK: tl.constexpr):
+                         stride_kch, stride_kcs, stride_vch, stride_vcs, stride_sh, H, HALF,
+                         BLOCK: tl.constexpr, FP8: tl.constexpr, STATIC: tl.constexpr):
     b = tl.program_id(0)
     j = tl.program_id(1)                     # j < H: query head j; else kv head j - H
     offs = tl.arange(0, BLOCK)
@@ -180,9 +242,14 @@ def _rotary_store_kernel(q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, qo_ptr, kc_ptr, 
     cos2 = tl.load(cos_ptr + c_row + HALF + offs, mask=mask).to(tl.float32)
     sin1 = tl.load(sin_ptr + c_row + offs, mask=mask).to(tl.float32)
     sin2 = tl.load(sin_ptr + c_row + HALF + offs, mask=mask).to(tl.float32)
+    ty = qo_ptr.dtype.element_ty             # the model's dtype: k is rounded to it, as eager does
     if j < H:
         src = q_ptr + b.to(tl.int64) * stride_qb + j * stride_qh
         dst = qo_ptr + (b.to(tl.int64) * H + j) * (2 * HALF)
+        x1 = tl.load(src + offs, mask=mask, other=0.0).to(tl.float32)
+        x2 = tl.load(src + HALF + offs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(dst + offs, (x1 * cos1 - x2 * sin1).to(ty), mask=mask)
+        tl.store(dst + HALF + offs, (x2 * cos2 + x1 * sin2).to(ty), mask=mask)
     else:
         h = j - H
         src = k_ptr + b.to(tl.int64) * stride_kb + h * stride_kh
@@ -192,30 +259,55 @@ def _rotary_store_kernel(q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, qo_ptr, kc_ptr, 
         mask = offs < tl.where(seq_len > 0, HALF, 0)   # length 0 (graph padding): write nothing
         vsrc = v_ptr + b.to(tl.int64) * stride_vb + h * stride_vh
         vdst = vc_ptr + h.to(tl.int64) * stride_vch + slot * stride_vcs
-        tl.store(vdst + offs, tl.load(vsrc + offs, mask=mask), mask=mask)
-        tl.store(vdst + HALF + offs, tl.load(vsrc + HALF + offs, mask=mask), mask=mask)
-    x1 = tl.load(src + offs, mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(src + HALF + offs, mask=mask, other=0.0).to(tl.float32)
-    ty = dst.dtype.element_ty
-    tl.store(dst + offs, (x1 * cos1 - x2 * sin1).to(ty), mask=mask)
-    tl.store(dst + HALF + offs, (x2 * cos2 + x1 * sin2).to(ty), mask=mask)
+        v1 = tl.load(vsrc + offs, mask=mask, other=0.0)
+        v2 = tl.load(vsrc + HALF + offs, mask=mask, other=0.0)
+        x1 = tl.load(src + offs, mask=mask, other=0.0).to(tl.float32)
+        x2 = tl.load(src + HALF + offs, mask=mask, other=0.0).to(tl.float32)
+        r1 = (x1 * cos1 - x2 * sin1).to(ty)
+        r2 = (x2 * cos2 + x1 * sin2).to(ty)
+        if FP8:
+            srow = h.to(tl.int64) * stride_sh + slot
+            _fp8_store(vdst + offs, vs_ptr + srow, v1.to(tl.float32), v2.to(tl.float32), mask,
+                       vst_ptr + h, HALF, STATIC)
+            _fp8_store(dst + offs, ks_ptr + srow, r1.to(tl.float32), r2.to(tl.float32), mask,
+                       kst_ptr + h, HALF, STATIC)
+        else:
+            tl.store(vdst + offs, v1, mask=mask)
+            tl.store(vdst + HALF + offs, v2, mask=mask)
+            tl.store(dst + offs, r1.to(dst.dtype.element_ty), mask=mask)
+            tl.store(dst + HALF + offs, r2.to(dst.dtype.element_ty), mask=mask)
+
+
+def _unpack(cache: CacheLayer) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(values [Hkv, slots, D], FP8 scales [Hkv, slots] or None, static scales [Hkv] or None)."""
+    if isinstance(cache, FP8Layer):
+        return cache.data, cache.scale, cache.static_scale
+    return cache, None, None
 
 
 def rotary_store_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor,
-                    sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    sin: torch.Tensor, k_cache: CacheLayer, v_cache: CacheLayer,
                     seq_lens: torch.Tensor, slot_starts: torch.Tensor) -> torch.Tensor:
     """One launch for what eager decode does in ~12: rotary (rotate-half layout, fp32 math) on
     q: [B, H, D] and k: [B, Hkv, D] with cos/sin: [B, D]; the rotated k and v: [B, Hkv, D] go to
-    cache slot start + len - 1 (rows with length 0 write nothing). Returns the rotated q [B, H, D]."""
+    cache slot start + len - 1 (rows with length 0 write nothing; an FP8 cache layer gets them
+    quantized with their scales). Returns the rotated q [B, H, D]."""
+    k_cache, k_scale, k_static = _unpack(k_cache)
+    v_cache, v_scale, v_static = _unpack(v_cache)
     B, H, D = q.shape
     Hkv = k.shape[1]
     assert D % 2 == 0 and cos.shape == (B, D) and sin.stride() == cos.stride()
     for t in (q, k, v, cos, k_cache, v_cache):
         assert t.stride(-1) == 1
+    fp8, static = k_scale is not None, k_static is not None
+    assert not fp8 or (k_scale.stride() == v_scale.stride() and k_scale.stride(-1) == 1)
     q_out = torch.empty(B, H, D, dtype=q.dtype, device=q.device)
     _rotary_store_kernel[(B, H + Hkv)](
-        q, k, v, cos, sin, q_out, k_cache, v_cache, seq_lens, slot_starts,
+        q, k, v, cos, sin, q_out, k_cache, v_cache, k_scale if fp8 else k_cache,
+        v_scale if fp8 else v_cache, k_static if static else cos, v_static if static else cos,
+        seq_lens, slot_starts,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), cos.stride(0),
-        k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1), H, D // 2,
-        BLOCK=triton.next_power_of_2(D // 2), num_warps=1)
+        k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
+        k_scale.stride(0) if fp8 else 0, H, D // 2,
+        BLOCK=triton.next_power_of_2(D // 2), FP8=fp8, STATIC=static, num_warps=1)
     return q_out

@@ -71,7 +71,7 @@ class RopeGraphDecode:
     def forward(self, layer, q, k, v, batch: AttentionBatch) -> torch.Tensor:
         cos, sin = batch.extras["cos_sin"]                                  # [B, D]
         lens, starts = batch.extras["seq_lens"], batch.extras["slot_starts"]
-        k_cache, v_cache = batch.kv_cache.k[layer], batch.kv_cache.v[layer]
+        k_cache, v_cache = batch.kv_cache.layer(layer)
         q = self.kernels.rotary_store_kv(q, k, v, cos, sin, k_cache, v_cache, lens, starts)  # [B, H, D]
         return self.kernels.decode_attention(q, k_cache, v_cache, lens, starts, self.scale,
                                 batch.extras["num_splits"])[0]

@@ -33,13 +33,15 @@ def bench_decode(llm, lengths: list[int], steps: int, repeat: int, seed: int, ce
                 per_token.append(1.0 / out.metrics.decode_tokens_per_s)
         t = statistics.median(per_token)
         tp = eng.config.parallel.tensor_parallel_size
+        read = decode_bytes(m, n, eng.config.dtype, eng.config.kv_cache_dtype)
         peaks = [b / 2 ** 30 for b in eng.collective_rpc("peak_memory")] if dev.type == "cuda" else None
         rows.append({"engine": "turboctx" if tp == 1 else f"turboctx tp={tp}", "context": n, "steps": steps,
                      "repeat": repeat,
                      "ms_per_token": t * 1e3, "ms_min": min(per_token) * 1e3, "ms_max": max(per_token) * 1e3,
-                     "gb_per_s": decode_bytes(m, n, eng.config.dtype) / t / 1e9,
+                     "kv_cache_dtype": eng.config.cache.kv_cache_dtype,
+                     "gb_per_s": read / t / 1e9,
                      # each rank reads its share of the weights and KV
-                     "floor_ms": decode_bytes(m, n, eng.config.dtype) / (tp * ceilings["copy_gbps"] * 1e9) * 1e3,
+                     "floor_ms": read / (tp * ceilings["copy_gbps"] * 1e9) * 1e3,
                      "peak_memory_gib": max(peaks) if peaks else None,
                      "peak_memory_gib_per_rank": peaks if tp > 1 else None})
     return rows

@@ -8,6 +8,7 @@ import torch
 
 from turboctx.attention.ops import attend
 from turboctx.config.architecture import ModelArchitecture
+from turboctx.kv_cache import KVCache
 
 
 def linear_params(m: ModelArchitecture) -> int:
@@ -25,10 +26,13 @@ def prefill_flops(m: ModelArchitecture, n: int) -> tuple[float, float]:
     return linear, attention
 
 
-def decode_bytes(m: ModelArchitecture, context: int, dtype: torch.dtype) -> float:
-    """Bytes one decode step must read: the KV of `context` tokens and every weight once."""
+def decode_bytes(m: ModelArchitecture, context: int, dtype: torch.dtype,
+                 kv_dtype: torch.dtype | None = None) -> float:
+    """Bytes one decode step must read: the KV of `context` tokens (stored as kv_dtype, default
+    the model's dtype; FP8 with its scales) and every weight once."""
     e = torch.empty((), dtype=dtype).element_size()
-    kv = 2 * m.num_hidden_layers * m.num_key_value_heads * m.head_dim * e * context
+    kv = KVCache.bytes_per_token(m.num_hidden_layers, m.num_key_value_heads, m.head_dim,
+                                 kv_dtype or dtype) * context
     return kv + (linear_params(m) + m.vocab_size * m.hidden_size) * e
 
 

@@ -18,6 +18,7 @@ from turboctx.config.sections import (CPU_BATCHED_TOKENS, GPU_BATCHED_TOKENS, SE
                                       AttentionConfig, CacheConfig, ModelConfig, ParallelConfig,
                                       SchedulerConfig, specs_of)
 from turboctx.errors import InvalidRequestError
+from turboctx.kv_cache.fp8 import FP8_DTYPE
 
 ENGINE_OPTIONS = OptionTable([s for cls in SECTIONS.values() for s in specs_of(cls)])
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -71,6 +72,11 @@ class EngineConfig:
     @property
     def dtype(self) -> torch.dtype:
         return TORCH_DTYPES[self.model.dtype]
+
+    @property
+    def kv_cache_dtype(self) -> torch.dtype:
+        """What the KV cache stores: the model's dtype (auto) or float8_e4m3fn (fp8)."""
+        return self.dtype if self.cache.kv_cache_dtype == "auto" else FP8_DTYPE
 
     @property
     def max_model_len(self) -> int:

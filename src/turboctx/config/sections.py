@@ -65,8 +65,10 @@ class ModelConfig(Section):
 @dataclass(frozen=True)
 class CacheConfig(Section):
     block_size: int = option(256, "KV cache block, in tokens", minimum=1)
-    kv_cache_dtype: str = option("auto", "KV cache storage: auto (the model's dtype)",
-                                 choices=("auto",))
+    kv_cache_dtype: str = option(
+        "auto", "KV cache storage: auto (the model's dtype) | fp8 (e4m3 with a scale per token "
+        "and KV head: half the bytes; a checkpoint's k_scale / v_scale are used when it ships "
+        "them)", choices=("auto", "fp8"), aliases={"fp8_e4m3": "fp8"})
     gpu_memory_utilization: float = option(0.92, "share of GPU memory the engine may take",
                                            minimum=0.05, maximum=1.0)
     enable_prefix_caching: bool = option(

@@ -58,7 +58,7 @@ def engine_fingerprint(engine) -> dict:
         sparse = {"budgets": xxhash.xxh3_128(json.dumps(fields, sort_keys=True, default=str)
                                              .encode()).hexdigest(),
                   "max_num_batched_tokens": c.max_num_batched_tokens}   # the chunk grid
-    return {
+    fp = {
         "format": FORMAT_VERSION,
         "model": ckpt.source,
         "weights": weights_digest(ckpt.source, ckpt.kind, c.model.seed),
@@ -74,6 +74,9 @@ def engine_fingerprint(engine) -> dict:
         "sparse": sparse,
         "tokenizer": tokenizer_digest(engine.tokenizer),
     }
+    if cache.quantized:     # FP8: where the scales come from
+        fp["kv_cache_scales"] = "checkpoint" if cache.static_scales is not None else "per token"
+    return fp
 
 
 def fingerprint_digest(fp: dict) -> str:

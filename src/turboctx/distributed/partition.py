@@ -26,6 +26,7 @@ import torch
 
 from turboctx.config.architecture import ModelArchitecture
 from turboctx.errors import InvalidRequestError
+from turboctx.weights.kv_scales import is_kv_scale
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,8 @@ def _rows_of_heads(t: torch.Tensor, heads, head_dim: int) -> torch.Tensor:
 def shard_tensor(name: str, t: torch.Tensor, m: ModelArchitecture, shard: TPShard) -> torch.Tensor:
     """The part of checkpoint tensor `name` (HF naming) that `shard` holds."""
     D = m.head_dim
+    if is_kv_scale(name):                                            # a scalar or one per KV head
+        return t if t.numel() == 1 else t.flatten()[list(shard.kv_heads)]
     if ".self_attn.q_proj." in name:
         return _rows_of_heads(t, range(shard.q_start, shard.q_end), D)
     if ".self_attn.k_proj." in name or ".self_attn.v_proj." in name:

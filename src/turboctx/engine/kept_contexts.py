@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import torch
 
 from turboctx.contexts.fingerprint import differences, engine_fingerprint, fingerprint_digest
-from turboctx.contexts.kv_file import (PIECE_BYTES, CorruptContextError, material_digest,
-                                       read_parts, read_tokens)
+from turboctx.contexts.kv_file import (PIECE_BYTES, CorruptContextError, as_bytes,
+                                       material_digest, read_parts, read_tokens)
 from turboctx.contexts.store import ContextMeta, ContextStore, check_name, write_context
 from turboctx.errors import TurboctxError
 from turboctx.kv_cache import SeqSlots, block_hashes
@@ -86,7 +86,9 @@ class KeptContexts:
                                 f"that starts with them first")
         n, c = len(blocks) * self.block_size, self.cache
         part_shape = [c.num_kv_heads, n, c.head_dim]
-        part_bytes = c.num_kv_heads * n * c.head_dim * c.k.element_size()
+        # one part per layer for k and v; with the FP8 cache, each part's scales follow its values
+        part_bytes = c.num_kv_heads * n * (c.head_dim * c.k.element_size() +
+                                           (c.k_scale.element_size() if c.quantized else 0))
         meta = ContextMeta(name=name, fingerprint=self.fingerprint, digest=self.digest,
                            material_digest=material_digest(token_ids),
                            num_material_tokens=len(token_ids), num_tokens=n,
@@ -97,8 +99,13 @@ class KeptContexts:
 
         def parts():
             for layer in range(c.num_layers):
-                for t in (c.k, c.v):
-                    yield read_kv(t[layer], slots, 0, n)          # [Hkv, n, D]
+                for t, scale in ((c.k, c.k_scale), (c.v, c.v_scale)):
+                    x = read_kv(t[layer], slots, 0, n)            # [Hkv, n, D], as stored
+                    if scale is None:
+                        yield x
+                    else:                                         # + [Hkv, n] scales
+                        yield torch.cat([as_bytes(x.contiguous()),
+                                         as_bytes(read_kv(scale[layer], slots, 0, n).contiguous())])
 
         tiers, warnings = write_context(self.store, meta, token_ids, parts(), c.device)
         for w in warnings:
@@ -174,14 +181,21 @@ class KeptContexts:
         first, n = len(have) * bs, meta.num_tokens
         hkv, _, d = meta.part_shape
 
-        def on_part(p: int, staging: torch.Tensor) -> None:
-            part = staging.view(c.dtype).view(hkv, n, d)
-            dst = (c.k if p % 2 == 0 else c.v)[p // 2]               # [Hkv, slots, D]
-            src = part[:, first:]
+        values = hkv * n * d * c.k.element_size()
+
+        def put(dst: torch.Tensor, src: torch.Tensor) -> None:
+            """src [Hkv, n - first, ...] into the new blocks of dst [Hkv, slots, ...]."""
             if new.contiguous_start is not None:
                 dst[:, new.contiguous_start:new.contiguous_start + n - first].copy_(src)
             else:
                 dst.index_copy_(1, new.slot_ids(dst.device), src)
+
+        def on_part(p: int, staging: torch.Tensor) -> None:
+            layer, is_k = p // 2, p % 2 == 0
+            put((c.k if is_k else c.v)[layer], staging[:values].view(c.dtype).view(hkv, n, d)[:, first:])
+            if c.quantized:
+                scale = (c.k_scale if is_k else c.v_scale)[layer]          # [Hkv, slots]
+                put(scale, staging[values:].view(scale.dtype).view(hkv, n)[:, first:])
 
         staging = torch.empty(meta.part_bytes, dtype=torch.uint8, device=c.device)
         try:

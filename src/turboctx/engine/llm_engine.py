@@ -120,7 +120,8 @@ class LLMEngine:
         """The attention in force: its name (dense, dca, sparse, dca+sparse) and settings."""
         from dataclasses import asdict
         c = self.config
-        out = {"attention": c.attention_name, "decode_in_cuda_graphs": self.runner.graphs is not None}
+        out = {"attention": c.attention_name, "decode_in_cuda_graphs": self.runner.graphs is not None,
+               "kv_cache_dtype": c.cache.kv_cache_dtype}
         if c.dca is not None:
             out["dca"] = asdict(c.dca)
         if c.sparse is not None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch
 
 from turboctx.config import EngineConfig
-from turboctx.engine.memory import GiB, activation_bytes, available_memory, kv_budget_bytes, max_step_tokens
-from turboctx.kv_cache import KVCache
+from turboctx.engine.memory import (GiB, activation_bytes, available_memory, dequantized_prefix_bytes,
+                                    fitting_options, kv_budget_bytes, kv_bytes_per_token,
+                                    max_step_tokens)
 from turboctx.weights import open_checkpoint
 
 
@@ -15,9 +16,10 @@ def memory_plan(config: EngineConfig) -> dict:
     e = config.resolve(m, ckpt.source if ckpt.kind == "hf" else None)
     dev, dt = e.device, e.dtype
     weights = m.num_parameters() * torch.empty((), dtype=dt).element_size()
-    per_tok = KVCache.bytes_per_token(m.num_hidden_layers, m.num_key_value_heads, m.head_dim, dt)
+    per_tok = kv_bytes_per_token(m, e)
     budget = kv_budget_bytes(m, e, dev, weights_bytes=weights if dev.type == "cuda" else 0)
-    return {
+    fit = max(0, int(budget // per_tok))
+    plan = {
         "model": ckpt.source, "kind": ckpt.kind, "family": m.family,
         "parameters": f"{m.num_parameters() / 1e9:.3f} B",
         "layers / heads / kv heads / head dim": f"{m.num_hidden_layers} / {m.num_attention_heads} / "
@@ -27,11 +29,16 @@ def memory_plan(config: EngineConfig) -> dict:
         "attention": e.attention_name,
         "device": str(dev), "dtype": e.model.dtype,
         "weights GiB": round(weights / GiB, 3),
+        "kv_cache_dtype": str(e.kv_cache_dtype).removeprefix("torch."),
         "KV bytes per token": per_tok,
         "max_model_len": e.max_model_len,
         "KV GiB at max_model_len": round(per_tok * e.max_model_len / GiB, 3),
         "max_num_batched_tokens": e.max_num_batched_tokens,
-        "activation reserve GiB": round(activation_bytes(m, max_step_tokens(e), dt) / GiB, 3),
+        "activation reserve GiB": round((activation_bytes(m, max_step_tokens(e), dt)
+                                         + dequantized_prefix_bytes(m, e)) / GiB, 3),
         "memory available GiB": round(available_memory(dev) / GiB, 2),
-        "max tokens that fit": max(0, int(budget // per_tok)),
+        "max tokens that fit": fit,
     }
+    if fit < e.max_model_len:
+        plan["to fit max_model_len"] = fitting_options(m, e, budget)
+    return plan

@@ -50,7 +50,8 @@ class Worker:
         cfg, m = self.config, self.architecture
         num_blocks = -(-kv_tokens // cfg.cache.block_size)
         self.kv_cache = KVCache(m.num_hidden_layers, m.num_key_value_heads, m.head_dim,
-                                num_blocks, cfg.cache.block_size, cfg.dtype, self.device)
+                                num_blocks, cfg.cache.block_size, cfg.dtype, self.device,
+                                storage_dtype=cfg.kv_cache_dtype, static_scales=self._kv_scales())
         # a captured graph would replay rank 0's step alone: with tensor parallelism every rank
         # runs each step eagerly
         graphs = not cfg.model.enforce_eager and self.group is None
@@ -59,6 +60,16 @@ class Worker:
                                   cuda_graphs=graphs, max_model_len=cfg.max_model_len,
                                   executor=executor, generator=rng)
         return num_blocks
+
+    def _kv_scales(self) -> dict[str, torch.Tensor] | None:
+        """The checkpoint's KV-cache scales ([L, Hkv] for k and v), for the FP8 cache only."""
+        found = getattr(self.model, "kv_scales", None)
+        m = self.architecture
+        scales = found.tensors(m.num_hidden_layers, m.num_key_value_heads) if found else None
+        if scales is not None and self.config.cache.kv_cache_dtype == "auto":
+            log.info("the checkpoint ships KV-cache scales; they are used with kv_cache_dtype='fp8'")
+            return None
+        return scales
 
     # -- what rank 0 can ask of every rank (LLMEngine.collective_rpc) ---------------------------
     def reset_peak_memory(self) -> None:
@@ -72,8 +83,14 @@ class Worker:
     def fill_kv_cache_random(self, seed: int) -> None:
         """Random (never zero) cache contents, for decode benchmarks on a synthetic context."""
         g = torch.Generator(device=self.device).manual_seed(seed + (self.group.rank if self.group else 0))
-        for t in (self.kv_cache.k, self.kv_cache.v):
-            t.normal_(0, 1, generator=g)
+        c = self.kv_cache
+        for t in (c.k, c.v):
+            if c.quantized:     # N(0, 1) values with scale 1 (set at allocation)
+                for layer in t:
+                    layer.copy_(torch.randn(layer.shape, generator=g, device=self.device,
+                                            dtype=c.compute_dtype).clamp_(-448, 448))
+            else:
+                t.normal_(0, 1, generator=g)
 
 
 def load_model(ckpt: Checkpoint, m: ModelArchitecture, config: EngineConfig, device: torch.device,

@@ -15,6 +15,7 @@ from turboctx.attention.backend import AttentionBackend, AttentionBatch
 from turboctx.config.architecture import ModelArchitecture
 from turboctx.errors import ModelLoadError
 from turboctx.models.layers import GatedMLP, RMSNorm
+from turboctx.weights.kv_scales import KVScales
 
 
 class SelfAttention(nn.Module):
@@ -127,8 +128,9 @@ class LlamaForCausalLM(nn.Module):
         missing = {n for n, p in self.named_parameters()}
         if self.config.tie_word_embeddings:
             missing.discard("lm_head.weight")
+        self.kv_scales = KVScales()
         for name, tensor in tensors:
-            if "rotary_emb" in name:
+            if "rotary_emb" in name or self.kv_scales.add(name, tensor):
                 continue
             if name == "lm_head.weight" and self.config.tie_word_embeddings:
                 continue
