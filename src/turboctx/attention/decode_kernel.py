@@ -27,6 +27,8 @@ from turboctx.kv_cache.fp8 import FP8_MAX, FP8Layer
 
 # Launch settings of the split kernel; tools/sweep_decode_kernel.py sweeps them on the GPU.
 BLOCK_N, NUM_WARPS, NUM_STAGES = 64, 4, 2
+# The FP8 cache (half the bytes per key): one more pipeline stage keeps more bytes in flight.
+FP8_BLOCK_N, FP8_NUM_WARPS, FP8_NUM_STAGES = 64, 4, 3   # swept on the H200
 MIN_KEYS_PER_SPLIT = 512   # a split shorter than this costs more in partials than it saves
 MAX_SPLITS = 256
 _FP8_MAX = tl.constexpr(FP8_MAX)
@@ -163,21 +165,22 @@ def decode_attention(q: torch.Tensor, k_cache: CacheLayer, v_cache: CacheLayer,
     assert H == G * Hkv and k_cache.shape[-1] == D and v_cache.shape == k_cache.shape
     assert q.stride(-1) == 1 and k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
     assert k_scale is None or (k_scale.stride() == v_scale.stride() and k_scale.stride(-1) == 1)
+    fp8 = k_scale is not None
     block_d = max(16, triton.next_power_of_2(D))
-    block_n = block_n or (BLOCK_N if block_d <= 128 else BLOCK_N // 2)
+    bn, warps, stages = (FP8_BLOCK_N, FP8_NUM_WARPS, FP8_NUM_STAGES) if fp8 else (BLOCK_N, NUM_WARPS, NUM_STAGES)
+    block_n = block_n or (bn if block_d <= 128 else bn // 2)
     partial_out = torch.empty(B, H, num_splits, D, dtype=torch.float32, device=q.device)
     partial_lse = torch.empty(B, H, num_splits, dtype=torch.float32, device=q.device)
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     upcast = upcast_dot(q.dtype)
-    fp8 = k_scale is not None
     _split_kernel[(B, Hkv, num_splits)](
         q, k_cache, v_cache, k_scale if fp8 else k_cache, v_scale if fp8 else v_cache, seq_lens,
         slot_starts, partial_out, partial_lse,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
         v_cache.stride(0), v_cache.stride(1), k_scale.stride(0) if fp8 else 0, scale, G, D,
         NUM_SPLITS=num_splits, BLOCK_H=max(16, triton.next_power_of_2(G)), BLOCK_N=block_n,
-        BLOCK_D=block_d, PRECISION=precision, UPCAST=upcast, FP8=fp8, num_warps=NUM_WARPS,
-        num_stages=NUM_STAGES)
+        BLOCK_D=block_d, PRECISION=precision, UPCAST=upcast, FP8=fp8, num_warps=warps,
+        num_stages=stages)
     out = torch.empty(B, H, D, dtype=q.dtype, device=q.device)
     lse = torch.empty(B, H, dtype=torch.float32, device=q.device)
     _combine_kernel[(B, H)](partial_out, partial_lse, out, lse, out.stride(0), out.stride(1), D,
@@ -244,12 +247,12 @@ def _rotary_store_kernel(q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, qo_ptr, kc_ptr, 
     sin2 = tl.load(sin_ptr + c_row + HALF + offs, mask=mask).to(tl.float32)
     ty = qo_ptr.dtype.element_ty             # the model's dtype: k is rounded to it, as eager does
     if j < H:
-        src = q_ptr + b.to(tl.int64) * stride_qb + j * stride_qh
-        dst = qo_ptr + (b.to(tl.int64) * H + j) * (2 * HALF)
-        x1 = tl.load(src + offs, mask=mask, other=0.0).to(tl.float32)
-        x2 = tl.load(src + HALF + offs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(dst + offs, (x1 * cos1 - x2 * sin1).to(ty), mask=mask)
-        tl.store(dst + HALF + offs, (x2 * cos2 + x1 * sin2).to(ty), mask=mask)
+        qsrc = q_ptr + b.to(tl.int64) * stride_qb + j * stride_qh
+        qdst = qo_ptr + (b.to(tl.int64) * H + j) * (2 * HALF)
+        x1 = tl.load(qsrc + offs, mask=mask, other=0.0).to(tl.float32)
+        x2 = tl.load(qsrc + HALF + offs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(qdst + offs, (x1 * cos1 - x2 * sin1).to(ty), mask=mask)
+        tl.store(qdst + HALF + offs, (x2 * cos2 + x1 * sin2).to(ty), mask=mask)
     else:
         h = j - H
         src = k_ptr + b.to(tl.int64) * stride_kb + h * stride_kh

@@ -8,8 +8,8 @@ import torch
 from turboctx.config import EngineConfig, ModelArchitecture
 from turboctx.errors import OutOfCacheError
 from turboctx.kv_cache import KVCache
-from turboctx.models.layers import GatedMLP
 from turboctx.kv_cache.fp8 import FP8_DTYPE
+from turboctx.models.layers import GatedMLP
 
 GiB = 1 << 30
 
@@ -34,10 +34,12 @@ def activation_bytes(m: ModelArchitecture, chunk: int, dtype: torch.dtype) -> in
     return int((chunk * per_token + mlp) * 1.25)
 
 
-def dequantized_prefix_bytes(m: ModelArchitecture, e: EngineConfig) -> int:
-    """With the FP8 cache, a prefill chunk reads one layer's older keys and values back in the
-    model's dtype (kv_cache/fp8.py): up to max_model_len tokens of both at once."""
-    if e.kv_cache_dtype == e.dtype:
+def dequantized_prefix_bytes(m: ModelArchitecture, e: EngineConfig,
+                             storage: torch.dtype | None = None) -> int:
+    """With the FP8 cache (storage, default the configured one), a prefill chunk reads one
+    layer's older keys and values back in the model's dtype (kv_cache/fp8.py): up to
+    max_model_len tokens of both at once."""
+    if (storage or e.kv_cache_dtype) != FP8_DTYPE:
         return 0
     return 2 * e.max_model_len * m.num_key_value_heads * m.head_dim * e.dtype.itemsize
 
@@ -74,12 +76,11 @@ def kv_bytes_per_token(m: ModelArchitecture, e: EngineConfig, storage: torch.dty
                                    storage or e.kv_cache_dtype)
 
 
-def plan_kv_tokens(m: ModelArchitecture, e: EngineConfig, device: torch.device,
-                   weights_bytes: int = 0) -> int:
+def plan_kv_tokens(m: ModelArchitecture, e: EngineConfig, device: torch.device) -> int:
     """Tokens the cache holds: kv_cache_tokens if given, else what the memory budget allows
     (capped at max_model_len * max_num_seqs); never fewer than max_model_len."""
     per_token = kv_bytes_per_token(m, e)
-    budget = kv_budget_bytes(m, e, device, weights_bytes)
+    budget = kv_budget_bytes(m, e, device)
     if e.cache.kv_cache_tokens is not None:
         tokens = e.cache.kv_cache_tokens
     else:
@@ -97,9 +98,8 @@ def fitting_options(m: ModelArchitecture, e: EngineConfig, budget: float) -> str
     """What would make max_model_len fit, for the out-of-cache error."""
     ways = []
     if e.cache.kv_cache_tokens is None and e.kv_cache_dtype == e.dtype:
-        fp8 = FP8_DTYPE
-        fp8_budget = budget - 2 * e.max_model_len * m.num_key_value_heads * m.head_dim * e.dtype.itemsize
-        fits = fp8_budget >= e.max_model_len * kv_bytes_per_token(m, e, fp8)
+        fp8_budget = budget - dequantized_prefix_bytes(m, e, FP8_DTYPE)
+        fits = fp8_budget >= e.max_model_len * kv_bytes_per_token(m, e, FP8_DTYPE)
         ways.append("kv_cache_dtype='fp8' (--kv-cache-dtype fp8) halves the KV bytes"
                     + (" and makes it fit" if fits else ""))
     ways.append("tensor_parallel_size=N (--tensor-parallel-size N) splits the model and its KV "

@@ -40,8 +40,9 @@ def quantize(x: torch.Tensor, static_scale: torch.Tensor | None = None
 
 def dequantize(data: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """data [..., D] e4m3, scale [...] -> [..., D] in dtype (e4m3 values are exact in bf16/fp32;
-    the product is rounded once, to dtype)."""
-    return data.to(dtype) * scale.to(dtype)[..., None]
+    the product is rounded once, to dtype). In place on the converted copy: one buffer."""
+    out = data.to(dtype)
+    return out.mul_(scale.to(dtype)[..., None])
 
 
 def fake_quantize(x: torch.Tensor, static_scale: torch.Tensor | None = None) -> torch.Tensor:
