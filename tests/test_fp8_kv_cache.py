@@ -134,17 +134,15 @@ def test_checkpoint_kv_scales_are_used(folder, tmp_path):
     path = _with_scales(folder, tmp_path / "scaled", scales)
     llm = LLM(path, kv_cache_dtype="fp8", **ENGINE)
     c = llm.engine.worker.kv_cache
-    assert c.static_scales["k"].tolist() == [[0.02, 0.02], [0.03, 0.03]] or \
-        torch.allclose(c.static_scales["k"], torch.tensor([[0.02, 0.02], [0.03, 0.03]]))
+    assert torch.allclose(c.static_scales["k"], torch.tensor([[0.02, 0.02], [0.03, 0.03]]))
+    assert torch.allclose(c.static_scales["v"], torch.tensor([[0.004, 0.003], [0.005, 0.005]]))
     prompt = _prompts([150], seed=3)[0]
     out = llm.generate(prompt, SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))[0]
     slots = torch.arange(llm.engine.allocator.match(_hashes(prompt))[0] * 16, 16 * 9)
     want_v = torch.tensor([0.004, 0.003]).to(torch.bfloat16)
     assert (c.v_scale[0][:, slots] == want_v[:, None]).all()                # every token: shipped
     assert (c.k_scale[1][:, slots] == torch.tensor(0.03).to(torch.bfloat16)).all()
-    per_token = LLM(str(folder), kv_cache_dtype="fp8", **ENGINE).generate(
-        prompt, SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))[0]
-    assert len(out.token_ids) == len(per_token.token_ids) == 6
+    assert len(out.token_ids) == 6
     assert LLM(path, **ENGINE).engine.worker.kv_cache.k_scale is None      # auto: not quantized
 
 
@@ -157,6 +155,7 @@ def test_bad_checkpoint_kv_scales_are_named(folder, tmp_path):
            for i in range(2) for w in "kv"}
     with pytest.raises(ModelLoadError, match="3 values; expected 1 or one per KV head"):
         LLM(_with_scales(folder, tmp_path / "bad", bad), kv_cache_dtype="fp8", **ENGINE)
+    LLM(str(tmp_path / "bad"), **ENGINE)          # the model dtype's cache does not read them
 
 
 # -- options and the memory plan -----------------------------------------------------------------

@@ -64,12 +64,17 @@ class Worker:
     def _kv_scales(self) -> dict[str, torch.Tensor] | None:
         """The checkpoint's KV-cache scales ([L, Hkv] for k and v), for the FP8 cache only."""
         found = getattr(self.model, "kv_scales", None)
-        m = self.architecture
-        scales = found.tensors(m.num_hidden_layers, m.num_key_value_heads) if found else None
-        if scales is not None and self.config.cache.kv_cache_dtype == "auto":
-            log.info("the checkpoint ships KV-cache scales; they are used with kv_cache_dtype='fp8'")
+        if found is None or not (found.found or found.skipped):
             return None
-        return scales
+        if self.config.cache.kv_cache_dtype == "auto":
+            log.info("the checkpoint ships attention scales; its k_scale / v_scale are used with "
+                     "kv_cache_dtype='fp8'")
+            return None
+        if found.skipped:
+            log.info("%d q_scale / prob_scale tensors of the checkpoint are not used (they are for "
+                     "FP8 attention kernels)", len(found.skipped))
+        m = self.architecture
+        return found.tensors(m.num_hidden_layers, m.num_key_value_heads)
 
     # -- what rank 0 can ask of every rank (LLMEngine.collective_rpc) ---------------------------
     def reset_peak_memory(self) -> None:

@@ -37,6 +37,7 @@ class KVScales:
 
     def __init__(self):
         self.found: dict[tuple[int, str], torch.Tensor] = {}
+        self.skipped: list[str] = []          # q_scale / prob_scale names
 
     def add(self, name: str, tensor: torch.Tensor) -> bool:
         """True when `name` is an attention scale (kept, or skipped as unused)."""
@@ -44,7 +45,10 @@ class KVScales:
         if hit is not None:
             self.found[hit] = tensor.detach().float().flatten().cpu()
             return True
-        return is_unused_scale(name)
+        if is_unused_scale(name):
+            self.skipped.append(name)
+            return True
+        return False
 
     def tensors(self, num_layers: int, num_kv_heads: int) -> dict[str, torch.Tensor] | None:
         """{"k": [L, Hkv], "v": [L, Hkv]} float32, or None when the checkpoint has none."""
