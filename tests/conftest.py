@@ -91,17 +91,26 @@ def default_gguf_path():
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory, default_gguf_path):
-    """A live `turboctx serve` of the default model, shared by the server tests."""
-    from server_fixtures import start_default_server
-    srv = start_default_server(str(tmp_path_factory.mktemp("server")), default_gguf_path)
-    yield srv
-    if srv.proc.poll() is None:
+def shared_server(tmp_path_factory, default_gguf_path):
+    """The live `turboctx serve` of the default model that the server tests share (started on
+    first use; see server_fixtures.SharedServer)."""
+    from server_fixtures import SharedServer
+    holder = SharedServer(str(tmp_path_factory.mktemp("server")), default_gguf_path,
+                          env={"TURBOCTX_HOME": _HOME, "TURBOCTX_CONTEXT_RAM_DIR": os.path.join(_HOME, "ram")})
+    yield holder
+    srv = holder.current
+    if srv is not None and srv.proc.poll() is None:
         code = srv.stop()
         assert code == 0, f"exit code {code}\n{srv.log()}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
+def server(shared_server):
+    """The shared server (the same process from test to test while it lives)."""
+    return shared_server.get()
+
+
+@pytest.fixture
 def client(server):
     import openai
     from server_fixtures import API_KEY
