@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,10 +30,51 @@ def turboctx_home(tmp_path_factory, request, monkeypatch):
     return home
 
 
+# The default model's GGUF is dequantized once in this process (~3 s of each of the many loads of
+# it) and its tensors are handed out again as copies. No test but test_weights.py (the loader's
+# own tests, which always read the file) loads the default model to test the dequantization.
+_DEQUANTIZED: dict[tuple, list[tuple[str, torch.Tensor]]] = {}
+_READ_GGUF_ITSELF = [False]
+
+
+def _dequantize_default_once():
+    import turboctx.weights.gguf_file as gguf_file
+    from turboctx.errors import ModelLoadError
+    from turboctx.weights import default_gguf_path
+    real = getattr(gguf_file, "_stream", None)
+    try:
+        default = Path(default_gguf_path()).resolve()
+    except ModelLoadError:
+        return                                  # the default_gguf_path fixture fails the tests
+    if real is None:
+        return
+
+    def stream(reader, config):
+        path = Path(reader.path).resolve()
+        if path != default or _READ_GGUF_ITSELF[0]:
+            return real(reader, config)
+        st = path.stat()
+        key = (st.st_size, st.st_mtime_ns, config.family, config.num_attention_heads,
+               config.num_key_value_heads)
+        if key not in _DEQUANTIZED:
+            _DEQUANTIZED.clear()
+            _DEQUANTIZED[key] = list(real(reader, config))
+        return ((name, t.clone()) for name, t in _DEQUANTIZED[key])
+
+    gguf_file._stream = stream
+
+
+_dequantize_default_once()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    _READ_GGUF_ITSELF[0] = item.path.name == "test_weights.py"
+
+
 @pytest.fixture(scope="session")
 def session_turboctx_home():
     """The turboctx home of processes started by session fixtures (the shared server)."""
-    from pathlib import Path
     return Path(_HOME)
 
 
@@ -49,17 +91,26 @@ def default_gguf_path():
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory, default_gguf_path):
-    """A live `turboctx serve` of the default model, shared by the server tests."""
-    from server_fixtures import start_default_server
-    srv = start_default_server(str(tmp_path_factory.mktemp("server")), default_gguf_path)
-    yield srv
-    if srv.proc.poll() is None:
+def shared_server(tmp_path_factory, default_gguf_path):
+    """The live `turboctx serve` of the default model that the server tests share (started on
+    first use; see server_fixtures.SharedServer)."""
+    from server_fixtures import SharedServer
+    holder = SharedServer(str(tmp_path_factory.mktemp("server")), default_gguf_path,
+                          env={"TURBOCTX_HOME": _HOME, "TURBOCTX_CONTEXT_RAM_DIR": os.path.join(_HOME, "ram")})
+    yield holder
+    srv = holder.current
+    if srv is not None and srv.proc.poll() is None:
         code = srv.stop()
         assert code == 0, f"exit code {code}\n{srv.log()}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
+def server(shared_server):
+    """The shared server (the same process from test to test while it lives)."""
+    return shared_server.get()
+
+
+@pytest.fixture
 def client(server):
     import openai
     from server_fixtures import API_KEY

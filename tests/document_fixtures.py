@@ -1,25 +1,12 @@
-"""Inputs for the document tests: a code repository with everything `--dir` must leave out,
-PDFs with and without a text layer, and the `turboctx` command run as a user runs it."""
+"""Inputs for the document tests: a code repository with everything `--dir` must leave out, and
+PDFs with and without a text layer (the `turboctx` command itself: cli_runner.py)."""
 from __future__ import annotations
 
 import functools
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from pypdf import PdfWriter
 from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
-
-SRC = Path(__file__).resolve().parents[1] / "src"       # this checkout's turboctx
-
-
-def run_cli(*args: str, cwd: Path | None = None, stdin: str | None = None, timeout: int = 300):
-    """`python -m turboctx.cli ARGS` with this checkout's source first on the path."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "turboctx.cli", *args], input=stdin, text=True,
-                          capture_output=True, timeout=timeout, env=env, cwd=cwd)
 
 
 # ---- PDFs ---------------------------------------------------------------------------------------

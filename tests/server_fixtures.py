@@ -74,10 +74,12 @@ class LiveServer:
             raise
 
 
-def start_server(tmp_dir: str, *extra: str, startup_timeout_s: float = 180.0) -> LiveServer:
+def start_server(tmp_dir: str, *extra: str, startup_timeout_s: float = 180.0,
+                 env: dict[str, str] | None = None) -> LiveServer:
+    """env: variables set for the server over this process's environment."""
     port = free_port()
     log_path = os.path.join(tmp_dir, f"server-{port}.log")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     cmd = [sys.executable, "-m", "turboctx.server.cli", "--host", "127.0.0.1", "--port", str(port),
            "--max-model-len", str(MAX_MODEL_LEN), "--kv-cache-tokens", str(KV_CACHE_TOKENS),
            "--device", "cpu", "--threads", "1", "--api-key", API_KEY,
@@ -100,12 +102,32 @@ def start_server(tmp_dir: str, *extra: str, startup_timeout_s: float = 180.0) ->
     raise RuntimeError(f"server did not come up in {startup_timeout_s} s:\n{srv.log()}")
 
 
-def start_default_server(tmp_dir: str, gguf_path: str) -> LiveServer:
+def start_default_server(tmp_dir: str, gguf_path: str, env: dict[str, str] | None = None) -> LiveServer:
     """The server most tests share: a vLLM command line carries over (the model positional,
     vLLM's flag names)."""
     return start_server(tmp_dir, str(gguf_path), "--served-model-name", MODEL,
                         "--enable-prefix-caching", "--max-num-batched-tokens", "8192",
-                        "--gpu-memory-utilization", "0.9", "--max-num-seqs", "16")
+                        "--gpu-memory-utilization", "0.9", "--max-num-seqs", "16", env=env)
+
+
+class SharedServer:
+    """The default server, started on first use and shared by the tests. A test that ends it (the
+    shutdown test) takes it: the next test that needs a server starts another. Every one of them
+    runs with the same environment (the test run's TURBOCTX_HOME), whichever test starts it."""
+
+    def __init__(self, tmp_dir: str, gguf_path: str, env: dict[str, str]):
+        self.tmp_dir, self.gguf_path, self.env = tmp_dir, gguf_path, env
+        self.current: LiveServer | None = None
+
+    def get(self) -> LiveServer:
+        if self.current is None or self.current.proc.poll() is not None:
+            self.current = start_default_server(self.tmp_dir, self.gguf_path, env=self.env)
+        return self.current
+
+    def take(self) -> LiveServer:
+        """The running server, for a test that ends it; no other test gets it after."""
+        srv, self.current = self.get(), None
+        return srv
 
 
 def post(server: LiveServer, path: str, body, **kw):

@@ -1,22 +1,15 @@
-"""The `turboctx` command line: real subprocesses, as a user runs them."""
+"""The `turboctx` command line as a user runs it: the exit code, stdout and stderr. In this process
+(cli_runner.run_cli) but for `generate`, which also runs as a new process (the real entry point)."""
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src"      # this checkout's turboctx
-
-
-def run(*args, stdin: str | None = None, timeout: int = 300):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "turboctx.cli", *args], input=stdin, text=True,
-                          capture_output=True, timeout=timeout, env=env)
+from cli_runner import run_cli as run
+from cli_runner import run_cli_subprocess
 
 
 def test_info_json():
@@ -29,7 +22,7 @@ def test_info_json():
 
 
 def test_generate_json_and_ask(tmp_path):
-    r = run("generate", "The capital of France is", "--max-tokens", "6", "--json")
+    r = run_cli_subprocess("generate", "The capital of France is", "--max-tokens", "6", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert "Paris" in out["text"] and out["metrics"]["ttft_s"] > 0

@@ -11,7 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from document_fixtures import default_tokenizer, run_cli, write_pdf
+from cli_runner import run_cli
+from document_fixtures import default_tokenizer, write_pdf
 from turboctx.cli import main
 
 

@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from document_fixtures import default_tokenizer, make_repository, run_cli, write_pdf
+from cli_runner import run_cli
+from document_fixtures import default_tokenizer, make_repository, write_pdf
 from turboctx.bench.rates import (PrefillRate, architecture_key, device_name, load_rates,
                                   matching_rates, rates_from_rows, store_rates)
 from turboctx.documents.estimate import DEFAULT_NOTE, estimate_prefill, flops

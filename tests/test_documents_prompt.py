@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from document_fixtures import SRC, default_tokenizer, run_cli
+from cli_runner import SRC, run_cli
+from document_fixtures import default_tokenizer
 from turboctx.documents import Document, build_document_prompt, conversation_ids, read_inputs
 from turboctx.documents.prompt import documents_text
 

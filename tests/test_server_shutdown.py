@@ -1,4 +1,5 @@
-"""Graceful shutdown of a live server (its own, since it ends the process)."""
+"""Graceful shutdown of a live server: the shared one, which this test ends (a test after it that
+needs a server gets a new one)."""
 from __future__ import annotations
 
 import json
@@ -7,15 +8,15 @@ import time
 
 import pytest
 
-from server_fixtures import MODEL, post, start_default_server
+from server_fixtures import MODEL, post
 
 PROMPT = "The capital of France is"
 COMPL = "/v1/completions"
 
 
 @pytest.fixture
-def own_server(tmp_path, default_gguf_path):
-    srv = start_default_server(str(tmp_path), default_gguf_path)
+def own_server(shared_server):
+    srv = shared_server.take()
     yield srv
     if srv.proc.poll() is None:
         srv.stop()
