@@ -1,7 +1,7 @@
 """DCA decode with lengths and offsets on the device (the CUDA-graph body) equals the eager DCA
 backend, one new token per sequence: every part kind (intra only; intra + succ; intra + succ +
 inter; intra + inter for rows past the local window), chunk boundaries, YaRN on and off, GQA
-ratios, padding rows. On the CPU the Triton kernels run in the interpreter."""
+ratios, padding rows, the FP8 cache. On the CPU the Triton kernels run in the interpreter."""
 from __future__ import annotations
 
 import os
@@ -22,6 +22,7 @@ from turboctx.attention.ops import merge_parts  # noqa: E402
 from turboctx.attention.rope import RopeGraphDecode  # noqa: E402
 from turboctx.attention.rotary import RotaryEmbedding  # noqa: E402
 from turboctx.kv_cache import KVCache, SeqSlots  # noqa: E402
+from turboctx.kv_cache.fp8 import FP8_DTYPE, quantize  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CHUNK, LOCAL = 64, 16          # chunk_len 48
@@ -43,9 +44,10 @@ def _positions_by_kind():
 
 # every GQA ratio (1:1, 4:1, 7:1, 3:1), YaRN on and off: each case runs the Triton interpreter on
 # the CPU for ~10 s, so the two axes are covered side by side rather than crossed
-@pytest.mark.parametrize("H, Hkv, D, yarn", [(4, 4, 32, False), (8, 2, 64, True), (14, 2, 64, False),
-                                             (9, 3, 64, True)])
-def test_graph_dca_decode_equals_eager(H, Hkv, D, yarn):
+@pytest.mark.parametrize("H, Hkv, D, yarn, fp8", [(4, 4, 32, False, False), (8, 2, 64, True, False),
+                                                  (14, 2, 64, False, False), (9, 3, 64, True, False),
+                                                  (8, 2, 64, True, True)])
+def test_graph_dca_decode_equals_eager(H, Hkv, D, yarn, fp8):
     torch.manual_seed(H * D + yarn)
     pos = _positions_by_kind()
     # YaRN active from position 64 on when the trained length is 64
@@ -55,11 +57,15 @@ def test_graph_dca_decode_equals_eager(H, Hkv, D, yarn):
     graph = eager.graph_decode()
     B = len(pos) + 2                               # two padding rows at the end
     per_seq = 256 // BLOCK                         # blocks per sequence, one run each
-    caches = [KVCache(1, Hkv, D, per_seq * B, BLOCK, torch.float32, DEVICE) for _ in range(2)]
+    storage = FP8_DTYPE if fp8 else None           # FP8: both paths read the same e4m3 values
+    caches = [KVCache(1, Hkv, D, per_seq * B, BLOCK, torch.float32, DEVICE, storage) for _ in range(2)]
     base = torch.randn(1, Hkv, per_seq * B * BLOCK, D, device=DEVICE)
     for c in caches:                               # the same old keys/values in both caches
-        c.k.copy_(base)
-        c.v.copy_(base.flip(-1))
+        if fp8:
+            (c.k[:], c.k_scale[:]), (c.v[:], c.v_scale[:]) = quantize(base), quantize(base.flip(-1))
+        else:
+            c.k.copy_(base)
+            c.v.copy_(base.flip(-1))
     q = torch.randn(B, H, D, device=DEVICE)
     k, v = torch.randn(B, Hkv, D, device=DEVICE), torch.randn(B, Hkv, D, device=DEVICE)
 
@@ -80,8 +86,8 @@ def test_graph_dca_decode_equals_eager(H, Hkv, D, yarn):
 
     assert (got[:len(pos)] - want).abs().max() < 2e-5, (got[:len(pos)] - want).abs().max()
     assert got[len(pos):].abs().max() == 0                       # padding rows: nothing
-    assert torch.equal(caches[0].k, caches[1].k) or (caches[0].k - caches[1].k).abs().max() < 1e-6
-    assert torch.equal(caches[0].v, caches[1].v)                 # same slots written, nothing else
+    for a, b in zip(caches[0].parts(), caches[1].parts()):       # same slots written, nothing else
+        assert torch.equal(a, b) or (a.float() - b.float()).abs().max() < 1e-6
 
 
 def test_merge_parts_is_exact_and_empty_rows_are_zero():

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 import torch
 
 from turboctx.attention.backend import AttentionBatch, Part, SeqQueries
-from turboctx.attention.ops import merge_parts
 from turboctx.attention.rotary import RotaryEmbedding, apply_rotary
 
 INTRA, SUCC, INTER = 0, 1, 2     # the three query rotations (Part.kind)
@@ -195,10 +194,10 @@ class DCAGraphDecode:
       - intra: keys [c0, p], query rotated at r;
       - succ:  keys [c0 - chunk_len, c0), query at chunk_len + r, when r < local_size and c0 > 0;
       - inter: keys [0, c0 - chunk_len) when r < local_size, else [0, c0), query at chunk_size - 1.
-    Here those ranges are computed from the positions tensor, each part is one split-KV decode
-    attention (decode_kernel.py) over a cache range (empty ranges give lse -inf), and the three
-    are merged by log-sum-exp in float32, as the eager path does. YaRN's logit scale comes from
-    each query's own position, computed inside the graph."""
+    Here the ranges' bounds come from the positions tensor, and one split-KV decode attention
+    (decode_kernel.py) reads every key once, with the query rotation of the part the key lies
+    in, in a single softmax: the same sum the eager path merges from three parts by
+    log-sum-exp. YaRN's logit scale comes from each query's own position, inside the graph."""
     name = "dca-graph-decode"
 
     def __init__(self, rotary: RotaryEmbedding, scale: float, config: DCAConfig):
@@ -208,40 +207,27 @@ class DCAGraphDecode:
     def step_extras(self, pos: torch.Tensor, lens: torch.Tensor, starts: torch.Tensor,
                     dtype: torch.dtype, num_splits: int) -> dict:
         """Per-step tensors from positions pos [B], lengths lens [B] (0: a padding row) and first
-        cache slots starts [B]: rotary tables of the three query positions, each part's cache
-        range (first slot, length) and the YaRN logit scale [B, 1, 1]. Device ops only."""
+        cache slots starts [B]: rotary tables of the three query positions [3, B, D], where each
+        part's keys begin ([2, B]: intra, succ; inter from 0) and the YaRN logit scale [B].
+        Device ops only."""
         cfg, cl = self.cfg, self.cfg.chunk_len
         r, succ_pos, inter_pos = query_positions(cfg, pos)               # [B] each
         c0 = pos - r                                                     # first position of p's chunk
-        live = lens > 0
         near = (r < cfg.local_size) & (c0 > 0)                           # attends the previous chunk as succ
-        zero = torch.zeros_like(pos)
-        ranges = (  # (first slot, length) per part
-            (starts + c0, torch.where(live, r + 1, zero)),
-            (starts + (c0 - cl).clamp(min=0), torch.where(live & near, torch.full_like(pos, cl), zero)),
-            (starts, torch.where(live, torch.where(near, (c0 - cl).clamp(min=0), c0), zero)),
-        )
-        q_scale = cfg.yarn_logit_scales(pos + 1)[:, None, None].to(dtype) if cfg.yarn_scaling else None
-        return {"dca_cos_sin": [self.rotary.cos_sin(x, dtype) for x in (r, succ_pos, inter_pos)],
-                "seq_lens": lens, "slot_starts": starts, "dca_ranges": ranges,
-                "q_scale": q_scale, "num_splits": num_splits}
+        bounds = torch.stack((c0, torch.where(near, c0 - cl, c0)))       # [2, B]: intra_lo, succ_lo
+        tables = [self.rotary.cos_sin(x, dtype) for x in (r, succ_pos, inter_pos)]
+        q_scale = cfg.yarn_logit_scales(pos + 1).to(dtype) if cfg.yarn_scaling else None
+        return {"dca_cos_sin": tuple(torch.stack(t) for t in zip(*tables)), "seq_lens": lens,
+                "slot_starts": starts, "dca_bounds": bounds, "q_scale": q_scale,
+                "num_splits": num_splits}
 
     def forward(self, layer, q, k, v, batch: AttentionBatch) -> torch.Tensor:
-        """q: [B, H, D]; k, v: [B, Hkv, D] un-rotated -> [B, H, D]."""
+        """q: [B, H, D]; k, v: [B, Hkv, D] un-rotated -> [B, H, D]. Two launches: the rotary one
+        writes the new k/v (rotated at r) and the three query rotations [3, B, H, D]; one split-KV
+        attention reads each key once with the query of its part."""
         ex = batch.extras
-        if ex["q_scale"] is not None:
-            q = q * ex["q_scale"]
-        (cos_r, sin_r), succ, inter = ex["dca_cos_sin"]
         k_cache, v_cache = batch.kv_cache.layer(layer)
-        # keys (and intra queries) at r; the new k/v go to slot start + len - 1
-        q_intra = self.kernels.rotary_store_kv(q, k, v, cos_r, sin_r, k_cache, v_cache,
-                                               ex["seq_lens"], ex["slot_starts"])
-        outs, lses = [], []
-        for qk, (first, n) in zip((q_intra, apply_rotary(q, *succ), apply_rotary(q, *inter)),
-                                  ex["dca_ranges"]):
-            o, lse = self.kernels.decode_attention(qk, k_cache, v_cache, n, first, self.scale,
-                                                   ex["num_splits"])
-            outs.append(o)
-            lses.append(lse)                                             # [B, H], -inf: empty
-        return merge_parts(outs, lses).to(q.dtype)
-
+        q3 = self.kernels.rotary_store_kv(q, k, v, *ex["dca_cos_sin"], k_cache, v_cache,
+                                          ex["seq_lens"], ex["slot_starts"], q_scale=ex["q_scale"])
+        return self.kernels.decode_attention(q3, k_cache, v_cache, ex["seq_lens"], ex["slot_starts"],
+                                             self.scale, ex["num_splits"], dca_bounds=ex["dca_bounds"])[0]

@@ -14,19 +14,20 @@ bench_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_excep
 PREFILL_COLUMNS = ["engine", "length", "ttft_s", "ttft_min_s", "ttft_max_s", "tokens_per_s", "tflops",
                    "fraction_of_matmul_ceiling", "over_floor", "peak_memory_gib", "usd_per_mtok"]
 SPARSE_COLUMNS = ["density", "estimate_s", "estimate_fraction", "sparse_attend_s"]
-DECODE_COLUMNS = ["engine", "context", "ms_per_token", "ms_min", "ms_max", "gb_per_s", "floor_ms",
-                  "peak_memory_gib"]
+DECODE_COLUMNS = ["engine", "context", "batch", "ms_per_token", "ms_min", "ms_max", "tokens_per_s",
+                  "floor_tokens_per_s", "gb_per_s", "floor_ms", "peak_memory_gib"]
 PER_RANK_COLUMN = "peak_memory_gib_per_rank"     # shown when tensor parallelism is on
 BENCH_SETS = ("max_model_len", "kv_cache_tokens", "max_num_seqs", "enable_prefix_caching")
 BENCH_MODEL = {"model": "random:qwen2.5-7b"}
 
 
-def _setup(options: dict, max_len: int):
-    """An engine for one request of max_len tokens: the cache holds exactly that (peak memory is
-    that of the length), and no prefix cache (repeated runs of one prompt must each compute it)."""
+def _setup(options: dict, max_len: int, num_seqs: int = 1):
+    """An engine for num_seqs requests of max_len tokens: the cache holds exactly that (peak
+    memory is that of the length), and no prefix cache (repeated runs of one prompt must each
+    compute it)."""
     from turboctx import LLM
-    return LLM(**options, max_model_len=max_len, kv_cache_tokens=max_len, max_num_seqs=1,
-               enable_prefix_caching=False)
+    return LLM(**options, max_model_len=max_len, kv_cache_tokens=max_len * num_seqs,
+               max_num_seqs=num_seqs, enable_prefix_caching=False)
 
 
 def _ceilings(llm) -> dict:
@@ -116,6 +117,8 @@ def _store_rates(rows: list[dict], m, model: str, cfg, date: str) -> None:
 @engine_options(exclude=BENCH_SETS, defaults=BENCH_MODEL)
 def decode(lengths: Annotated[str, typer.Option(help="context lengths, e.g. 128k,1m")] = "32k,128k",
            steps: Annotated[int, typer.Option(min=2, help="tokens decoded per run")] = 64,
+           batch: Annotated[int, typer.Option(min=1, help="requests decoding side by side, each at "
+                                                           "the context length")] = 1,
            repeat: Annotated[int, typer.Option(min=1)] = 3,
            compare: Annotated[Optional[str], typer.Option(help="'hf': HF transformers in the same run")] = None,
            json_path: Annotated[Optional[Path], typer.Option("--json")] = None,
@@ -125,9 +128,9 @@ def decode(lengths: Annotated[str, typer.Option(help="context lengths, e.g. 128k
     from turboctx.bench.report import environment, print_table, write_json
     ns = option_sizes(lengths)
     model, seed = options["model"], options.get("seed", 0)
-    llm = _setup(options, max(ns) + steps + 16)
+    llm = _setup(options, max(ns) + steps + 16, batch)
     ceilings = _ceilings(llm)
-    rows = bench_decode(llm, ns, steps, repeat, seed, ceilings)
+    rows = bench_decode(llm, ns, steps, repeat, seed, ceilings, batch)
     graphs = llm.engine.captured_graph_sizes()
     if graphs:
         for r in rows:
