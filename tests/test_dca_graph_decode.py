@@ -52,7 +52,7 @@ def test_graph_dca_decode_equals_eager(H, Hkv, D, yarn, fp8):
     pos = _positions_by_kind()
     # YaRN active from position 64 on when the trained length is 64
     cfg = DCAConfig(CHUNK, LOCAL, 64 if yarn else 4096, yarn_scaling=yarn)
-    rotary = RotaryEmbedding(D, 10000.0)
+    rotary = RotaryEmbedding(D, 10000.0).to(DEVICE)
     eager = dca_backend(rotary, D, cfg)
     graph = eager.graph_decode()
     B = len(pos) + 2                               # two padding rows at the end
