@@ -21,15 +21,13 @@ def bench_decode(llm, lengths: list[int], steps: int, repeat: int, seed: int, ce
     eng.collective_rpc("fill_kv_cache_random", seed)   # every rank's cache
     rows = []
     for n in lengths:
+        prompts = [random_prompt(m.vocab_size, n, seed + n + i) for i in range(batch)]
         per_step = []
         for r in range(repeat + 1):                       # the first run warms up
             eng.collective_rpc("reset_peak_memory")
-            reqs = []
-            for i in range(batch):
-                ids = random_prompt(m.vocab_size, n, seed + n + i)
-                reqs.append(eng.make_request(ids, SamplingParams(max_tokens=steps + 1, temperature=0,
-                                                                 ignore_eos=True)))
-                eng.add_request(reqs[-1], precomputed_tokens=n - 1)   # synthetic context: the cache holds it
+            for ids in prompts:
+                req = eng.make_request(ids, SamplingParams(max_tokens=steps + 1, temperature=0, ignore_eos=True))
+                eng.add_request(req, precomputed_tokens=n - 1)   # synthetic context: the cache holds it
             outs = {}
             while eng.has_unfinished():
                 for o in eng.step():
