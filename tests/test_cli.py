@@ -51,7 +51,7 @@ def test_chat_reads_stdin():
     (["generate", "hi", "--sparse-threshold", "12x"], "sparse_threshold='12x' is not a size"),
     (["serve", "--quantization", "fp8"], "--quantization is a vLLM option"),
     (["serve", "m.gguf", "--model", "other.gguf"], "two models given"),
-    (["info", "--max-model-len", "8", "--sparse-threshold", "4"], "attention='dense'"),
+    (["info", "--max-model-len", "8", "--sparse-threshold", "4"], "attention='auto' (auto runs dense off a GPU)"),
 ])
 def test_bad_input_is_one_clear_line(args, words):
     r = run(*args)

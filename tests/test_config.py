@@ -34,7 +34,7 @@ def test_a_typo_is_refused_at_once_with_no_weight_loaded(monkeypatch):
     (dict(max_model_len=True), "max_model_len=True must be an int"),
     (dict(gpu_memory_utilization=1.5), r"gpu_memory_utilization=1.5 must be a number in \[0.05, 1\]"),
     (dict(enable_prefix_caching="yes"), "enable_prefix_caching='yes' must be True or False"),
-    (dict(attention="fast"), "attention='fast' is not one of dense, sparse, auto"),
+    (dict(attention="fast"), "attention='fast' is not one of auto, dense, sparse"),
     (dict(kv_cache_dtype="fp8_e5m2"), "kv_cache_dtype='fp8_e5m2' is not one of auto, fp8"),
     (dict(device="tpu"), "device='tpu' is not one of auto, cpu, cuda, cuda:N"),
     (dict(tensor_parallel_size=0), "tensor_parallel_size=0 must be an int >= 1"),
@@ -82,7 +82,7 @@ def test_resolve_fills_in_from_the_model_and_the_device():
     assert off.dca is None
     with pytest.raises(InvalidRequestError, match="CUDA is not available"):
         EngineConfig.from_options(device="cuda").resolve(_arch(), cuda_available=False)
-    with pytest.raises(InvalidRequestError, match="sparse_threshold given but attention='dense'"):
+    with pytest.raises(InvalidRequestError, match="sparse_threshold given but attention='auto' \\(auto runs dense off a GPU\\); use attention='sparse'"):
         EngineConfig.from_options(sparse_threshold=8).resolve(_arch(), cuda_available=False)
 
 

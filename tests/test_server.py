@@ -278,3 +278,19 @@ def test_bench_serve_against_live_server(server):
     assert res["errors"] == res["lost"] == res["duplicate_ids"] == 0
     assert res["latency_s"]["p99"] >= res["latency_s"]["p50"] > 0 and res["output_tokens_per_s"] > 0
     assert res["mean_prompt_tokens"] >= 10
+
+
+def test_bench_serve_long_prompt_phases_against_live_server(server, tmp_path):
+    """The long-prompt bench's three phases end to end (small sizes): every request answered."""
+    import asyncio
+
+    from turboctx.bench.serve import run_bench
+    from turboctx.bench.serve_long import plot_gaps
+    res = asyncio.run(run_bench(server.url, api_key=API_KEY, concurrency=2, prompt_len=8, max_tokens=6,
+                                long_prompt_len=400, baseline_s=1.5, timeout_s=120, token_ids=True))
+    assert res["errors"] == res["lost"] == res["duplicate_ids"] == 0 and res["answered"] >= 2
+    assert res["long_prompt_tokens"] == 400 and res["long_ttft_alone_s"] > 0
+    assert res["short_itl_without_s"]["p50"] > 0            # one token time per generated token
+    assert res["long_ttft_ratio"] > 0 and res["n_gaps_without"] > 0
+    plot_gaps(res, tmp_path / "itl.png")
+    assert (tmp_path / "itl.png").stat().st_size > 1000

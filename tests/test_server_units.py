@@ -28,9 +28,24 @@ def test_bench_summary_counts_lost_and_duplicates():
     assert percentiles([float(i) for i in range(1, 101)]) == {"p50": 50.0, "p90": 90.0, "p99": 99.0}
     rs = [{"id": "a", "start": 0.0, "end": 1.0, "token_times": [0.5, 0.7], "completion_tokens": 2, "prompt_tokens": 3},
           {"id": "a", "start": 0.0, "end": 2.0, "token_times": [1.0], "completion_tokens": 1, "prompt_tokens": 3}]
-    s = summarize(rs, ["boom"], 2.0, 4, {}, {"num_requests": 4})
+    s = summarize(rs, ["boom"], 2.0, 4, {"num_requests": 4})
     assert s["answered"] == 2 and s["errors"] == 1 and s["lost"] == 1 and s["duplicate_ids"] == 1
     assert s["ttft_s"]["p50"] == 0.5 and abs(s["itl_s"]["p99"] - 0.2) < 1e-9
+
+
+def test_long_prompt_summary_splits_gaps_at_the_long_prefill():
+    from turboctx.bench.serve_long import summarize_long
+    alone = {"start": 0.0, "end": 5.0, "token_times": [4.0], "prompt_tokens": 100}
+    beside = {"start": 20.0, "end": 26.0, "token_times": [25.0], "prompt_tokens": 100}
+    short = [{"id": "s1", "start": 11.0, "end": 19.0, "token_times": [12.0, 12.1, 12.3, 19.0]},
+             {"id": "s2", "start": 19.5, "end": 28.0, "token_times": [19.6, 21.0, 22.0, 27.0]}]
+    res = summarize_long(short, [], 2, alone, beside, base_start=10.0, params={})
+    assert res["n_gaps_without"] == 3          # s1 only: s2's first gap ends after the long prompt began
+    assert res["short_itl_without_s"]["p99"] == 19.0 - 12.3
+    assert res["n_gaps_during"] == 3 and res["max_short_itl_during_s"] == 5.0
+    assert res["long_ttft_alone_s"] == 4.0 and res["long_ttft_beside_s"] == 5.0
+    assert res["long_ttft_ratio"] == 1.25 and res["lost"] == 0
+    assert res["short_ttft_without_s"]["p99"] == 1.0 and res["short_ttft_during_s"]["p50"] is None
 
 
 def test_serve_prefix_caching_flag_reaches_the_engine(monkeypatch):

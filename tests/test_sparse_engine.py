@@ -43,6 +43,17 @@ def test_attention_options_are_checked(kw, words):
         _llm(**kw)
 
 
+@pytest.mark.parametrize("budgets, words", [
+    ([[(10, 100)] * HEADS] * (LAYERS + 1), f"has {LAYERS + 1} layers, the model has {LAYERS}"),
+    ([[(10, 100)] * HEADS, [(10, 100)] * (HEADS - 1)], f"has {HEADS - 1} heads in layer 1, the "
+                                                       f"model has {HEADS}"),
+])
+def test_a_sparse_config_for_another_model_is_refused_at_start(folder, tmp_path, budgets, words):
+    path = write_sparse_attention_config(tmp_path / "other.json", budgets)
+    with pytest.raises(InvalidRequestError, match=words):
+        _llm(folder, attention="sparse", sparse_config=str(path))
+
+
 def _resolved(attention="dense", **options):
     from turboctx.config import EngineConfig
     from turboctx.weights import open_checkpoint
@@ -158,7 +169,7 @@ def test_cli_commands_take_a_budgets_file_and_dca(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr("sys.argv", ["turboctx"] + base + ["--sparse-config", str(f)])
     with pytest.raises(SystemExit) as e:
         cli.main()
-    assert e.value.code != 0 and "attention='dense'" in capsys.readouterr().err
+    assert e.value.code != 0 and "attention='auto'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("dca", [False, True])

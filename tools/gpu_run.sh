@@ -12,6 +12,8 @@
 #                                               #   and passkey at 16K and 32K; SAMPLES, DEPTHS)
 #        tools/gpu_run.sh context               # a kept 1M context, random:qwen2.5-7b-1m: prefill, then a new
 #                                               #   process loading it from RAM and from disk (LENGTH)
+#        tools/gpu_run.sh serve-long            # `turboctx serve` with defaults (MODEL, MAXLEN, EXTRA) and one
+#                                               #   LONG-token prompt among 8 streaming clients, alone and beside
 set -uo pipefail
 export PYTHONPATH="$PWD/src:$PWD/tests:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -54,5 +56,23 @@ case "${1:-}" in
     tc bench context --model "${MODEL:-random:qwen2.5-7b-1m}" --length "${LENGTH:-1m}" ${EXTRA:-} \
       --json "$OUT/kept_context_${LENGTH:-1m}.json" 2>&1 | tee -a "$OUT/context.log" | grep -v -i warn
     tc context rm --all ;;
-  *) echo "usage: tools/gpu_run.sh tests|prefill|decode|fidelity|structured|fp8-accuracy|context"; exit 2 ;;
+  serve-long)
+    m=${MODEL:-random:qwen2.5-7b-1m}; L=${LONG:-1048576}; port=8011
+    tc serve "$m" --max-model-len "${MAXLEN:-1050000}" --port $port ${EXTRA:-} > "$OUT/server_$L.log" 2>&1 &
+    srv=$!
+    python3 - <<PY || { tail -20 "$OUT/server_$L.log"; kill $srv; exit 1; }
+import time, urllib.request
+for _ in range(600):
+    try:
+        urllib.request.urlopen("http://127.0.0.1:$port/health", timeout=2); break
+    except Exception:
+        time.sleep(0.5)
+else:
+    raise SystemExit("the server did not come up")
+PY
+    tc bench serve --url http://127.0.0.1:$port --concurrency 8 --prompt-len 64 --max-tokens 128 --token-ids \
+      --long-prompt-len "$L" --baseline-s "${BASELINE:-10}" --json "$OUT/serve_long_$L.json" \
+      --plot "$OUT/serve_long_$L.png" 2>&1 | grep -v -i warn
+    kill -INT $srv; wait $srv; grep -i -E "error|traceback" "$OUT/server_$L.log" | head -5 ;;
+  *) echo "usage: tools/gpu_run.sh tests|prefill|decode|fidelity|structured|fp8-accuracy|context|serve-long"; exit 2 ;;
 esac

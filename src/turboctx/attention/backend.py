@@ -49,6 +49,12 @@ class AttentionBatch:
     extras: dict[str, Any] = field(default_factory=dict)  # per-step state a backend precomputes
 
 
+def causal_pairs(first_pos: int, n: int) -> float:
+    """Query-key pairs of n rows at positions [first_pos, first_pos + n), each attending every
+    key up to its own position (the attention work a step cost model counts)."""
+    return n * first_pos + n * (n + 1) / 2
+
+
 class Part(NamedTuple):
     """One partial attention of a sequence's new rows [lo, hi) (offsets into its chunk) over the
     keys at positions [k0, k1), with the queries rotated as `kind` says (the positions object's
@@ -107,6 +113,10 @@ class Pattern(Protocol):
         scheduler then cuts such chunks on a fixed grid, so a prompt's output does not depend on
         what else runs beside it."""
 
+    def attention_pairs(self, start: int, n: int, prompt_len: int) -> float:
+        """Query-key pairs n new rows after `start` cached tokens attend (the step cost model's
+        attention work); prompt_len as in SeqChunk."""
+
     def prompt_tail_dependent(self) -> int:
         """Tokens at a prompt's end whose KV differs from that of the same positions inside a
         longer prompt (sparse prefill's dense tail); the prefix cache does not offer the chunks
@@ -157,6 +167,9 @@ class AttentionBackend:
 
     def chunk_dependent_from(self) -> int | None:
         return self.pattern.chunk_dependent_from()
+
+    def attention_pairs(self, start: int, n: int, prompt_len: int) -> float:
+        return self.pattern.attention_pairs(start, n, prompt_len)
 
     def prompt_tail_dependent(self) -> int:
         return self.pattern.prompt_tail_dependent()

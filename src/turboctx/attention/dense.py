@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from turboctx.attention.backend import Part, SeqChunk, SeqQueries
+from turboctx.attention.backend import Part, SeqChunk, SeqQueries, causal_pairs
 from turboctx.attention.ops import attend
 from turboctx.kv_cache import SeqSlots, read_kv
 
@@ -52,3 +52,7 @@ class DensePattern:
     @staticmethod
     def prompt_tail_dependent() -> int:
         return 0
+
+    @staticmethod
+    def attention_pairs(start: int, n: int, prompt_len: int) -> float:
+        return causal_pairs(start, n)

@@ -3,16 +3,14 @@
 N requests from C concurrent clients (streaming /v1/completions), each with a prompt of about
 P tokens (random common words; exact counts come back in `usage`) and M output tokens.
 Reports throughput, latency / TTFT / inter-token-latency percentiles, and checks that every request
-was answered once. With --long-prompt-len L, one extra request with an L-token prompt is sent once
-the short ones are flowing: the short requests' inter-token latency while it prefills shows whether
-a long prefill stalls everyone else (it should not: chunked prefill interleaves with decodes).
+was answered once. With --long-prompt-len L it measures one long prompt among streaming clients
+instead (serve_long.py): whether a long prefill stalls everyone else, and what they cost it.
 Loopback or any URL you point it at; nothing else is contacted.
 """
 from __future__ import annotations
 
 import asyncio
 import json
-import math
 import random
 import time
 from pathlib import Path
@@ -20,66 +18,34 @@ from typing import Annotated, Optional
 
 import typer
 
-WORDS = ("time year people way day man thing woman life child world school state family student group "
-         "country problem hand part place case week company system program question work government number "
-         "night point home water room mother area money story fact month lot right study book eye job word "
-         "business issue side kind head house service friend father power hour game line end member law car "
-         "city community name president team minute idea kid body information back parent face others level "
-         "office door health person art war history party result change morning reason research girl guy moment "
-         "air teacher force education").split()
-
-
-def make_prompt(n_words: int, rng: random.Random) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(max(1, n_words)))
-
-
-def percentiles(xs: list[float], ps=(50, 90, 99)) -> dict[str, float | None]:
-    if not xs:
-        return {f"p{p}": None for p in ps}
-    s = sorted(xs)
-    return {f"p{p}": s[min(len(s) - 1, max(0, math.ceil(p / 100 * len(s)) - 1))] for p in ps}   # nearest rank
-
-
-async def _one(client, model: str, prompt: str, max_tokens: int, ignore_eos: bool) -> dict:
-    t0 = time.perf_counter()
-    times, text, usage, rid, finish = [], [], None, None, None
-    extra = {"ignore_eos": True} if ignore_eos else None
-    stream = await client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0,
-                                             stream=True, stream_options={"include_usage": True},
-                                             extra_body=extra)
-    async for ch in stream:
-        rid = rid or ch.id
-        if ch.usage is not None:
-            usage = ch.usage
-        for c in ch.choices:
-            if c.text:
-                times.append(time.perf_counter())
-                text.append(c.text)
-            finish = c.finish_reason or finish
-    t1 = time.perf_counter()
-    return {"id": rid, "start": t0, "end": t1, "token_times": times, "text": "".join(text),
-            "finish_reason": finish,
-            "prompt_tokens": usage.prompt_tokens if usage else None,
-            "completion_tokens": usage.completion_tokens if usage else len(times)}
+from turboctx.bench.serve_client import make_prompt, percentiles, stream_completion
 
 
 async def run_bench(url: str, *, model: str | None = None, concurrency: int = 8, num_requests: int = 64,
                     prompt_len: int = 128, max_tokens: int = 32, long_prompt_len: int = 0,
                     api_key: str | None = None, ignore_eos: bool = True, seed: int = 0,
-                    timeout_s: float = 600.0) -> dict:
+                    timeout_s: float = 600.0, baseline_s: float = 10.0, token_ids: bool = False) -> dict:
     import openai
     client = openai.AsyncOpenAI(base_url=url.rstrip("/") + ("" if url.rstrip("/").endswith("/v1") else "/v1"),
                                 api_key=api_key or "none", max_retries=0, timeout=timeout_s)
     if model is None:
         model = (await client.models.list()).data[0].id
+    if long_prompt_len:
+        from turboctx.bench.serve_long import run_long_prompt_bench
+        try:
+            return await asyncio.wait_for(run_long_prompt_bench(
+                client, model, concurrency=concurrency, prompt_len=prompt_len, max_tokens=max_tokens,
+                long_prompt_len=long_prompt_len, baseline_s=baseline_s, ignore_eos=ignore_eos,
+                seed=seed, token_ids=token_ids), timeout_s)
+        finally:
+            await client.close()
     rng = random.Random(seed)
-    prompts = [make_prompt(prompt_len, rng) for _ in range(num_requests)]
+    prompts = [make_prompt(prompt_len, rng, token_ids) for _ in range(num_requests)]
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(num_requests):
         queue.put_nowait(i)
     results: dict[int, dict] = {}
     errors: list[str] = []
-    started = asyncio.Event()
 
     async def worker():
         while True:
@@ -88,33 +54,21 @@ async def run_bench(url: str, *, model: str | None = None, concurrency: int = 8,
             except asyncio.QueueEmpty:
                 return
             try:
-                results[i] = await _one(client, model, prompts[i], max_tokens, ignore_eos)
-                started.set()
+                results[i] = await stream_completion(client, model, prompts[i], max_tokens, ignore_eos)
             except Exception as e:      # count it, keep going
                 errors.append(f"request {i}: {type(e).__name__}: {e}")
 
-    long_result: dict = {}
-
-    async def long_request():
-        await started.wait()
-        try:
-            long_result.update(await _one(client, model, make_prompt(long_prompt_len, rng), 1, False))
-        except Exception as e:
-            errors.append(f"long request: {type(e).__name__}: {e}")
-
     t0 = time.perf_counter()
     tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
-    if long_prompt_len:
-        tasks.append(asyncio.create_task(long_request()))
     await asyncio.wait_for(asyncio.gather(*tasks), timeout_s)
     wall = time.perf_counter() - t0
     await client.close()
-    return summarize(list(results.values()), errors, wall, num_requests, long_result, dict(
+    return summarize(list(results.values()), errors, wall, num_requests, dict(
         url=url, model=model, concurrency=concurrency, num_requests=num_requests, prompt_len=prompt_len,
-        max_tokens=max_tokens, long_prompt_len=long_prompt_len))
+        max_tokens=max_tokens))
 
 
-def summarize(rs: list[dict], errors: list[str], wall: float, expected: int, long_r: dict, params: dict) -> dict:
+def summarize(rs: list[dict], errors: list[str], wall: float, expected: int, params: dict) -> dict:
     ids = [r["id"] for r in rs]
     ttft = [r["token_times"][0] - r["start"] for r in rs if r["token_times"]]
     itl = [b - a for r in rs for a, b in zip(r["token_times"], r["token_times"][1:])]
@@ -126,13 +80,6 @@ def summarize(rs: list[dict], errors: list[str], wall: float, expected: int, lon
            "total_tokens_per_s": (in_tok + out_tok) / wall, "mean_prompt_tokens": in_tok / max(len(rs), 1),
            "latency_s": percentiles([r["end"] - r["start"] for r in rs]), "ttft_s": percentiles(ttft),
            "itl_s": percentiles(itl)}
-    if long_r:
-        t_start, t_first = long_r["start"], (long_r["token_times"] or [long_r["end"]])[0]
-        during = [b - a for r in rs for a, b in zip(r["token_times"], r["token_times"][1:])
-                  if a < t_first and b > t_start]          # gaps that overlap the long prefill
-        res["long_prompt"] = {"prompt_tokens": long_r.get("prompt_tokens"), "ttft_s": t_first - t_start,
-                              "short_itl_during_prefill_s": percentiles(during), "n_gaps_during": len(during),
-                              "max_short_itl_during_prefill_s": max(during, default=None)}
     return res
 
 
@@ -148,10 +95,6 @@ def print_summary(res: dict) -> None:
     typer.echo(f"latency:  {fmt(res['latency_s'])}")
     typer.echo(f"TTFT:     {fmt(res['ttft_s'])}")
     typer.echo(f"ITL:      {fmt(res['itl_s'])}")
-    if "long_prompt" in res:
-        lp = res["long_prompt"]
-        typer.echo(f"long prompt ({lp['prompt_tokens']} tokens): TTFT {lp['ttft_s']:.2f} s; short requests' ITL "
-                   f"while it prefilled: {fmt(lp['short_itl_during_prefill_s'])} over {lp['n_gaps_during']} gaps")
     for e in res["error_samples"]:
         typer.echo(f"error: {e}", err=True)
 
@@ -162,19 +105,33 @@ def serve(url: Annotated[str, typer.Option(help="server base URL (with or withou
           num_requests: Annotated[int, typer.Option("--requests", min=1, help="requests in all")] = 64,
           prompt_len: Annotated[int, typer.Option(min=1, help="approximate prompt tokens (random words)")] = 128,
           max_tokens: Annotated[int, typer.Option(min=1, help="output tokens per request")] = 32,
-          long_prompt_len: Annotated[int, typer.Option(help="also send one prompt this long (0: none)")] = 0,
+          long_prompt_len: Annotated[int, typer.Option(help="measure one prompt this long among the clients, alone and beside them (0: none); --requests is then unused")] = 0,
+          baseline_s: Annotated[float, typer.Option(min=1.0, help="with --long-prompt-len: seconds the clients stream before the long prompt")] = 10.0,
+          plot: Annotated[Optional[Path], typer.Option(help="with --long-prompt-len: PNG of the short requests' ITL over time")] = None,
+          token_ids: Annotated[bool, typer.Option("--token-ids", help="prompts of random token ids (models served without a tokenizer, e.g. random:<preset>)")] = False,
           api_key: Annotated[Optional[str], typer.Option(envvar="OPENAI_API_KEY")] = None,
           ignore_eos: Annotated[bool, typer.Option(help="ask for exactly max_tokens (vLLM-style extra)")] = True,
           prompt_seed: Annotated[int, typer.Option(help="seed of the random prompts")] = 0,
           timeout_s: Annotated[float, typer.Option(help="whole-run limit")] = 1800.0,
           json_path: Annotated[Optional[Path], typer.Option("--json", help="write the results here")] = None):
     """Throughput and latency percentiles of an OpenAI-compatible server at a given concurrency."""
+    if plot and not long_prompt_len:
+        raise typer.BadParameter("--plot needs --long-prompt-len", param_hint="--plot")
     res = asyncio.run(run_bench(url, model=served_model, concurrency=concurrency, num_requests=num_requests,
                                 prompt_len=prompt_len, max_tokens=max_tokens, long_prompt_len=long_prompt_len,
-                                api_key=api_key, ignore_eos=ignore_eos, seed=prompt_seed, timeout_s=timeout_s))
-    print_summary(res)
+                                api_key=api_key, ignore_eos=ignore_eos, seed=prompt_seed, timeout_s=timeout_s,
+                                baseline_s=baseline_s, token_ids=token_ids))
+    if long_prompt_len:
+        from turboctx.bench.serve_long import plot_gaps, print_long_summary
+        print_long_summary(res, typer.echo)
+        for e in res["error_samples"]:
+            typer.echo(f"error: {e}", err=True)
+        if plot:
+            plot_gaps(res, plot)
+    else:
+        print_summary(res)
     if json_path:
-        json_path.write_text(json.dumps(res, indent=2))
+        json_path.write_text(json.dumps({k: v for k, v in res.items() if not k.startswith("_")}, indent=2))
     if res["errors"] or res["lost"] or res["duplicate_ids"]:
         raise typer.Exit(1)
 

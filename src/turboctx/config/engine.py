@@ -62,7 +62,8 @@ class EngineConfig:
         return replace(self, model=model,
                        scheduler=replace(self.scheduler, max_num_batched_tokens=budget),
                        dca=resolve_dca(self.attention, arch),
-                       sparse=resolve_sparse(self.attention, on_gpu, model_dir), is_resolved=True)
+                       sparse=resolve_sparse(self.attention, on_gpu, model_dir, arch),
+                       is_resolved=True)
 
     # -- what the engine reads -----------------------------------------------------------------
     @property
@@ -146,23 +147,26 @@ def resolve_dca(a: AttentionConfig, arch: ModelArchitecture) -> DCAConfig | None
         raise InvalidRequestError(str(err)) from None
 
 
-def resolve_sparse(a: AttentionConfig, on_gpu: bool, model_dir: str | Path | None
-                   ) -> SparseConfig | None:
+def resolve_sparse(a: AttentionConfig, on_gpu: bool, model_dir: str | Path | None,
+                   arch: ModelArchitecture | None = None) -> SparseConfig | None:
     """attention='dense': exact attention everywhere (sparse options are then an error).
     attention='sparse': vertical-slash prefill for the prompt rows from sparse_threshold on, on any
-    device; attention='auto': the same on CUDA, where the kernels pay, dense on the CPU."""
+    device; attention='auto' (the default): the same on CUDA, where the kernels pay, dense on the
+    CPU (where sparse options are then an error). Per-head budgets must match the model."""
     given = a.sparse_options
-    if a.attention == "dense":
+    if a.attention == "dense" or a.attention == "auto" and not on_gpu:
         if given:
-            raise InvalidRequestError(f"{', '.join(given)} given but attention='dense'; use "
-                                      "attention='sparse' (or 'auto' on a GPU)")
-        return None
-    if a.attention == "auto" and not on_gpu:
+            where = "" if a.attention == "dense" else " (auto runs dense off a GPU)"
+            raise InvalidRequestError(f"{', '.join(given)} given but attention='{a.attention}'"
+                                      f"{where}; use attention='sparse'")
         return None
     overrides = {"threshold": a.sparse_threshold, "dense_tail": a.sparse_dense_tail}
     try:
         cfg = SparseConfig.for_model_dir(model_dir, **{k: v for k, v in overrides.items()
                                                        if v is not None})
-        return cfg.with_file(a.sparse_config) if a.sparse_config else cfg
+        cfg = cfg.with_file(a.sparse_config) if a.sparse_config else cfg
+        if arch is not None:
+            cfg.check_model(arch.num_hidden_layers, arch.num_attention_heads)
+        return cfg
     except (ValueError, OSError) as err:
         raise InvalidRequestError(f"sparse attention config: {err}") from None

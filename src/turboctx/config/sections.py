@@ -15,6 +15,8 @@ from turboctx.errors import InvalidRequestError
 DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16",
                  "half": "float16"}
 GPU_BATCHED_TOKENS, CPU_BATCHED_TOKENS = 32768, 2048
+GPU_MAX_ITL_MS = 25.0         # default latency target of steps with running decodes on GPUs
+CPU_ITL_DECODE_FACTOR = 8.0   # on the CPU: this many times the decodes' own step time
 
 
 class Section:
@@ -83,6 +85,17 @@ class SchedulerConfig(Section):
     max_num_batched_tokens: int | None = option(
         None, f"tokens per step, the chunked-prefill budget; default: {GPU_BATCHED_TOKENS} on "
         f"GPUs, {CPU_BATCHED_TOKENS} on the CPU", minimum=1, size=True)
+    max_itl_ms: float | None = option(
+        None, "inter-token latency target of steps that carry running decodes: the prefill "
+        "work beside them is sized to fit, by a cost model fitted to the steps run; default: "
+        f"{GPU_MAX_ITL_MS:g} on GPUs, on the CPU {CPU_ITL_DECODE_FACTOR:g}x the decodes' own "
+        "step time")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_itl_ms is not None and not self.max_itl_ms > 0:
+            raise InvalidRequestError(f"max_itl_ms={self.max_itl_ms:g} must be above 0 (the "
+                                      "milliseconds a step beside running decodes may take)")
 
 
 @dataclass(frozen=True)
@@ -97,8 +110,9 @@ class AttentionConfig(Section):
     """What the user asks of attention; EngineConfig.resolve turns it into a DCAConfig and a
     SparseConfig (or None for either)."""
     attention: str = option(
-        "dense", "dense | sparse | auto: vertical-slash sparse prefill for prompt rows from "
-        "--sparse-threshold on (auto: on GPUs only)", choices=("dense", "sparse", "auto"))
+        "auto", "auto | dense | sparse: vertical-slash sparse prefill for prompt rows from "
+        "--sparse-threshold on (auto: on GPUs only; dense on the CPU)",
+        choices=("auto", "dense", "sparse"))
     dca: bool | None = option(
         None, "Dual Chunk Attention, for prompts past the trained length; default: as the "
         "model's config says")

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 import weakref
 from dataclasses import dataclass
 
+import torch
+
 from turboctx.attention.sparse.stats import RecallObserver
 from turboctx.config import EngineConfig, ModelArchitecture
+from turboctx.config.sections import CPU_ITL_DECODE_FACTOR, GPU_MAX_ITL_MS
 from turboctx.engine.memory import peak_memory
 from turboctx.engine.outputs import RequestOutput
 from turboctx.engine.request import Request
@@ -67,9 +71,20 @@ class LLMEngine:
         self.runner = self.worker.runner
         self.allocator = BlockAllocator(num_blocks)
         backend = self.worker.backend
-        self.scheduler = Scheduler(self.allocator, config.cache.block_size, config.max_num_batched_tokens,
-                                   config.scheduler.max_num_seqs, config.cache.enable_prefix_caching,
-                                   backend.chunk_dependent_from(), backend.prompt_tail_dependent())
+        itl_ms = config.scheduler.max_itl_ms
+        if itl_ms is not None and self.executor is None:
+            self._check_itl_target(itl_ms)
+        if itl_ms is None and self.device.type == "cuda":
+            itl_ms = GPU_MAX_ITL_MS
+        self.scheduler = Scheduler(
+            self.allocator, config.cache.block_size, config.max_num_batched_tokens,
+            config.scheduler.max_num_seqs, config.cache.enable_prefix_caching,
+            backend.chunk_dependent_from(), backend.prompt_tail_dependent(),
+            num_layers=self.architecture.num_hidden_layers,
+            max_itl_s=itl_ms / 1e3 if itl_ms is not None else None,
+            itl_decode_factor=CPU_ITL_DECODE_FACTOR if itl_ms is None else None,
+            attention_pairs=backend.attention_pairs,
+            attention_share=self.worker.model.attention_share())
         self.eos_token_ids = sorted(set(ckpt.config.eos_token_ids) | set(
             self.tokenizer.eos_token_ids if self.tokenizer else []))
         self.requests: dict[str, Request] = {}
@@ -80,6 +95,14 @@ class LLMEngine:
             config.model.generation_config, ckpt.source if ckpt.kind == "hf" else None)
         if self.generation_defaults:
             log.info("sampling defaults from the generation config: %s", self.generation_defaults)
+
+    def _check_itl_target(self, itl_ms: float) -> None:
+        """A latency target below the fastest step this engine can run is an error at start."""
+        fastest = self.runner.time_smallest_step()
+        if fastest * 1e3 > itl_ms:
+            raise InvalidRequestError(
+                f"max_itl_ms={itl_ms:g} cannot be met: the smallest step (one decode token) takes "
+                f"{fastest * 1e3:.1f} ms here; give max_itl_ms above that")
 
     def _start_ranks(self):
         """Tensor parallelism: the other ranks, started (or joined, under torchrun) and stopped
@@ -301,12 +324,16 @@ class LLMEngine:
         sched = self.scheduler.schedule()
         if not sched:
             return []
-        return self.update(sched, self.runner.execute(sched))
+        t0 = time.perf_counter()
+        out = self.runner.execute(sched)
+        if self.device.type == "cuda" and not out.token_ids:
+            torch.cuda.synchronize(self.device)      # a step that sampled nothing is still queued
+        self.scheduler.observe_step(sched, time.perf_counter() - t0)
+        return self.update(sched, out)
 
     def update(self, sched: SchedulerOutput, out: RunnerOutput) -> list[RequestOutput]:
         """Advances every scheduled request by its chunk and appends the sampled tokens."""
-        for c in sched:
-            c.request.num_computed_tokens += c.num_tokens
+        self.scheduler.advance(sched)
         outputs: list[RequestOutput] = []
         for req, tok, lp in zip((c.request for c in sched if c.sample), out.token_ids, out.logprobs):
             reason = req.append_token(tok, lp)

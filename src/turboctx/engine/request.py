@@ -33,6 +33,8 @@ class Request:
         self.num_cached_tokens = 0            # of those, reused from an earlier request
         self.block_hashes: list[bytes] | None = None   # chained hashes of the full prompt blocks
         self.num_registered_blocks = 0        # leading prompt blocks offered to the prefix cache
+        self.layered: tuple[int, int] | None = None   # a prefill chunk run a few layers per step:
+                                              # (its tokens, the next layer to run)
         self.status = RequestStatus.WAITING
         self.finish_reason: str | None = None
         self.stop_reason: str | int | None = None

@@ -2,6 +2,7 @@
 for plain decode steps, where one can run), and samples the next token of each sampled chunk."""
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ class SeqInput:
     start_pos: int         # tokens already in the cache
     prompt_len: int        # the prompt's length (sparse prefill's dense tail is its end)
     block_table: list[int]
+    units: tuple[int, int] | None = None    # layered prefill: only these units run (scheduler.py)
 
 
 @dataclass
@@ -41,6 +43,14 @@ class RunnerOutput:
     logprobs: list[dict | None]
 
 
+@dataclass
+class LayeredPrefill:
+    """A prefill chunk between the units it runs in (engine/scheduler.py: layered prefill)."""
+    hidden: torch.Tensor      # [n, hidden] the residual stream entering unit `next_unit`
+    batch: AttentionBatch     # prepared once for the chunk
+    next_unit: int = 0
+
+
 def model_input(chunks: list[ScheduledChunk]) -> ModelInput:
     ids: list[int] = []
     seqs: list[SeqInput] = []
@@ -48,8 +58,20 @@ def model_input(chunks: list[ScheduledChunk]) -> ModelInput:
         r, start = c.request, c.request.num_computed_tokens
         ids.extend(r.token_ids_slice(start, start + c.num_tokens))
         seqs.append(SeqInput(r.request_id, c.num_tokens, start, r.num_prompt_tokens,
-                             r.slots.block_table))
+                             r.slots.block_table, c.units))
     return ModelInput(ids, seqs)
+
+
+def in_chunk_order(chunks: SchedulerOutput, groups) -> torch.Tensor | None:
+    """Logits of the sampled chunks in chunk order, from (chunks, their logits) groups."""
+    found: dict[int, tuple[torch.Tensor, int]] = {}
+    for members, logits in groups:
+        for row, c in enumerate(c for c in members if c.sample):
+            found[id(c)] = (logits, row)
+    picked = [found[id(c)] for c in chunks if c.sample]
+    if not picked:
+        return None
+    return torch.stack([logits[row] for logits, row in picked])
 
 
 class ModelRunner:
@@ -61,6 +83,8 @@ class ModelRunner:
         self.executor = executor          # rank 0 under tensor parallelism: sends each step to the others
         self.generator = generator        # draws of requests that bring no seed
         self._slots: dict[str, SeqSlots] = {}   # on the other ranks: block tables seen last step
+        self._layered: dict[str, LayeredPrefill] = {}   # request id -> its chunk between units
+        self._decode_stream = None        # CUDA: where decode graphs run beside a layered prefill
         model.set_attention_backend(backend)
         self.graphs = self._graph_runner(max_model_len) if cuda_graphs else None
 
@@ -93,10 +117,40 @@ class ModelRunner:
     @torch.inference_mode()
     def logits(self, chunks: SchedulerOutput) -> torch.Tensor | None:
         """Runs one step. Returns logits [num sampled chunks, V] (float32) in chunk order."""
-        if self.graphs is not None and self.graphs.can_run(chunks):
-            logits = self.graphs.run(chunks)
-            if logits is not None:
-                return logits
+        layered = [c for c in chunks if c.units is not None]
+        self._keep_layered({c.request.request_id for c in layered})
+        if self.graphs is not None:
+            whole = [c for c in chunks if c.units is None]
+            if whole and self.graphs.can_run(whole):
+                if not layered:
+                    logits = self.graphs.run(whole)
+                    if logits is not None:
+                        return logits
+                else:
+                    return self._decode_beside_layered(chunks, whole, layered)
+        return self._eager_logits(chunks)
+
+    def _decode_beside_layered(self, chunks, whole, layered) -> torch.Tensor | None:
+        """The decode graph on a high-priority stream while the layered prefill's units run on
+        the current one: the decode's memory-bound kernels take SMs as the prefill's
+        compute-bound ones free them, so the step costs little more than the units alone."""
+        main = torch.cuda.current_stream(self.device)
+        if self._decode_stream is None:
+            # the highest priority there is (out-of-range values map to the nearest valid one)
+            self._decode_stream = torch.cuda.Stream(self.device, priority=-100)
+        hi = self._decode_stream
+        hi.wait_stream(main)
+        with torch.cuda.stream(hi):
+            decoded = self.graphs.run(whole)
+        if decoded is None:                   # graphs became unusable: all eager
+            main.wait_stream(hi)
+            return self._eager_logits(chunks)
+        rest = self._eager_logits(layered)
+        main.wait_stream(hi)
+        decoded.record_stream(main)
+        return in_chunk_order(chunks, [(whole, decoded), (layered, rest)])
+
+    def _eager_logits(self, chunks: SchedulerOutput) -> torch.Tensor | None:
         inp = model_input(chunks)
         slots = [c.request.slots for c in chunks]
         if self.executor is None:
@@ -104,7 +158,7 @@ class ModelRunner:
         else:   # every rank runs the same step; rank 0 alone goes on to logits
             hidden, seqs = self.executor.execute_model(inp, lambda: self.forward(inp, slots))
         for c, s in zip(chunks, seqs):
-            if c.request.prompt_logprobs is not None and c.request.is_prefill:
+            if c.request.prompt_logprobs is not None and c.request.is_prefill and s.num_new:
                 self._prompt_logprobs(c, hidden[s.rows])
         rows = [s.row_end - 1 for c, s in zip(chunks, seqs) if c.sample]
         if not rows:
@@ -114,22 +168,97 @@ class ModelRunner:
     @torch.inference_mode()
     def forward(self, inp: ModelInput, slots: list[SeqSlots] | None = None
                 ) -> tuple[torch.Tensor, list[SeqChunk]]:
-        """The model over one step's tokens -> final hidden states [N, hidden] and the sequences.
-        slots: each sequence's cache slots (rank 0 has them; other ranks rebuild them)."""
+        """The model over one step's tokens -> final hidden states [N', hidden] and the sequences
+        (their rows in it). slots: each sequence's cache slots (rank 0 has them; other ranks
+        rebuild them). A layered chunk with units left to run has no rows (num_new 0)."""
         if slots is None:
             slots = self._slots_of(inp)
+        whole = [i for i, s in enumerate(inp.seqs) if s.units is None]
+        layered = [i for i, s in enumerate(inp.seqs) if s.units is not None]
+        self._keep_layered({inp.seqs[i].request_id for i in layered})
+        if not layered:
+            return self._forward_whole(inp.token_ids, inp.seqs, slots)
+        offsets = list(itertools.accumulate((s.num_new for s in inp.seqs), initial=0))
+        ids = [t for i in whole for t in inp.token_ids[offsets[i]:offsets[i + 1]]]
+        hidden, parts = self._forward_whole(ids, [inp.seqs[i] for i in whole],
+                                            [slots[i] for i in whole]) if whole else (None, [])
+        outs = [hidden] if hidden is not None else []
+        rows = hidden.shape[0] if hidden is not None else 0
+        seqs: list[SeqChunk | None] = [None] * len(inp.seqs)
+        for i, c in zip(whole, parts):
+            seqs[i] = c
+        for i in layered:
+            s = inp.seqs[i]
+            h = self._forward_units(s, inp.token_ids[offsets[i]:offsets[i + 1]], slots[i])
+            n = 0 if h is None else h.shape[0]
+            seqs[i] = SeqChunk(rows, rows + n, s.start_pos, slots[i], prompt_len=s.prompt_len)
+            rows += n
+            if h is not None:
+                outs.append(h)
+        empty = torch.empty(0, self.model.config.hidden_size, device=self.device, dtype=self.dtype)
+        return (torch.cat(outs) if outs else empty), seqs
+
+    def _keep_layered(self, request_ids: set[str]) -> None:
+        """Forgets the layered chunks this step does not go on with (their requests were aborted)."""
+        for rid in set(self._layered) - request_ids:
+            del self._layered[rid]
+
+    def _forward_whole(self, token_ids: list[int], seq_inputs: list[SeqInput], slots: list[SeqSlots]
+                       ) -> tuple[torch.Tensor, list[SeqChunk]]:
+        batch = self._batch(seq_inputs, slots)
+        input_ids = torch.tensor(token_ids, dtype=torch.long).to(self.device, non_blocking=True)
+        return self.model(input_ids, batch), batch.seqs                  # [N, hidden]
+
+    def _batch(self, seq_inputs: list[SeqInput], slots: list[SeqSlots]) -> AttentionBatch:
         pos: list[torch.Tensor] = []
         seqs: list[SeqChunk] = []
         row = 0
-        for s, sl in zip(inp.seqs, slots):
+        for s, sl in zip(seq_inputs, slots):
             seqs.append(SeqChunk(row, row + s.num_new, s.start_pos, sl, prompt_len=s.prompt_len))
             pos.append(torch.arange(s.start_pos, s.start_pos + s.num_new))
             row += s.num_new
-        input_ids = torch.tensor(inp.token_ids, dtype=torch.long).to(self.device, non_blocking=True)
         positions = torch.cat(pos).to(self.device, non_blocking=True)
         batch = AttentionBatch(seqs, positions, self.kv_cache)
         self.backend.prepare(batch, self.dtype)
-        return self.model(input_ids, batch), seqs                  # [N, hidden]
+        return batch
+
+    def _forward_units(self, s: SeqInput, token_ids: list[int], slots: SeqSlots
+                       ) -> torch.Tensor | None:
+        """Units [a, b) of a layered chunk: the hidden states between units are kept here, the
+        attention batch is prepared once. Returns the final hidden states [n, hidden] after the
+        last unit, else None."""
+        a, b = s.units
+        if a == 0:
+            batch = self._batch([s], [slots])
+            x = self.model.embed(torch.tensor(token_ids, dtype=torch.long).to(self.device))
+            self._layered[s.request_id] = LayeredPrefill(x, batch)
+        state = self._layered.get(s.request_id)
+        if state is None or state.next_unit != a:
+            raise RuntimeError(f"layered prefill of request {s.request_id} is at unit "
+                               f"{state and state.next_unit}, the step asks for units [{a}, {b})")
+        state.hidden = self.model.run_units(state.hidden, state.batch, a, b)
+        state.next_unit = b
+        if b < 2 * self.model.num_layers:
+            return None
+        del self._layered[s.request_id]
+        return self.model.final_norm(state.hidden)
+
+    @torch.inference_mode()
+    def time_smallest_step(self, repeats: int = 3) -> float:
+        """Seconds of the least step there is: one token at position 0 (cache block 0, before
+        any request holds it), through the model and the logits; the fastest of a few runs."""
+        import time
+        slots = SeqSlots([0], self.kv_cache.block_size)
+        seq = SeqInput("", 1, 0, 1, [0])
+        best = float("inf")
+        for _ in range(repeats + 1):          # the first run warms up
+            t0 = time.perf_counter()
+            hidden, _ = self._forward_whole([0], [seq], [slots])
+            self.model.compute_logits(hidden)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            best = min(best, time.perf_counter() - t0)
+        return best
 
     def _slots_of(self, inp: ModelInput) -> list[SeqSlots]:
         """SeqSlots per sequence, reused while a request's block table stays the same (they cache

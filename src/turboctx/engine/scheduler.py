@@ -17,6 +17,15 @@ a longer prompt, so the grid chunks it touches are not offered to the prefix cac
 Prefix caching: at admission a request takes the cached blocks of the longest prefix of its full
 prompt blocks (always leaving its last prompt token to compute) and starts with those tokens
 computed; the full prompt blocks it computes are offered to the cache as they complete.
+
+A latency target (`max_itl_s`, engine option max_itl_ms): a step that carries running decodes
+takes only the prefill work a cost model of the step (step_cost.py, fitted to the steps run so
+far) says fits the target beside them. A chunk whose next layer fits runs a few layers per step:
+*layered prefill*, in units of half a layer (a layer's attention, then its MLP). It is the same
+computation in the same order as the whole chunk, at the whole chunk's efficiency, so its output,
+sparse patterns included, does not depend on the slicing, and each layer's pattern is estimated
+once. A free chunk (dense prefill, below the sparse threshold) whose every unit is too long
+shrinks in tokens instead; a grid chunk runs at least one unit per step.
 """
 from __future__ import annotations
 
@@ -25,18 +34,30 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from turboctx.attention.backend import causal_pairs
 from turboctx.engine.request import Request, RequestStatus
+from turboctx.engine.step_cost import StepCostModel, StepWork, largest_fitting
 from turboctx.kv_cache import BlockAllocator, SeqSlots, block_hashes
 
 
-DECODE_STEP_PREFILL_MIN = 256   # prefill tokens a step may still carry beside running decodes
+DECODE_STEP_PREFILL_MIN = 256   # without a latency target: prefill tokens a step may carry beside decodes
+MIN_PREFILL_SLICE = 16          # with one: the least prefill a step carries, so a prompt always advances
+PREFILL_SHARE_FLOOR = 0.5       # ... and at least this share of the target, when decodes alone exceed it
+LAYERED_MIN_TOKENS = 256        # a free chunk run layered is sized so that UNITS_PER_STEP of its units
+UNITS_PER_STEP = 3              # fit a step (finer packing), but not below this many tokens
 
 
 @dataclass
 class ScheduledChunk:
     request: Request
-    num_tokens: int          # new tokens computed this step
+    num_tokens: int          # new tokens computed this step (the whole chunk when layered)
     sample: bool             # this chunk ends at the last known token: sample the next one
+    units: tuple[int, int] | None = None    # layered prefill: only units [a, b) run this step
+                                            # (unit 2l: layer l's attention, 2l + 1: its MLP)
+
+
+def dense_pairs(start: int, n: int, prompt_len: int) -> float:
+    return causal_pairs(start, n)
 
 
 SchedulerOutput = list[ScheduledChunk]   # one step: decodes first, then prefill chunks
@@ -45,8 +66,21 @@ SchedulerOutput = list[ScheduledChunk]   # one step: decodes first, then prefill
 class Scheduler:
     def __init__(self, allocator: BlockAllocator, block_size: int, token_budget: int, max_num_seqs: int,
                  enable_prefix_caching: bool = True, aligned_from: int | None = None,
-                 tail_dependent: int = 0):
+                 tail_dependent: int = 0, num_layers: int = 1, max_itl_s: float | None = None,
+                 itl_decode_factor: float | None = None, attention_pairs=dense_pairs,
+                 attention_share: float = 0.5):
+        """max_itl_s: the latency target of steps with running decodes (seconds); or
+        itl_decode_factor: the target is this many times the decode part's own predicted time.
+        Neither: prefill beside decodes is capped by tokens (DECODE_STEP_PREFILL_MIN).
+        attention_pairs(start, n, prompt_len): the backend's attended pairs of a chunk;
+        attention_share: the attention half's share of a layer's linear-layer work."""
         self.allocator, self.block_size = allocator, block_size
+        self.num_layers, self.attention_pairs = num_layers, attention_pairs
+        self.num_units = 2 * num_layers
+        self._unit_share = (attention_share / num_layers, (1 - attention_share) / num_layers)
+        self.max_itl_s, self.itl_decode_factor = max_itl_s, itl_decode_factor
+        paced = max_itl_s is not None or itl_decode_factor is not None
+        self.step_cost = StepCostModel() if paced else None
         self.enable_prefix_caching = enable_prefix_caching
         self.aligned_from = aligned_from     # backend.chunk_dependent_from(): see the module doc
         self.tail_dependent = tail_dependent  # backend.prompt_tail_dependent(): likewise
@@ -77,29 +111,56 @@ class Scheduler:
         for req in self.running:
             self._register_computed_blocks(req)
         # 1. decodes of running requests (one token each)
+        work = StepWork()
         for req in self.running:
             if budget == 0:
                 break
             if not req.is_prefill:
                 out.append(ScheduledChunk(req, 1, True))
+                work = work + StepWork(1, req.num_computed_tokens + 1)
                 budget -= 1
         # 2. prefill chunks. While requests wait, a running prefill takes at most half the budget,
         #    so a long prompt never keeps short ones out (vLLM's long-prefill threshold idea).
-        # While decodes run, all prefill in a step is capped too, so their inter-token latency is
-        # bounded by a fraction of a full chunk (vLLM's long_prefill_token_threshold, in spirit).
+        # While decodes run, prefill in a step is sized to the latency target (module doc); with
+        # no target it is capped by tokens (vLLM's long_prefill_token_threshold, in spirit).
         waiting = bool(self.waiting) and len(self.running) < self.max_num_seqs
         cap = max(1, self.token_budget // 2) if waiting else self.token_budget
-        if out:
+        limit = self._step_limit(work) if out and self.step_cost is not None else None
+        if out and limit is None:
             budget = min(budget, max(DECODE_STEP_PREFILL_MIN, self.token_budget // 4))
         prefills: list[ScheduledChunk] = []
-        for req in self.running:
-            if budget == 0:
-                break
+        running = list(self.running)
+        if limit is not None:    # beside decodes, new requests first: their TTFT is latency too
+            budget, work = self._admit(budget, work, limit, prefills)
+        for req in running:
+            if budget == 0 and req.layered is None:
+                continue
             if req.is_prefill:
-                prefills.append(self._prefill_chunk(req, min(budget, cap)))
-                budget = max(0, budget - prefills[-1].num_tokens)
-        # 3. admit waiting requests, first come first served, while their KV blocks fit
+                c = self._sized_chunk(req, min(budget, cap), work, limit)
+                prefills.append(c)
+                work = work + self.chunk_work(c)
+                budget = max(0, budget - self._rows(c))
+        if limit is None:
+            budget, work = self._admit(budget, work, limit, prefills)
+        # 4. budget left over goes back to the capped prefills (sized ones are as large as fits)
+        for i, c in enumerate(prefills):
+            if budget == 0 or limit is not None:
+                break
+            if c.units is not None:
+                continue
+            extra = min(budget, c.request.num_prompt_tokens - c.request.num_computed_tokens - c.num_tokens)
+            if extra > 0:
+                prefills[i] = self._prefill_chunk(c.request, c.num_tokens + extra)
+                budget = max(0, budget - (prefills[i].num_tokens - c.num_tokens))
+        return out + prefills
+
+    def _admit(self, budget: int, work: StepWork, limit: float | None,
+               prefills: list[ScheduledChunk]) -> tuple[int, StepWork]:
+        """Admits waiting requests, first come first served, while their KV blocks fit (and the
+        step has time left); their first chunks go to `prefills`."""
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            if limit is not None and self._predict(work) >= limit:
+                break
             req = self.waiting[0]
             need, reuse = self.num_blocks_for(req), self._match_prefix(req)
             if not self.allocator.can_allocate(need, reuse):
@@ -112,17 +173,101 @@ class Scheduler:
             req.status = RequestStatus.RUNNING
             req.first_scheduled_time = time.perf_counter()
             self.running.append(req)
-            prefills.append(self._prefill_chunk(req, budget))
-            budget = max(0, budget - prefills[-1].num_tokens)
-        # 4. budget left over goes back to the capped prefills
-        for i, c in enumerate(prefills):
-            if budget == 0:
-                break
-            extra = min(budget, c.request.num_prompt_tokens - c.request.num_computed_tokens - c.num_tokens)
-            if extra > 0:
-                prefills[i] = self._prefill_chunk(c.request, c.num_tokens + extra)
-                budget = max(0, budget - (prefills[i].num_tokens - c.num_tokens))
-        return out + prefills
+            c = self._sized_chunk(req, budget, work, limit)
+            prefills.append(c)
+            work = work + self.chunk_work(c)
+            budget = max(0, budget - self._rows(c))
+        return budget, work
+
+    @staticmethod
+    def _rows(c: ScheduledChunk) -> int:
+        """Rows a chunk adds to the step's batch (a layered chunk runs in a forward of its own)."""
+        return c.num_tokens if c.units is None else 0
+
+    def advance(self, chunks: SchedulerOutput) -> None:
+        """After a step ran: each chunk's tokens are computed, or its layered chunk moves on."""
+        for c in chunks:
+            r = c.request
+            if c.units is not None and c.units[1] < self.num_units:
+                r.layered = (c.num_tokens, c.units[1])
+                continue
+            r.layered = None
+            r.num_computed_tokens += c.num_tokens
+
+    # -- sizing prefill to the latency target ---------------------------------------------------
+    def chunk_work(self, c: ScheduledChunk) -> StepWork:
+        r = c.request
+        w = StepWork(c.num_tokens, self.attention_pairs(r.num_computed_tokens, c.num_tokens,
+                                                        r.num_prompt_tokens))
+        if c.units is None:
+            return w
+        a, b = c.units
+        share = sum(self._unit_share[u % 2] for u in range(a, b))
+        attention_units = (b - a + 1 - a % 2) // 2           # even units in [a, b)
+        return StepWork(w.tokens * share, w.pairs * attention_units / self.num_layers)
+
+    def observe_step(self, chunks: SchedulerOutput, seconds: float) -> None:
+        """The measured time of a step (the engine calls this after each step ran)."""
+        if self.step_cost is not None and chunks:
+            work = StepWork()
+            for c in chunks:
+                work = work + self.chunk_work(c)
+            self.step_cost.observe(work, seconds)
+
+    def _predict(self, work: StepWork) -> float:
+        t = self.step_cost.predict(work)
+        return 0.0 if t is None else t
+
+    def _step_limit(self, decode_work: StepWork) -> float:
+        """Seconds this step may take: the target, or (when the decodes alone take more) the
+        decodes' own time plus a share of it, so a prefill always advances."""
+        alone = self._predict(decode_work)
+        target = self.max_itl_s if self.max_itl_s is not None else self.itl_decode_factor * alone
+        return max(target, alone + PREFILL_SHARE_FLOOR * target)
+
+    def _fits(self, work: StepWork, limit: float) -> bool:
+        return self.step_cost.trusted(work) and self._predict(work) <= limit
+
+    def _sized_chunk(self, req: Request, budget: int, work: StepWork, limit: float | None
+                     ) -> ScheduledChunk:
+        """The request's prefill chunk, sized to `limit` seconds beside `work` (None: no limit)."""
+        if req.layered is not None:          # a layered chunk goes on from its next unit
+            n, first = req.layered
+            return self._units_that_fit(req, n, first, work, limit, at_least_one=True)
+        c = self._prefill_chunk(req, max(1, budget))
+        if limit is None or self._fits(work + self.chunk_work(c), limit):
+            return c
+        if self._prefill_chunk(req, 1).num_tokens > 1:     # a grid chunk: its size is fixed
+            return self._units_that_fit(req, c.num_tokens, 0, work, limit, at_least_one=True)
+        # a free chunk runs layered at a size whose units fill a step in thirds or finer
+        left = (limit - self._predict(work)) / UNITS_PER_STEP
+        base = self._predict(StepWork())
+        n = largest_fitting(min(LAYERED_MIN_TOKENS, c.num_tokens), c.num_tokens, lambda k: max(
+            self._predict(self.chunk_work(self._layered(req, k, u, u + 1))) for u in (0, 1)) - base <= left)
+        layered = self._units_that_fit(req, n, 0, work, limit, at_least_one=False)
+        if layered is not None:
+            return layered
+        # not even one unit fits: fewer tokens through all the layers
+        lo = min(MIN_PREFILL_SLICE, c.num_tokens)
+        n = largest_fitting(lo, c.num_tokens, lambda k: self._fits(
+            work + self.chunk_work(self._prefill_chunk(req, k)), limit))
+        return self._prefill_chunk(req, n)
+
+    def _units_that_fit(self, req: Request, n: int, first: int, work: StepWork,
+                        limit: float | None, at_least_one: bool) -> ScheduledChunk | None:
+        """Units [first, last) of an n-token chunk, as many as fit (all of them without a limit);
+        None when not even one fits and at_least_one is False."""
+        if limit is None:
+            return self._layered(req, n, first, self.num_units)
+        fits = lambda k: self._fits(work + self.chunk_work(self._layered(req, n, first, first + k)),
+                                    limit)
+        if not at_least_one and not fits(1):
+            return None
+        return self._layered(req, n, first, first + largest_fitting(1, self.num_units - first, fits))
+
+    def _layered(self, req: Request, n: int, first: int, last: int) -> ScheduledChunk:
+        ends = req.num_computed_tokens + n == req.num_prompt_tokens
+        return ScheduledChunk(req, n, ends and last == self.num_units, units=(first, last))
 
     def _hashes(self, req: Request) -> list[bytes]:
         if req.block_hashes is None:

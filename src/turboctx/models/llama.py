@@ -60,7 +60,12 @@ class DecoderLayer(nn.Module):
         self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size)
 
     def forward(self, x: torch.Tensor, batch: AttentionBatch) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), batch)
+        return self.mlp_half(self.attention_half(x, batch))
+
+    def attention_half(self, x: torch.Tensor, batch: AttentionBatch) -> torch.Tensor:
+        return x + self.self_attn(self.input_layernorm(x), batch)
+
+    def mlp_half(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -109,6 +114,33 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, batch: AttentionBatch) -> torch.Tensor:
         """input_ids: [N] -> final hidden states [N, hidden] (logits are computed separately)."""
         return self.model(input_ids, batch)
+
+    # the same forward in pieces, for a prefill chunk run a few layers per step
+    @property
+    def num_layers(self) -> int:
+        return len(self.model.layers)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_tokens(input_ids)           # [N, hidden]
+
+    def run_units(self, x: torch.Tensor, batch: AttentionBatch, first: int, last: int) -> torch.Tensor:
+        """The residual stream x [N, hidden] through units [first, last): unit 2l is layer l's
+        attention (with its residual), unit 2l + 1 its MLP."""
+        for u in range(first, last):
+            layer = self.model.layers[u // 2]
+            x = layer.mlp_half(x) if u % 2 else layer.attention_half(x, batch)
+        return x
+
+    def attention_share(self) -> float:
+        """The attention half's share of a layer's linear-layer parameters (q/k/v/o of all)."""
+        c = self.config
+        attn = c.hidden_size * (c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim \
+            + c.num_attention_heads * c.head_dim * c.hidden_size
+        mlp = 3 * c.hidden_size * c.intermediate_size
+        return attn / (attn + mlp)
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [M, hidden] -> logits [M, vocab] in float32."""

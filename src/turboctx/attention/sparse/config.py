@@ -76,6 +76,19 @@ class SparseConfig:
                              f"the model has {num_heads}; recalibrate for this model")
         return list(layer_b)
 
+    def check_model(self, num_layers: int, num_heads: int) -> None:
+        """Per-head budgets must be for this model: as many layers, as many heads in each."""
+        if self.head_budgets is None:
+            return
+        if len(self.head_budgets) != num_layers:
+            raise ValueError(f"sparse_attention_config has {len(self.head_budgets)} layers, the "
+                             f"model has {num_layers}; calibrate for this model (turboctx calibrate)")
+        for li, layer in enumerate(self.head_budgets):
+            if len(layer) != num_heads:
+                raise ValueError(f"sparse_attention_config has {len(layer)} heads in layer {li}, "
+                                 f"the model has {num_heads}; calibrate for this model "
+                                 "(turboctx calibrate)")
+
     def with_budgets(self, budgets: list[list[Budget]], scores: list[list[float]] | None = None
                      ) -> "SparseConfig":
         """A copy with these per-head budgets (budgets[layer][head] = (vertical, slash))."""

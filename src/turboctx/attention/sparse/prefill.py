@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import torch
 
-from turboctx.attention.backend import Part, SeqChunk, SeqQueries
+from turboctx.attention.backend import Part, SeqChunk, SeqQueries, causal_pairs
 from turboctx.attention.dense import DensePattern
 from turboctx.attention.ops import merge_attention
 from turboctx.attention.sparse.attention import vertical_slash_attention
@@ -45,6 +45,19 @@ class SparsePattern:
 
     def prompt_tail_dependent(self) -> int:
         return self.config.dense_tail
+
+    def attention_pairs(self, start: int, n: int, prompt_len: int) -> float:
+        """Dense rows count every key up to their position; a sparse row its budget of vertical
+        and slash keys; the estimation scores last_q queries against every key."""
+        cfg = self.config
+        if not (n > 1 and start + n > cfg.threshold):
+            return causal_pairs(start, n)
+        a, b = min(n, max(0, cfg.threshold - start)), n
+        if cfg.dense_tail > 0 and prompt_len > 0:
+            b = max(a, min(n, prompt_len - cfg.dense_tail - start))
+        budget = cfg.vertical_size + cfg.slash_size
+        return (causal_pairs(start, a) + (b - a) * min(budget, start + n)
+                + causal_pairs(start + b, n - b) + cfg.last_q * (start + n))
 
     def sparse_rows(self, s: SeqChunk, n: int) -> tuple[int, int] | None:
         """Rows [a, b) of this chunk of n rows that run vertical-slash: those at positions >=
