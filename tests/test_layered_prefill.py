@@ -142,11 +142,10 @@ def test_a_latency_target_no_step_can_meet_is_refused_at_start(folder):
     assert _llm(folder, max_itl_ms=10_000).engine.scheduler.max_itl_s == 10.0
 
 
-def _beside_a_decode(folder, ids, params, graphs: bool, **kw):
+def _beside_a_decode(folder, ids, params, overlap: bool, **kw):
     """The long prompt's chunks sized by the exact cost model beside one decoding request."""
     llm = LLM(str(folder), **kw)
-    if not graphs:
-        llm.engine.runner.graphs = None
+    llm.engine.runner.overlap_streams = overlap
     s = llm.engine.scheduler
     s.step_cost, s.itl_decode_factor = ExactCost(), None
     s.max_itl_s = 0.6 * seconds(StepWork(256, 256 * 600))
@@ -155,22 +154,23 @@ def _beside_a_decode(folder, ids, params, graphs: bool, **kw):
     llm.engine.step()
     long = llm.engine.make_request(ids, params)
     chunks = _run(llm.engine, [long])
-    return llm, long, chunks
+    return llm, long, chunks, short
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("setup", ["dense", "dca+sparse"])
 def test_layered_prefill_beside_graph_decodes_on_cuda(folder, setup):
-    """On CUDA the decode graph runs on a stream of its own beside the layered units: the long
-    prompt's output is bit for bit what the same chunks give with every step run eagerly."""
+    """On CUDA the decode graph runs on a stream of its own beside the step's prefill (layered
+    units or a chunk): both give bit for bit what they give run one after the other."""
     ids = torch.randint(3, 512, (PROMPT,), generator=torch.Generator().manual_seed(2)).tolist()
     params = SamplingParams(max_tokens=4, temperature=0, prompt_logprobs=2, ignore_eos=True)
     kw = dict(device="cuda", max_model_len=2048, max_num_batched_tokens=256,
               enable_prefix_caching=False, **SETUPS[setup])
-    llm, long, chunks = _beside_a_decode(folder, ids, params, graphs=True, **kw)
+    llm, long, chunks, short = _beside_a_decode(folder, ids, params, overlap=True, **kw)
     assert any(c.units is not None for c in chunks)
     assert llm.engine.captured_graph_sizes()             # the short request decoded in a graph
-    _, eager, eager_chunks = _beside_a_decode(folder, ids, params, graphs=False, **kw)
-    assert [(c.num_tokens, c.units) for c in chunks] == [(c.num_tokens, c.units) for c in eager_chunks]
-    assert long.output_token_ids == eager.output_token_ids
-    assert long.prompt_logprobs == eager.prompt_logprobs
+    _, serial, serial_chunks, serial_short = _beside_a_decode(folder, ids, params, overlap=False, **kw)
+    assert [(c.num_tokens, c.units) for c in chunks] == [(c.num_tokens, c.units) for c in serial_chunks]
+    assert long.output_token_ids == serial.output_token_ids
+    assert long.prompt_logprobs == serial.prompt_logprobs
+    assert short.output_token_ids == serial_short.output_token_ids

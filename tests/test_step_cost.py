@@ -67,6 +67,7 @@ def req(rid, n, max_tokens=4):
 
 
 def paced(target_s, token_budget=2048, num_layers=4, **kw):
+    kw.setdefault("units_per_step", 3)
     s = Scheduler(BlockAllocator(800), block_size=16, token_budget=token_budget, max_num_seqs=8,
                   num_layers=num_layers, max_itl_s=target_s, attention_share=0.25, **kw)
     s.step_cost = ExactCost()
@@ -161,3 +162,13 @@ def test_decodes_that_alone_exceed_the_target_still_leave_the_prefill_a_share():
     long = req("long", 4000)
     s.add(long)
     run_until_prefilled(s, long, steps=2000)
+
+
+def test_with_one_unit_per_step_a_free_chunk_keeps_its_size_when_a_unit_fits():
+    s = paced(target_s=1.0, units_per_step=1)
+    start_with_a_decode(s)
+    long = req("long", 2048)
+    s.add(long)
+    step = s.schedule()
+    c = next(c for c in step if c.request is long)
+    assert c.num_tokens == 2048 and c.units == (0, 1)      # its own forward: the whole budget

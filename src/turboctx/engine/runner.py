@@ -84,7 +84,8 @@ class ModelRunner:
         self.generator = generator        # draws of requests that bring no seed
         self._slots: dict[str, SeqSlots] = {}   # on the other ranks: block tables seen last step
         self._layered: dict[str, LayeredPrefill] = {}   # request id -> its chunk between units
-        self._decode_stream = None        # CUDA: where decode graphs run beside a layered prefill
+        self._decode_stream = None        # CUDA: where decode graphs run beside a step's prefill
+        self.overlap_streams = True       # False: graph decode, then the prefill, on one stream
         model.set_attention_backend(backend)
         self.graphs = self._graph_runner(max_model_len) if cuda_graphs else None
 
@@ -117,38 +118,45 @@ class ModelRunner:
     @torch.inference_mode()
     def logits(self, chunks: SchedulerOutput) -> torch.Tensor | None:
         """Runs one step. Returns logits [num sampled chunks, V] (float32) in chunk order."""
-        layered = [c for c in chunks if c.units is not None]
-        self._keep_layered({c.request.request_id for c in layered})
+        self._keep_layered({c.request.request_id for c in chunks if c.units is not None})
         if self.graphs is not None:
-            whole = [c for c in chunks if c.units is None]
-            if whole and self.graphs.can_run(whole):
-                if not layered:
-                    logits = self.graphs.run(whole)
+            decodes = [c for c in chunks if c.units is None and c.num_tokens == 1]
+            if decodes and self.graphs.can_run(decodes):
+                if len(decodes) == len(chunks):
+                    logits = self.graphs.run(decodes)
                     if logits is not None:
                         return logits
                 else:
-                    return self._decode_beside_layered(chunks, whole, layered)
+                    graphed = {id(c) for c in decodes}
+                    return self._decode_beside_prefill(
+                        chunks, decodes, [c for c in chunks if id(c) not in graphed])
         return self._eager_logits(chunks)
 
-    def _decode_beside_layered(self, chunks, whole, layered) -> torch.Tensor | None:
-        """The decode graph on a high-priority stream while the layered prefill's units run on
-        the current one: the decode's memory-bound kernels take SMs as the prefill's
-        compute-bound ones free them, so the step costs little more than the units alone."""
+    def _decode_beside_prefill(self, chunks, decodes, prefills) -> torch.Tensor | None:
+        """The decode graph on a high-priority stream while the step's prefill (chunks, layered
+        units) runs eagerly on the current one: the decode's memory-bound kernels take SMs as
+        the prefill's compute-bound ones free them, so a step with a prefill in it costs about
+        the prefill, and no decode runs eagerly because a prompt arrived."""
         main = torch.cuda.current_stream(self.device)
+        if not self.overlap_streams:           # the same work one after the other (ablation)
+            decoded = self.graphs.run(decodes)
+            if decoded is None:
+                return self._eager_logits(chunks)
+            return in_chunk_order(chunks, [(decodes, decoded), (prefills, self._eager_logits(prefills))])
         if self._decode_stream is None:
             # the highest priority there is (out-of-range values map to the nearest valid one)
             self._decode_stream = torch.cuda.Stream(self.device, priority=-100)
         hi = self._decode_stream
         hi.wait_stream(main)
         with torch.cuda.stream(hi):
-            decoded = self.graphs.run(whole)
+            decoded = self.graphs.run(decodes)
         if decoded is None:                   # graphs became unusable: all eager
             main.wait_stream(hi)
             return self._eager_logits(chunks)
-        rest = self._eager_logits(layered)
+        rest = self._eager_logits(prefills)
         main.wait_stream(hi)
         decoded.record_stream(main)
-        return in_chunk_order(chunks, [(whole, decoded), (layered, rest)])
+        return in_chunk_order(chunks, [(decodes, decoded), (prefills, rest)])
 
     def _eager_logits(self, chunks: SchedulerOutput) -> torch.Tensor | None:
         inp = model_input(chunks)

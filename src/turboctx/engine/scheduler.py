@@ -43,8 +43,7 @@ from turboctx.kv_cache import BlockAllocator, SeqSlots, block_hashes
 DECODE_STEP_PREFILL_MIN = 256   # without a latency target: prefill tokens a step may carry beside decodes
 MIN_PREFILL_SLICE = 16          # with one: the least prefill a step carries, so a prompt always advances
 PREFILL_SHARE_FLOOR = 0.5       # ... and at least this share of the target, when decodes alone exceed it
-LAYERED_MIN_TOKENS = 256        # a free chunk run layered is sized so that UNITS_PER_STEP of its units
-UNITS_PER_STEP = 3              # fit a step (finer packing), but not below this many tokens
+LAYERED_MIN_TOKENS = 256        # a free chunk run layered is never cut below this many tokens
 
 
 @dataclass
@@ -68,15 +67,18 @@ class Scheduler:
                  enable_prefix_caching: bool = True, aligned_from: int | None = None,
                  tail_dependent: int = 0, num_layers: int = 1, max_itl_s: float | None = None,
                  itl_decode_factor: float | None = None, attention_pairs=dense_pairs,
-                 attention_share: float = 0.5):
+                 attention_share: float = 0.5, units_per_step: int = 1):
         """max_itl_s: the latency target of steps with running decodes (seconds); or
         itl_decode_factor: the target is this many times the decode part's own predicted time.
         Neither: prefill beside decodes is capped by tokens (DECODE_STEP_PREFILL_MIN).
         attention_pairs(start, n, prompt_len): the backend's attended pairs of a chunk;
-        attention_share: the attention half's share of a layer's linear-layer work."""
+        attention_share: the attention half's share of a layer's linear-layer work;
+        units_per_step: a free chunk run layered is cut so that this many of its units fit a
+        step (1: as large as one unit allows, keeping the shapes of the prompt run alone, and so
+        GPU kernels' plans and GEMM efficiency; more: finer packing of steps, for the CPU)."""
         self.allocator, self.block_size = allocator, block_size
         self.num_layers, self.attention_pairs = num_layers, attention_pairs
-        self.num_units = 2 * num_layers
+        self.num_units, self.units_per_step = 2 * num_layers, units_per_step
         self._unit_share = (attention_share / num_layers, (1 - attention_share) / num_layers)
         self.max_itl_s, self.itl_decode_factor = max_itl_s, itl_decode_factor
         paced = max_itl_s is not None or itl_decode_factor is not None
@@ -239,10 +241,12 @@ class Scheduler:
             return c
         if self._prefill_chunk(req, 1).num_tokens > 1:     # a grid chunk: its size is fixed
             return self._units_that_fit(req, c.num_tokens, 0, work, limit, at_least_one=True)
-        # a free chunk runs layered at a size whose units fill a step in thirds or finer
-        left = (limit - self._predict(work)) / UNITS_PER_STEP
+        # a free chunk runs layered, cut so that units_per_step of its units fill a step (its
+        # rows are a forward of their own: the whole budget, as alone)
+        whole = self._prefill_chunk(req, self.token_budget).num_tokens
+        left = (limit - self._predict(work)) / self.units_per_step
         base = self._predict(StepWork())
-        n = largest_fitting(min(LAYERED_MIN_TOKENS, c.num_tokens), c.num_tokens, lambda k: max(
+        n = largest_fitting(min(LAYERED_MIN_TOKENS, whole), whole, lambda k: max(
             self._predict(self.chunk_work(self._layered(req, k, u, u + 1))) for u in (0, 1)) - base <= left)
         layered = self._units_that_fit(req, n, 0, work, limit, at_least_one=False)
         if layered is not None:
