@@ -10,19 +10,20 @@ from turboctx.engine.scheduler import MIN_PREFILL_SLICE, Scheduler
 from turboctx.engine.step_cost import StepCostModel, StepWork, largest_fitting
 from turboctx.kv_cache import BlockAllocator
 
-RATES = (0.010, 0.002, 1e-6)     # fixed s, s per token, s per query-key pair
+RATES = (0.010, 0.002, 1e-6, 1e-5)     # fixed s, s per token, per query-key pair, per key read
 
 
 def seconds(w: StepWork) -> float:
-    return RATES[0] + RATES[1] * w.tokens + RATES[2] * w.pairs
+    return sum(r * f for r, f in zip(RATES, w.features))
 
 
 def test_the_fit_recovers_the_rates_of_steps_of_every_size():
     m = StepCostModel()
     assert m.predict(StepWork(10, 10)) is None
-    for t, p in [(1, 300), (4, 2000), (64, 5000), (256, 70000), (2048, 3e6), (512, 9e6), (8, 1e5)]:
-        m.observe(StepWork(t, p), seconds(StepWork(t, p)))
-    for w in (StepWork(100, 1e6), StepWork(3, 900), StepWork(4000, 2e7)):
+    for t, p, k in [(1, 300, 0), (4, 2000, 0), (64, 5000, 80), (256, 70000, 300), (2048, 3e6, 2048),
+                    (512, 9e6, 18000), (8, 1e5, 0), (300, 4e6, 9e4)]:
+        m.observe(StepWork(t, p, k), seconds(StepWork(t, p, k)))
+    for w in (StepWork(100, 1e6, 5000), StepWork(3, 900), StepWork(4000, 2e7, 1e5)):
         assert m.predict(w) == pytest.approx(seconds(w), rel=1e-6)
 
 

@@ -34,9 +34,10 @@ async def run_bench(url: str, *, model: str | None = None, concurrency: int = 8,
         from turboctx.bench.serve_long import run_long_prompt_bench
         try:
             return await asyncio.wait_for(run_long_prompt_bench(
-                client, model, concurrency=concurrency, prompt_len=prompt_len, max_tokens=max_tokens,
-                long_prompt_len=long_prompt_len, baseline_s=baseline_s, ignore_eos=ignore_eos,
-                seed=seed, token_ids=token_ids), timeout_s)
+                client, model, url=url, api_key=api_key, concurrency=concurrency,
+                prompt_len=prompt_len, max_tokens=max_tokens, long_prompt_len=long_prompt_len,
+                baseline_s=baseline_s, ignore_eos=ignore_eos, seed=seed, token_ids=token_ids,
+                timeout_s=timeout_s), timeout_s)
         finally:
             await client.close()
     rng = random.Random(seed)

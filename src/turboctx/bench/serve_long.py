@@ -6,7 +6,8 @@ streaming short requests back to back for `baseline_s` seconds (their ITL and TT
 (3) the same clients go on while a second long prompt (other random words, so the prefix cache
 cannot serve it) prefills, until its first token (their ITL and TTFT during it, and its TTFT
 beside them). JSON, and optionally a PNG of every short inter-token gap over time with the long
-prefill's span marked.
+prefill's span marked. The long prompt goes out as a body serialized beforehand, from a thread,
+so that sending it does not stall the streams being timed.
 """
 from __future__ import annotations
 
@@ -15,16 +16,23 @@ import random
 import time
 from pathlib import Path
 
-from turboctx.bench.serve_client import make_prompt, percentiles, stream_completion
+from turboctx.bench.serve_client import (completion_body, make_prompt, percentiles, post_completion,
+                                         stream_completion)
 
 
-async def run_long_prompt_bench(client, model: str, *, concurrency: int, prompt_len: int,
-                                max_tokens: int, long_prompt_len: int, baseline_s: float,
-                                ignore_eos: bool, seed: int, token_ids: bool = False) -> dict:
+async def run_long_prompt_bench(client, model: str, *, url: str, api_key: str | None,
+                                concurrency: int, prompt_len: int, max_tokens: int,
+                                long_prompt_len: int, baseline_s: float, ignore_eos: bool, seed: int,
+                                token_ids: bool = False, timeout_s: float = 1800.0) -> dict:
     rng = random.Random(seed)
     errors: list[str] = []
-    cold = await stream_completion(client, model, make_prompt(long_prompt_len, rng, token_ids), 1, False)
-    alone = await stream_completion(client, model, make_prompt(long_prompt_len, rng, token_ids), 1, False)
+    cold_body, alone_body, beside_body = (completion_body(model, make_prompt(long_prompt_len, rng, token_ids))
+                                          for _ in range(3))
+
+    async def long(body: bytes) -> dict:
+        return await post_completion(url, api_key, body, timeout_s)
+    cold = await long(cold_body)
+    alone = await long(alone_body)
     results: list[dict] = []
     issued = [0]
     stop = asyncio.Event()
@@ -46,7 +54,7 @@ async def run_long_prompt_bench(client, model: str, *, concurrency: int, prompt_
     base_start = time.perf_counter()
     await asyncio.sleep(baseline_s)
     try:
-        beside = await stream_completion(client, model, make_prompt(long_prompt_len, rng, token_ids), 1, False)
+        beside = await long(beside_body)
     except Exception as e:
         errors.append(f"long request: {type(e).__name__}: {e}")
         beside = None

@@ -16,7 +16,7 @@ DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp1
                  "half": "float16"}
 GPU_BATCHED_TOKENS, CPU_BATCHED_TOKENS = 32768, 2048
 GPU_MAX_ITL_MS = 25.0         # default latency target of steps with running decodes on GPUs
-CPU_ITL_DECODE_FACTOR = 8.0   # on the CPU: this many times the decodes' own step time
+CPU_ITL_DECODE_FACTOR = 7.0   # on the CPU: this many times the decodes' own step time
 
 
 class Section:

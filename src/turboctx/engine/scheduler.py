@@ -199,14 +199,15 @@ class Scheduler:
     # -- sizing prefill to the latency target ---------------------------------------------------
     def chunk_work(self, c: ScheduledChunk) -> StepWork:
         r = c.request
-        w = StepWork(c.num_tokens, self.attention_pairs(r.num_computed_tokens, c.num_tokens,
-                                                        r.num_prompt_tokens))
+        start, n = r.num_computed_tokens, c.num_tokens
+        w = StepWork(n, self.attention_pairs(start, n, r.num_prompt_tokens),
+                     start + n if n > 1 else 0)
         if c.units is None:
             return w
         a, b = c.units
         share = sum(self._unit_share[u % 2] for u in range(a, b))
-        attention_units = (b - a + 1 - a % 2) // 2           # even units in [a, b)
-        return StepWork(w.tokens * share, w.pairs * attention_units / self.num_layers)
+        attention = ((b - a + 1 - a % 2) // 2) / self.num_layers    # even units in [a, b)
+        return StepWork(w.tokens * share, w.pairs * attention, w.keys * attention)
 
     def observe_step(self, chunks: SchedulerOutput, seconds: float) -> None:
         """The measured time of a step (the engine calls this after each step ran)."""
@@ -242,12 +243,19 @@ class Scheduler:
         if self._prefill_chunk(req, 1).num_tokens > 1:     # a grid chunk: its size is fixed
             return self._units_that_fit(req, c.num_tokens, 0, work, limit, at_least_one=True)
         # a free chunk runs layered, cut so that units_per_step of its units fill a step (its
-        # rows are a forward of their own: the whole budget, as alone)
+        # rows are a forward of their own: the whole budget, as alone). With one unit per step
+        # (GPUs) it keeps its size while a unit takes at most twice the time left: the shapes,
+        # and so the kernels' plans, of the prompt run alone.
         whole = self._prefill_chunk(req, self.token_budget).num_tokens
         left = (limit - self._predict(work)) / self.units_per_step
         base = self._predict(StepWork())
-        n = largest_fitting(min(LAYERED_MIN_TOKENS, whole), whole, lambda k: max(
-            self._predict(self.chunk_work(self._layered(req, k, u, u + 1))) for u in (0, 1)) - base <= left)
+
+        def unit_time(k: int) -> float:
+            return max(self._predict(self.chunk_work(self._layered(req, k, u, u + 1)))
+                       for u in (0, 1)) - base
+        if self.units_per_step == 1 and unit_time(whole) <= 2 * left:
+            return self._units_that_fit(req, whole, 0, work, limit, at_least_one=True)
+        n = largest_fitting(min(LAYERED_MIN_TOKENS, whole), whole, lambda k: unit_time(k) <= left)
         layered = self._units_that_fit(req, n, 0, work, limit, at_least_one=False)
         if layered is not None:
             return layered

@@ -1,9 +1,11 @@
 """What a step costs, so a long prefill beside running decodes can be sized to a latency target.
 
 A step's time is modelled as
-    seconds ~ fixed + per_token * tokens + per_pair * pairs
-where `tokens` are rows through the linear layers and `pairs` the query-key pairs attention
-visits (both scaled by the share of the model's layers the step runs). The three rates are fitted
+    seconds ~ fixed + per_token * tokens + per_pair * pairs + per_key * keys
+where `tokens` are rows through the linear layers, `pairs` the query-key pairs attention visits
+and `keys` the cached keys a prefill chunk's attention reads as a whole (sparse pattern
+estimation, key ranges: work that grows with the context, not with the rows), each scaled by the
+share of the model's layers the step runs. The four rates are fitted
 to the steps this engine has run (non-negative least squares of the relative error over recent
 steps of every size), so they are this
 backend's rates on this device, not constants; before a kind of step has been seen the scheduler
@@ -14,6 +16,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+import itertools
+
 import numpy as np
 
 SAMPLES_PER_BUCKET = 8     # recent steps kept per (tokens, pairs) size class
@@ -23,18 +27,20 @@ SAMPLES_PER_BUCKET = 8     # recent steps kept per (tokens, pairs) size class
 class StepWork:
     tokens: float = 0.0    # rows through the linear layers (x share of layers run)
     pairs: float = 0.0     # query-key pairs attended (x share of layers run)
+    keys: float = 0.0      # keys read by prefill chunks' attention as a whole (x share of layers)
 
     def __add__(self, other: "StepWork") -> "StepWork":
-        return StepWork(self.tokens + other.tokens, self.pairs + other.pairs)
+        return StepWork(self.tokens + other.tokens, self.pairs + other.pairs, self.keys + other.keys)
 
-    def scaled(self, share: float) -> "StepWork":
-        return StepWork(self.tokens * share, self.pairs * share)
+    @property
+    def features(self) -> tuple[float, float, float, float]:
+        return (1.0, self.tokens, self.pairs, self.keys)
 
 
 class StepCostModel:
     def __init__(self):
         self._buckets: dict[tuple[int, int], deque] = {}
-        self._coef: np.ndarray | None = None          # (fixed s, s per token, s per pair)
+        self._coef: np.ndarray | None = None      # (fixed s, s per token, per pair, per key)
         self._dirty = False
         self.max_tokens_seen = 0.0
         self.max_pairs_seen = 0.0
@@ -43,7 +49,7 @@ class StepCostModel:
         """One step's work and its measured wall time."""
         key = (int(work.tokens).bit_length(), int(work.pairs).bit_length() // 2)
         self._buckets.setdefault(key, deque(maxlen=SAMPLES_PER_BUCKET)).append(
-            (1.0, work.tokens, work.pairs, seconds))
+            (*work.features, seconds))
         self.max_tokens_seen = max(self.max_tokens_seen, work.tokens)
         self.max_pairs_seen = max(self.max_pairs_seen, work.pairs)
         self._dirty = True
@@ -57,7 +63,7 @@ class StepCostModel:
         coef = self._fit()
         if coef is None:
             return None
-        return float(coef[0] + coef[1] * work.tokens + coef[2] * work.pairs)
+        return float(np.dot(coef, work.features))
 
     def trusted(self, work: StepWork, growth: float = 4.0) -> bool:
         """Whether `work` is within `growth` times the largest step measured (beyond that the
@@ -72,23 +78,25 @@ class StepCostModel:
         self._dirty = False
         if len(rows) == 0:
             return None
-        x, y = rows[:, :3], rows[:, 3]
+        x, y = rows[:, :4], rows[:, 4]
         weight = 1 / np.maximum(y, 1e-6)          # relative errors: short steps count as much
         x_w, y_w = x * weight[:, None], y * weight
         scale = np.maximum(np.abs(x_w).max(axis=0), 1e-12)    # columns of similar size
         best, best_err = None, np.inf
-        # non-negative least squares over three unknowns: the best non-negative solution on any
+        # non-negative least squares over four unknowns: the best non-negative solution on any
         # subset of the columns (the constant is always in)
-        for cols in ([0, 1, 2], [0, 1], [0, 2], [0]):
+        for extra in itertools.chain.from_iterable(
+                itertools.combinations((1, 2, 3), k) for k in (3, 2, 1, 0)):
+            cols = [0, *extra]
             sol, *_ = np.linalg.lstsq(x_w[:, cols] / scale[cols], y_w, rcond=None)
             if (sol < 0).any():
                 continue
-            coef = np.zeros(3)
+            coef = np.zeros(4)
             coef[cols] = sol / scale[cols]
             err = float(((x_w @ coef - y_w) ** 2).sum())
             if err < best_err:
                 best, best_err = coef, err
-        self._coef = best if best is not None else np.array([float(y.min()), 0.0, 0.0])
+        self._coef = best if best is not None else np.array([float(y.min()), 0.0, 0.0, 0.0])
         return self._coef
 
 
