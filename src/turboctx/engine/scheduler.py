@@ -19,13 +19,14 @@ prompt blocks (always leaving its last prompt token to compute) and starts with 
 computed; the full prompt blocks it computes are offered to the cache as they complete.
 
 A latency target (`max_itl_s`, engine option max_itl_ms): a step that carries running decodes
-takes only the prefill work a cost model of the step (step_cost.py, fitted to the steps run so
-far) says fits the target beside them. A chunk whose next layer fits runs a few layers per step:
-*layered prefill*, in units of half a layer (a layer's attention, then its MLP). It is the same
-computation in the same order as the whole chunk, at the whole chunk's efficiency, so its output,
-sparse patterns included, does not depend on the slicing, and each layer's pattern is estimated
-once. A free chunk (dense prefill, below the sparse threshold) whose every unit is too long
-shrinks in tokens instead; a grid chunk runs at least one unit per step.
+admits waiting requests first, then takes only the prefill work that a cost model of the step
+(step_cost.py, fitted to the steps run so far) says fits the target beside them. A chunk runs a
+few *units* per step, a unit being half a layer (a layer's attention, or its MLP): *layered
+prefill*. It is the same computation in the same order as the whole chunk, at the whole chunk's
+efficiency, so its output, sparse patterns included, does not depend on the slicing, and each
+layer's pattern is estimated once. A grid chunk runs at least one unit per step; a free chunk
+(below the sparse threshold) is cut so that `units_per_step` units fill a step, and shrinks in
+tokens through all layers when not even one unit of 256 tokens fits.
 """
 from __future__ import annotations
 
@@ -144,7 +145,7 @@ class Scheduler:
                 budget = max(0, budget - self._rows(c))
         if limit is None:
             budget, work = self._admit(budget, work, limit, prefills)
-        # 4. budget left over goes back to the capped prefills (sized ones are as large as fits)
+        # 3. budget left over goes back to the capped prefills (sized ones are as large as fits)
         for i, c in enumerate(prefills):
             if budget == 0 or limit is not None:
                 break
