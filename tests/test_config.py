@@ -96,7 +96,8 @@ def _commands(cmd, path=()):
 
 
 MODEL_COMMANDS = {("generate",), ("ask",), ("chat",), ("info",), ("serve",), ("calibrate",),
-                  ("bench", "prefill"), ("bench", "decode"), ("bench", "context"), ("eval", "passkey"),
+                  ("bench", "prefill"), ("bench", "decode"), ("bench", "context"), ("bench", "coldstart"),
+                  ("eval", "passkey"),
                   ("eval", "niah"),
                   ("eval", "ruler"), ("eval", "ppl")}
 

@@ -14,6 +14,8 @@
 #                                               #   process loading it from RAM and from disk (LENGTH)
 #        tools/gpu_run.sh serve-long            # `turboctx serve` with defaults (MODEL, MAXLEN, EXTRA) and one
 #                                               #   LONG-token prompt among 8 streaming clients, alone and beside
+#        tools/gpu_run.sh coldstart             # an HF folder of random PRESET weights (sharded safetensors +
+#                                               #   sparse config), then `turboctx serve` on it to the first token
 set -uo pipefail
 export PYTHONPATH="$PWD/src:$PWD/tests:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -74,5 +76,10 @@ PY
       --long-prompt-len "$L" --baseline-s "${BASELINE:-10}" --json "$OUT/serve_long_$L.json" \
       --plot "$OUT/serve_long_$L.png" 2>&1 | grep -v -i warn
     kill -INT $srv; wait $srv; grep -i -E "error|traceback" "$OUT/server_$L.log" | head -5 ;;
-  *) echo "usage: tools/gpu_run.sh tests|prefill|decode|fidelity|structured|fp8-accuracy|context|serve-long"; exit 2 ;;
+  coldstart)
+    p=${PRESET:-qwen2.5-7b-1m}; dir=${DIR:-/root/stage/hf-$p}
+    [ -f "$dir/model.safetensors.index.json" ] || python3 tools/make_random_hf_folder.py --preset "$p" --out "$dir" --device cuda
+    tc bench coldstart --model "$dir" --max-model-len "${MAXLEN:-1010000}" --repeat "${REPEAT:-2}" ${EXTRA:-} \
+      --json "$OUT/coldstart_$p.json" 2>&1 | grep -v -i warn ;;
+  *) echo "usage: tools/gpu_run.sh tests|prefill|decode|fidelity|structured|fp8-accuracy|context|serve-long|coldstart"; exit 2 ;;
 esac

@@ -1,4 +1,4 @@
-"""`turboctx bench prefill|decode`."""
+"""`turboctx bench prefill|decode|context|coldstart` (and `serve`, the load generator)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -194,3 +194,28 @@ def context(length: Annotated[str, typer.Option(help="tokens of the kept context
     if json_path:
         write_json(json_path, {"kind": "kept_context", "model": options["model"], "length": n[0],
                                "options": options, "env": env, "rows": rows})
+
+
+COLDSTART_COLUMNS = ["run", "to_ready_s", "before_engine_s", "load_s", "kv_cache_s", "warmup_s",
+                     "graph_capture_s", "first_request_s", "to_first_token_s"]
+
+
+@bench_app.command()
+@engine_options()
+def coldstart(repeat: Annotated[int, typer.Option(min=1, help="new server processes, one after the other")] = 1,
+              json_path: Annotated[Optional[Path], typer.Option("--json")] = None,
+              *, options: dict):
+    """A new `turboctx serve` process (these engine flags) to its first token, split into the
+    process start, weights load, KV cache, warm-up (compile + graph capture) and the request."""
+    from turboctx.bench.coldstart import cold_start
+    from turboctx.bench.report import environment, print_table, write_json
+    rows = [{"run": i + 1, **cold_start(options)} for i in range(repeat)]
+    print_table(f"cold start: turboctx serve {options.get('model') or '(default model)'}", rows,
+                COLDSTART_COLUMNS)
+    if json_path:
+        import torch
+
+        from turboctx.config.engine import resolve_device
+        device = torch.device(resolve_device(options.get("device") or "auto", torch.cuda.is_available()))
+        write_json(json_path, {"kind": "coldstart", "options": options, "env": environment(device),
+                               "rows": rows})

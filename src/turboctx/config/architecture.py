@@ -115,7 +115,7 @@ class ModelArchitecture:
         )
 
     def to_hf_dict(self) -> dict[str, Any]:
-        """The config as HF transformers reads it (used to build reference models in tests)."""
+        """The config as HF transformers reads it (reference models in tests, random folders)."""
         arch = "Qwen2ForCausalLM" if self.family == "qwen2" else "LlamaForCausalLM"
         d = {
             "architectures": [arch], "model_type": self.family,
@@ -134,4 +134,6 @@ class ModelArchitecture:
         if self.family == "llama":
             d["attention_bias"] = self.attention_bias
             d["mlp_bias"] = False
+        if self.dual_chunk_attention_config is not None:
+            d["dual_chunk_attention_config"] = dict(self.dual_chunk_attention_config)
         return d

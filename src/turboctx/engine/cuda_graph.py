@@ -24,6 +24,7 @@ kernel launches. If a capture fails the runner logs it and the engine stays eage
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 
@@ -48,6 +49,7 @@ class DecodeGraphRunner:
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = None                       # one memory pool shared by every captured size
         self.disabled = False
+        self.capture_s = 0.0              # seconds spent capturing (and warming up) graphs
 
     def can_run(self, chunks) -> bool:
         if self.disabled or not chunks or len(chunks) > self.batch_sizes[-1]:
@@ -99,6 +101,7 @@ class DecodeGraphRunner:
         return self.model.compute_logits(self.model(ids, batch))          # [B, V]
 
     def _capture(self, B: int) -> bool:
+        t0 = time.perf_counter()
         self.model.set_attention_backend(self.graph_backend)
         try:
             self.inputs[:, :B].zero_()         # length 0: warm-up and capture touch no cache slot
@@ -122,3 +125,4 @@ class DecodeGraphRunner:
             return False
         finally:
             self.model.set_attention_backend(self.backend)
+            self.capture_s += time.perf_counter() - t0

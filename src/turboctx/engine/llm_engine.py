@@ -54,12 +54,16 @@ class LLMEngine:
         group = self.executor.group if self.executor is not None else None
         if group is not None:
             self.device = group.device
+        t0 = time.perf_counter()
         try:
             self.worker = Worker(ckpt, config, self.device, group)
+            t_load = time.perf_counter()
             kv_tokens = self.worker.plan_kv_tokens()
             if self.executor is not None:
                 kv_tokens = self.executor.agree_kv_tokens(kv_tokens)
             num_blocks = self.worker.init_cache(kv_tokens, self.executor)
+            # seconds per phase of the start (warm_up() adds its own)
+            self.startup = {"load_s": t_load - t0, "kv_cache_s": time.perf_counter() - t_load}
             if self.executor is not None:
                 self.executor.ready()
         except BaseException as e:
@@ -97,6 +101,25 @@ class LLMEngine:
             config.model.generation_config, ckpt.source if ckpt.kind == "hf" else None)
         if self.generation_defaults:
             log.info("sampling defaults from the generation config: %s", self.generation_defaults)
+
+    def warm_up(self) -> dict[str, float]:
+        """One short request through prefill and decode before any user's: compiles the
+        kernels small steps use (torch.compile'd norms, Triton launches) and captures the batch-1
+        decode graph, so the first request does not pay for them. Adds warmup_s (and, of it,
+        graph_capture_s) to `startup`; returns `startup`."""
+        t0 = time.perf_counter()
+        graphs = self.runner.graphs
+        captured = graphs.capture_s if graphs is not None else 0.0
+        req = self.make_request([1] * 16, SamplingParams(max_tokens=2, temperature=0,
+                                                         ignore_eos=True), request_id="warm-up")
+        self.add_request(req)
+        while not req.finished:
+            self.step()
+        self.requests.pop(req.request_id, None)
+        self.reset_prefix_cache()
+        self.startup["warmup_s"] = time.perf_counter() - t0
+        self.startup["graph_capture_s"] = (graphs.capture_s if graphs is not None else 0.0) - captured
+        return self.startup
 
     def _check_itl_target(self, itl_ms: float) -> None:
         """A latency target below the fastest step this engine can run is an error at start."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -71,7 +72,12 @@ def serve(model_arg: Annotated[Optional[str], typer.Argument(metavar="MODEL", he
     if tool_call_parser is not None and tool_call_parser not in TOOL_PARSERS:
         raise InvalidRequestError(f"--tool-call-parser {tool_call_parser!r} is not one of "
                                   f"{', '.join(TOOL_PARSERS)}")
+    t0 = time.perf_counter()
     engine = build_engine(options)
+    phases = engine.warm_up()
+    log.info("ready in %.1f s: load %.1f s, KV cache %.1f s, warm-up %.1f s (graph capture %.1f s)",
+             time.perf_counter() - t0, phases["load_s"], phases["kv_cache_s"], phases["warmup_s"],
+             phases["graph_capture_s"])
     if kept_contexts:
         attach_kept_contexts(engine)
     try:

@@ -30,6 +30,8 @@ class ServerMetrics:
                                 ["finish_reason"], registry=r)
         self.rejected = Counter(P + "requests_rejected", "requests refused before reaching the engine",
                                 ["status"], registry=r)
+        self.startup = Gauge(P + "startup_seconds", "seconds of each phase of the engine's start "
+                             "(load_s, kv_cache_s, warmup_s, graph_capture_s)", ["phase"], registry=r)
 
     def bind(self, engine_loop) -> None:
         """Gauges read the engine's state when scraped."""
@@ -39,6 +41,8 @@ class ServerMetrics:
         self.kv_usage.set_function(engine_loop.kv_usage)
         self.kv_blocks_used.set_function(lambda: engine.kv_cache_usage().used_blocks)
         self.kv_blocks_total.set_function(lambda: engine.kv_cache_usage().total_blocks)
+        for phase, seconds in getattr(engine, "startup", {}).items():
+            self.startup.labels(phase).set(seconds)
 
     # called from the engine thread
     def on_tokens(self, out, seen: int, new: int, since_last_s: float) -> None:
