@@ -45,6 +45,7 @@ DECODE_STEP_PREFILL_MIN = 256   # without a latency target: prefill tokens a ste
 MIN_PREFILL_SLICE = 16          # with one: the least prefill a step carries, so a prompt always advances
 PREFILL_SHARE_FLOOR = 0.5       # ... and at least this share of the target, when decodes alone exceed it
 LAYERED_MIN_TOKENS = 256        # a free chunk run layered is never cut below this many tokens
+GPU_WHOLE_CHUNK_SLACK = 8       # one unit per step: the chunk stays whole while a unit takes <= 8x the time left
 
 
 @dataclass
@@ -245,8 +246,9 @@ class Scheduler:
             return self._units_that_fit(req, c.num_tokens, 0, work, limit, at_least_one=True)
         # a free chunk runs layered, cut so that units_per_step of its units fill a step (its
         # rows are a forward of their own: the whole budget, as alone). With one unit per step
-        # (GPUs) it keeps its size while a unit takes at most twice the time left: the shapes,
-        # and so the kernels' plans, of the prompt run alone.
+        # (GPUs) it keeps its size unless a unit would take many times the time left: a new
+        # chunk shape costs its first step a kernel plan (~0.5 s for 13K-19K-token chunks on
+        # the H200), far more than one long unit.
         whole = self._prefill_chunk(req, self.token_budget).num_tokens
         left = (limit - self._predict(work)) / self.units_per_step
         base = self._predict(StepWork())
@@ -254,7 +256,7 @@ class Scheduler:
         def unit_time(k: int) -> float:
             return max(self._predict(self.chunk_work(self._layered(req, k, u, u + 1)))
                        for u in (0, 1)) - base
-        if self.units_per_step == 1 and unit_time(whole) <= 2 * left:
+        if self.units_per_step == 1 and unit_time(whole) <= GPU_WHOLE_CHUNK_SLACK * left:
             return self._units_that_fit(req, whole, 0, work, limit, at_least_one=True)
         n = largest_fitting(min(LAYERED_MIN_TOKENS, whole), whole, lambda k: unit_time(k) <= left)
         layered = self._units_that_fit(req, n, 0, work, limit, at_least_one=False)
