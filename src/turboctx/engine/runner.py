@@ -120,7 +120,7 @@ class ModelRunner:
         """Runs one step. Returns logits [num sampled chunks, V] (float32) in chunk order."""
         self._keep_layered({c.request.request_id for c in chunks if c.units is not None})
         if self.graphs is not None:
-            decodes = [c for c in chunks if c.units is None and c.num_tokens == 1]
+            decodes = [c for c in chunks if c.units is None and c.num_tokens == 1 and c.sample]
             if decodes and self.graphs.can_run(decodes):
                 if len(decodes) == len(chunks):
                     logits = self.graphs.run(decodes)
