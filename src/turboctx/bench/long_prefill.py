@@ -10,7 +10,6 @@ import random
 import time
 
 from turboctx.engine.sampling_params import SamplingParams
-from turboctx.engine.step_cost import StepWork
 
 
 def _ms_percentiles(xs: list[float], ps=(50, 90, 99, 100)) -> dict[str, float | None]:
@@ -42,11 +41,8 @@ def long_prompt_among_clients(engine, long_len: int, *, clients: int = 8, prompt
     steps, observe = [], engine.scheduler.observe_step
 
     def logged(chunks, seconds):
-        w = StepWork()
-        for c in chunks:
-            w = w + engine.scheduler.chunk_work(c)
-        steps.append((time.perf_counter(), engine.scheduler._predict(w) if engine.scheduler.step_cost
-                      else None, seconds, [(c.num_tokens, c.units) for c in chunks if c.num_tokens > 1]))
+        steps.append((time.perf_counter(), engine.scheduler.predicted_seconds(chunks), seconds,
+                      [(c.num_tokens, c.units) for c in chunks if c.num_tokens > 1]))
         observe(chunks, seconds)
     engine.scheduler.observe_step = logged
     times: dict[str, list[float]] = {}

@@ -214,10 +214,17 @@ class Scheduler:
     def observe_step(self, chunks: SchedulerOutput, seconds: float) -> None:
         """The measured time of a step (the engine calls this after each step ran)."""
         if self.step_cost is not None and chunks:
-            work = StepWork()
-            for c in chunks:
-                work = work + self.chunk_work(c)
-            self.step_cost.observe(work, seconds)
+            self.step_cost.observe(self._work(chunks), seconds)
+
+    def predicted_seconds(self, chunks: SchedulerOutput) -> float | None:
+        """What the cost model expects a step of these chunks to take (None: no latency target)."""
+        return None if self.step_cost is None else self._predict(self._work(chunks))
+
+    def _work(self, chunks: SchedulerOutput) -> StepWork:
+        work = StepWork()
+        for c in chunks:
+            work = work + self.chunk_work(c)
+        return work
 
     def _predict(self, work: StepWork) -> float:
         t = self.step_cost.predict(work)

@@ -5,18 +5,16 @@ A step's time is modelled as
 where `tokens` are rows through the linear layers, `pairs` the query-key pairs attention visits
 and `keys` the cached keys a prefill chunk's attention reads as a whole (sparse pattern
 estimation, key ranges: work that grows with the context, not with the rows), each scaled by the
-share of the model's layers the step runs. The four rates are fitted
-to the steps this engine has run (non-negative least squares of the relative error over recent
-steps of every size), so they are this
-backend's rates on this device, not constants; before a kind of step has been seen the scheduler
-grows its size geometrically, so a wrong guess costs one step, not a stall.
+share of the model's layers the step runs. The four rates are fitted to the steps this engine has
+run (non-negative least squares of the relative error over recent steps of every size), so they
+are this backend's rates on this device, not constants; before a kind of step has been seen the
+scheduler grows its size geometrically, so a wrong guess costs one step, not a stall.
 """
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass
-
-import itertools
 
 import numpy as np
 
@@ -53,10 +51,6 @@ class StepCostModel:
         self.max_tokens_seen = max(self.max_tokens_seen, work.tokens)
         self.max_pairs_seen = max(self.max_pairs_seen, work.pairs)
         self._dirty = True
-
-    @property
-    def num_samples(self) -> int:
-        return sum(len(b) for b in self._buckets.values())
 
     def predict(self, work: StepWork) -> float | None:
         """Seconds the step should take; None before any step was measured."""
