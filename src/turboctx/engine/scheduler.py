@@ -24,9 +24,9 @@ admits waiting requests first, then takes only the prefill work that a cost mode
 few *units* per step, a unit being half a layer (a layer's attention, or its MLP): *layered
 prefill*. It is the same computation in the same order as the whole chunk, at the whole chunk's
 efficiency, so its output, sparse patterns included, does not depend on the slicing, and each
-layer's pattern is estimated once. A grid chunk runs at least one unit per step; a free chunk
-(below the sparse threshold) is cut so that `units_per_step` units fill a step, and shrinks in
-tokens through all layers when not even one unit of 256 tokens fits.
+layer's pattern is estimated once. Every step runs at least one unit of a layered chunk. Chunk
+sizes never depend on timing (only how many units a step runs does): on GPUs a chunk is the one
+the prompt has alone, on the CPU a `units_per_step`-th of the budget, for finer packing.
 """
 from __future__ import annotations
 
@@ -42,10 +42,8 @@ from turboctx.kv_cache import BlockAllocator, SeqSlots, block_hashes
 
 
 DECODE_STEP_PREFILL_MIN = 256   # without a latency target: prefill tokens a step may carry beside decodes
-MIN_PREFILL_SLICE = 16          # with one: the least prefill a step carries, so a prompt always advances
-PREFILL_SHARE_FLOOR = 0.5       # ... and at least this share of the target, when decodes alone exceed it
-LAYERED_MIN_TOKENS = 256        # a free chunk run layered is never cut below this many tokens
-GPU_WHOLE_CHUNK_SLACK = 8       # one unit per step: the chunk stays whole while a unit takes <= 8x the time left
+PREFILL_SHARE_FLOOR = 0.5       # with one: a prefill's share of the target when decodes alone exceed it
+LAYERED_MIN_TOKENS = 256        # beside decodes a CPU chunk is never cut below this many tokens
 
 
 @dataclass
@@ -75,9 +73,9 @@ class Scheduler:
         Neither: prefill beside decodes is capped by tokens (DECODE_STEP_PREFILL_MIN).
         attention_pairs(start, n, prompt_len): the backend's attended pairs of a chunk;
         attention_share: the attention half's share of a layer's linear-layer work;
-        units_per_step: a free chunk run layered is cut so that this many of its units fit a
-        step (1: as large as one unit allows, keeping the shapes of the prompt run alone, and so
-        GPU kernels' plans and GEMM efficiency; more: finer packing of steps, for the CPU)."""
+        units_per_step: beside decodes a free chunk is the budget / this (1: the chunk of the
+        prompt alone, its shapes and so GPU kernels' plans and GEMM efficiency; more: finer
+        packing of steps, for the CPU)."""
         self.allocator, self.block_size = allocator, block_size
         self.num_layers, self.attention_pairs = num_layers, attention_pairs
         self.num_units, self.units_per_step = 2 * num_layers, units_per_step
@@ -143,7 +141,7 @@ class Scheduler:
                 c = self._sized_chunk(req, min(budget, cap), work, limit)
                 prefills.append(c)
                 work = work + self.chunk_work(c)
-                budget = max(0, budget - self._rows(c))
+                budget = max(0, budget - c.num_tokens)
         if limit is None:
             budget, work = self._admit(budget, work, limit, prefills)
         # 3. budget left over goes back to the capped prefills (sized ones are as large as fits)
@@ -160,11 +158,9 @@ class Scheduler:
 
     def _admit(self, budget: int, work: StepWork, limit: float | None,
                prefills: list[ScheduledChunk]) -> tuple[int, StepWork]:
-        """Admits waiting requests, first come first served, while their KV blocks fit (and the
-        step has time left); their first chunks go to `prefills`."""
+        """Admits waiting requests, first come first served, while their KV blocks fit; their
+        first chunks go to `prefills` (beside decodes, as many of their units as fit)."""
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-            if limit is not None and self._predict(work) >= limit:
-                break
             req = self.waiting[0]
             need, reuse = self.num_blocks_for(req), self._match_prefix(req)
             if not self.allocator.can_allocate(need, reuse):
@@ -180,13 +176,8 @@ class Scheduler:
             c = self._sized_chunk(req, budget, work, limit)
             prefills.append(c)
             work = work + self.chunk_work(c)
-            budget = max(0, budget - self._rows(c))
+            budget = max(0, budget - c.num_tokens)
         return budget, work
-
-    @staticmethod
-    def _rows(c: ScheduledChunk) -> int:
-        """Rows a chunk adds to the step's batch (a layered chunk runs in a forward of its own)."""
-        return c.num_tokens if c.units is None else 0
 
     def advance(self, chunks: SchedulerOutput) -> None:
         """After a step ran: each chunk's tokens are computed, or its layered chunk moves on."""
@@ -245,46 +236,29 @@ class Scheduler:
         """The request's prefill chunk, sized to `limit` seconds beside `work` (None: no limit)."""
         if req.layered is not None:          # a layered chunk goes on from its next unit
             n, first = req.layered
-            return self._units_that_fit(req, n, first, work, limit, at_least_one=True)
-        c = self._prefill_chunk(req, max(1, budget))
-        if limit is None or self._fits(work + self.chunk_work(c), limit):
-            return c
-        if self._prefill_chunk(req, 1).num_tokens > 1:     # a grid chunk: its size is fixed
-            return self._units_that_fit(req, c.num_tokens, 0, work, limit, at_least_one=True)
-        # a free chunk runs layered, cut so that units_per_step of its units fill a step (its
-        # rows are a forward of their own: the whole budget, as alone). With one unit per step
-        # (GPUs) it keeps its size unless a unit would take many times the time left: a new
-        # chunk shape costs its first step a kernel plan (~0.5 s for 13K-19K-token chunks on
-        # the H200), far more than one long unit.
-        whole = self._prefill_chunk(req, self.token_budget).num_tokens
-        left = (limit - self._predict(work)) / self.units_per_step
-        base = self._predict(StepWork())
-
-        def unit_time(k: int) -> float:
-            return max(self._predict(self.chunk_work(self._layered(req, k, u, u + 1)))
-                       for u in (0, 1)) - base
-        if self.units_per_step == 1 and unit_time(whole) <= GPU_WHOLE_CHUNK_SLACK * left:
-            return self._units_that_fit(req, whole, 0, work, limit, at_least_one=True)
-        n = largest_fitting(min(LAYERED_MIN_TOKENS, whole), whole, lambda k: unit_time(k) <= left)
-        layered = self._units_that_fit(req, n, 0, work, limit, at_least_one=False)
-        if layered is not None:
-            return layered
-        # not even one unit fits: fewer tokens through all the layers
-        lo = min(MIN_PREFILL_SLICE, c.num_tokens)
-        n = largest_fitting(lo, c.num_tokens, lambda k: self._fits(
-            work + self.chunk_work(self._prefill_chunk(req, k)), limit))
-        return self._prefill_chunk(req, n)
+            return self._units_that_fit(req, n, first, work, limit)
+        if limit is None:
+            return self._prefill_chunk(req, max(1, budget))
+        # Beside decodes a chunk's size never depends on timing, only how many of its units a
+        # step runs does (bit-exact), so a prompt's output does not depend on the machine's
+        # speed. GPUs: the chunk the prompt has alone (its shapes, and so the kernels' plans:
+        # a new shape cost its first unit ~0.5 s on the H200); the CPU: a third of it, so that
+        # units pack steps finely. A grid chunk's size is the grid's.
+        size = self.token_budget if self.units_per_step == 1 else max(
+            LAYERED_MIN_TOKENS, self.token_budget // self.units_per_step)
+        # Each such chunk runs in a forward of its own, all its units in one step when they fit:
+        # batched with the decodes its rows would round differently from a step that runs part.
+        n = self._prefill_chunk(req, max(1, min(budget, size) if self.units_per_step > 1 else size)).num_tokens
+        return self._units_that_fit(req, n, 0, work, limit)
 
     def _units_that_fit(self, req: Request, n: int, first: int, work: StepWork,
-                        limit: float | None, at_least_one: bool) -> ScheduledChunk | None:
-        """Units [first, last) of an n-token chunk, as many as fit (all of them without a limit);
-        None when not even one fits and at_least_one is False."""
+                        limit: float | None) -> ScheduledChunk:
+        """Units [first, last) of an n-token chunk: as many as fit, at least one (all of them
+        without a limit)."""
         if limit is None:
             return self._layered(req, n, first, self.num_units)
         fits = lambda k: self._fits(work + self.chunk_work(self._layered(req, n, first, first + k)),
                                     limit)
-        if not at_least_one and not fits(1):
-            return None
         return self._layered(req, n, first, first + largest_fitting(1, self.num_units - first, fits))
 
     def _layered(self, req: Request, n: int, first: int, last: int) -> ScheduledChunk:
