@@ -115,7 +115,6 @@ class LLMEngine:
         self.add_request(req)
         while not req.finished:
             self.step()
-        self.requests.pop(req.request_id, None)
         self.reset_prefix_cache()
         self.startup["warmup_s"] = time.perf_counter() - t0
         self.startup["graph_capture_s"] = (graphs.capture_s if graphs is not None else 0.0) - captured

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from dataclasses import dataclass
 
 import torch
@@ -255,7 +256,6 @@ class ModelRunner:
     def time_smallest_step(self, repeats: int = 3) -> float:
         """Seconds of the least step there is: one token at position 0 (cache block 0, before
         any request holds it), through the model and the logits; the fastest of a few runs."""
-        import time
         slots = SeqSlots([0], self.kv_cache.block_size)
         seq = SeqInput("", 1, 0, 1, [0])
         best = float("inf")

@@ -127,7 +127,9 @@ class Scheduler:
         # no target it is capped by tokens (vLLM's long_prefill_token_threshold, in spirit).
         waiting = bool(self.waiting) and len(self.running) < self.max_num_seqs
         cap = max(1, self.token_budget // 2) if waiting else self.token_budget
-        limit = self._step_limit(work) if out and self.step_cost is not None else None
+        sizing = out and self.step_cost is not None and (
+            self.waiting or any(r.is_prefill for r in self.running))   # else no fit to refresh
+        limit = self._step_limit(work) if sizing else None
         if out and limit is None:
             budget = min(budget, max(DECODE_STEP_PREFILL_MIN, self.token_budget // 4))
         prefills: list[ScheduledChunk] = []
@@ -248,7 +250,9 @@ class Scheduler:
             LAYERED_MIN_TOKENS, self.token_budget // self.units_per_step)
         # Each such chunk runs in a forward of its own, all its units in one step when they fit:
         # batched with the decodes its rows would round differently from a step that runs part.
-        n = self._prefill_chunk(req, max(1, min(budget, size) if self.units_per_step > 1 else size)).num_tokens
+        if self.units_per_step > 1:
+            size = min(budget, size)
+        n = self._prefill_chunk(req, max(1, size)).num_tokens
         return self._units_that_fit(req, n, 0, work, limit)
 
     def _units_that_fit(self, req: Request, n: int, first: int, work: StepWork,
