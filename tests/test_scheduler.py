@@ -137,7 +137,9 @@ def test_sparse_chunk_beside_decodes_takes_a_whole_chunk():
     (None, 0, 1008),   # dense: every full block of the shared prefix
     (64, 0, 768),      # sparse: reuse stops on the grid line below the shared prefix
     (64, 300, 512),    # the first prompt's tail started in chunk [512, 768): not shared
-    (2000, 300, 768),  # a prompt too short to run sparse: its tail is computed as any prefix
+    (2000, 300, 1008), # a prompt too short to run sparse: every full block, its tail too
+    (1050, 0, 1008),   # the chunk after the reused blocks ends before the sparse part: dense
+    (1010, 0, 768),    # ... and here it would be sparse: back to the grid line
 ])
 def test_prefix_reuse_stops_on_the_grid_and_before_the_dense_tail(aligned_from, tail, expect):
     alloc = BlockAllocator(200)

@@ -72,7 +72,7 @@ for _ in range(600):
 else:
     raise SystemExit("the server did not come up")
 PY
-    tc bench serve --url http://127.0.0.1:$port --concurrency 8 --prompt-len 64 --max-tokens 128 --token-ids \
+    date +"bench starts %T"; tc bench serve --url http://127.0.0.1:$port --concurrency 8 --prompt-len 64 --max-tokens 128 --token-ids \
       --long-prompt-len "$L" --baseline-s "${BASELINE:-10}" --json "$OUT/serve_long_$L.json" \
       --plot "$OUT/serve_long_$L.png" 2>&1 | grep -v -i warn
     kill -INT $srv; wait $srv; grep -i -E "error|traceback" "$OUT/server_$L.log" | head -5 ;;

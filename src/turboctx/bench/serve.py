@@ -24,7 +24,8 @@ from turboctx.bench.serve_client import make_prompt, percentiles, stream_complet
 async def run_bench(url: str, *, model: str | None = None, concurrency: int = 8, num_requests: int = 64,
                     prompt_len: int = 128, max_tokens: int = 32, long_prompt_len: int = 0,
                     api_key: str | None = None, ignore_eos: bool = True, seed: int = 0,
-                    timeout_s: float = 600.0, baseline_s: float = 10.0, token_ids: bool = False) -> dict:
+                    timeout_s: float = 600.0, baseline_s: float = 10.0, token_ids: bool = False,
+                    progress=None) -> dict:
     import openai
     client = openai.AsyncOpenAI(base_url=url.rstrip("/") + ("" if url.rstrip("/").endswith("/v1") else "/v1"),
                                 api_key=api_key or "none", max_retries=0, timeout=timeout_s)
@@ -37,7 +38,7 @@ async def run_bench(url: str, *, model: str | None = None, concurrency: int = 8,
                 client, model, url=url, api_key=api_key, concurrency=concurrency,
                 prompt_len=prompt_len, max_tokens=max_tokens, long_prompt_len=long_prompt_len,
                 baseline_s=baseline_s, ignore_eos=ignore_eos, seed=seed, token_ids=token_ids,
-                timeout_s=timeout_s), timeout_s)
+                timeout_s=timeout_s, progress=progress), timeout_s)
         finally:
             await client.close()
     rng = random.Random(seed)
@@ -121,7 +122,8 @@ def serve(url: Annotated[str, typer.Option(help="server base URL (with or withou
     res = asyncio.run(run_bench(url, model=served_model, concurrency=concurrency, num_requests=num_requests,
                                 prompt_len=prompt_len, max_tokens=max_tokens, long_prompt_len=long_prompt_len,
                                 api_key=api_key, ignore_eos=ignore_eos, seed=prompt_seed, timeout_s=timeout_s,
-                                baseline_s=baseline_s, token_ids=token_ids))
+                                baseline_s=baseline_s, token_ids=token_ids,
+                                progress=lambda line: typer.echo(line, err=True)))
     if long_prompt_len:
         from turboctx.bench.serve_long import plot_gaps, print_long_summary
         print_long_summary(res, typer.echo)

@@ -23,16 +23,26 @@ from turboctx.bench.serve_client import (completion_body, make_prompt, percentil
 async def run_long_prompt_bench(client, model: str, *, url: str, api_key: str | None,
                                 concurrency: int, prompt_len: int, max_tokens: int,
                                 long_prompt_len: int, baseline_s: float, ignore_eos: bool, seed: int,
-                                token_ids: bool = False, timeout_s: float = 1800.0) -> dict:
+                                token_ids: bool = False, timeout_s: float = 1800.0,
+                                progress=None) -> dict:
+    """`progress(line)`, when given, hears each phase as it ends (with seconds since the start)."""
+    t_start = time.perf_counter()
+
+    def note(what: str) -> None:
+        if progress:
+            progress(f"[{time.perf_counter() - t_start:7.1f} s] {what}")
     rng = random.Random(seed)
     errors: list[str] = []
     cold_body, alone_body, beside_body = (completion_body(model, make_prompt(long_prompt_len, rng, token_ids))
                                           for _ in range(3))
+    note(f"three {long_prompt_len}-token prompts prepared")
 
     async def long(body: bytes) -> dict:
         return await post_completion(url, api_key, body, timeout_s)
     cold = await long(cold_body)
+    note(f"long prompt, cold: {cold['end'] - cold['start']:.2f} s")
     alone = await long(alone_body)
+    note(f"long prompt alone: {alone['end'] - alone['start']:.2f} s")
     results: list[dict] = []
     issued = [0]
     stop = asyncio.Event()
@@ -53,13 +63,16 @@ async def run_long_prompt_bench(client, model: str, *, url: str, api_key: str | 
         await asyncio.sleep(0.05)
     base_start = time.perf_counter()
     await asyncio.sleep(baseline_s)
+    note(f"{concurrency} clients streamed {baseline_s:g} s; the long prompt goes out")
     try:
         beside = await long(beside_body)
     except Exception as e:
         errors.append(f"long request: {type(e).__name__}: {e}")
         beside = None
+    note("long prompt beside the clients: " + (f"{beside['end'] - beside['start']:.2f} s" if beside else "failed"))
     stop.set()
     await asyncio.gather(*workers)
+    note("clients done")
     res = summarize_long(results, errors, issued[0], alone, beside, base_start, dict(
         model=model, concurrency=concurrency, prompt_len=prompt_len, max_tokens=max_tokens,
         long_prompt_len=long_prompt_len, baseline_s=baseline_s))

@@ -9,7 +9,8 @@ Sparse prefill (`aligned_from`): a sparse chunk's pattern comes from the chunk's
 so its output depends on where the chunk ends. From that sequence length on, a prefill chunk ends
 on the request's own grid of `token_budget` tokens (or at the prompt's end), whatever else runs:
 it can shrink to the next grid line or grow to it past the step's budget (by less than one chunk,
-and past the caps that keep decodes fast). Prefix reuse then stops at a grid line too. A prompt's
+and past the caps that keep decodes fast). Prefix reuse then stops at a grid line too, unless
+the chunk after the reused blocks would run dense anyway (it ends before that length). A prompt's
 output is then the same alone, batched, or beside a server's other requests. The prompt's dense
 tail (`tail_dependent` tokens, SparseConfig.dense_tail) is computed unlike the same positions of
 a longer prompt, so the grid chunks it touches are not offered to the prefix cache.
@@ -281,9 +282,11 @@ class Scheduler:
             return []
         usable = (req.num_prompt_tokens - 1) // self.block_size   # the last token must run
         reuse = self.allocator.match(self._hashes(req)[:usable])
-        if self.aligned_from is not None:     # whole grid chunks only (module doc)
-            grid = self.token_budget
-            reuse = reuse[:len(reuse) * self.block_size // grid * grid // self.block_size]
+        if self.aligned_from is not None:     # whole grid chunks only (module doc), unless
+            grid = self.token_budget           # the chunk after the reused part runs dense anyway
+            start = len(reuse) * self.block_size
+            if min(req.num_prompt_tokens, (start // grid + 1) * grid) >= self.aligned_from:
+                reuse = reuse[:start // grid * grid // self.block_size]
         return reuse
 
     def _register_computed_blocks(self, req: Request) -> None:
