@@ -49,7 +49,9 @@ def test_chat_reads_stdin():
      "max_model_len"),
     (["generate", "hi", "--max-num-seq", "3"], "--max-num-seqs"),                 # closest flag named
     (["generate", "hi", "--sparse-threshold", "12x"], "sparse_threshold='12x' is not a size"),
-    (["serve", "--quantization", "fp8"], "--quantization is a vLLM option"),
+    (["serve", "--swap-space", "4"], "--swap-space is a vLLM option"),
+    (["generate", "hi", "--device", "cpu", "--quantization", "fp8"], "needs an NVIDIA GPU with FP8 tensor cores"),
+    (["generate", "hi", "--quantization", "int4"], "quantization='int4' is not one of fp8"),
     (["serve", "m.gguf", "--model", "other.gguf"], "two models given"),
     (["info", "--max-model-len", "8", "--sparse-threshold", "4"], "attention='auto' (auto runs dense off a GPU)"),
 ])

@@ -10,6 +10,9 @@
 #        tools/gpu_run.sh fp8-accuracy          # default model + DCA, bf16: the FP8 KV cache against the
 #                                               #   bf16 one (NLL by position over 64K; paired RULER needles
 #                                               #   and passkey at 16K and 32K; SAMPLES, DEPTHS)
+#        tools/gpu_run.sh fp8-linear-ttft        # random:qwen2.5-7b-1m TTFT, bf16 and --quantization fp8 (LENGTHS)
+#        tools/gpu_run.sh fp8-linear-accuracy    # default model + DCA: NLL by position over 64K, bf16 against
+#                                               #   --quantization fp8
 #        tools/gpu_run.sh context               # a kept 1M context, random:qwen2.5-7b-1m: prefill, then a new
 #                                               #   process loading it from RAM and from disk (LENGTH)
 #        tools/gpu_run.sh serve-long            # `turboctx serve` with defaults (MODEL, MAXLEN, EXTRA) and one
@@ -53,6 +56,14 @@ case "${1:-}" in
     for t in ruler passkey; do
       tc eval paired --a "$OUT/fp8_${t}_auto" --b "$OUT/fp8_${t}_fp8" --json "$OUT/fp8_${t}_paired.json"
     done ;;
+  fp8-linear-ttft)
+    for q in none fp8; do
+      tc bench prefill --model random:qwen2.5-7b-1m --lengths "${LENGTHS:-128k,1m}" --repeat "${REPEAT:-2}" \
+        --quantization $q --json "$OUT/prefill_7b-1m_quant_$q.json" 2>&1 | grep -v -i warn | tail -6
+    done ;;
+  fp8-linear-accuracy)
+    tc eval ppl --model "$GGUF" --device cuda --dca --lengths 64k --max-model-len 65600 \
+      --setting quantization=none --setting quantization=fp8 --out "$OUT/fp8_linear_ppl" 2>&1 | grep -v -i warn | tail -14 ;;
   context)
     df -h / /dev/shm "${TURBOCTX_HOME:-$HOME}" 2>/dev/null; free -g | head -2
     tc bench context --model "${MODEL:-random:qwen2.5-7b-1m}" --length "${LENGTH:-1m}" ${EXTRA:-} \
@@ -63,8 +74,12 @@ case "${1:-}" in
     tc serve "$m" --max-model-len "${MAXLEN:-1050000}" --port $port ${EXTRA:-} > "$OUT/server_$L.log" 2>&1 &
     srv=$!
     python3 - <<PY || { tail -20 "$OUT/server_$L.log"; kill $srv; exit 1; }
-import time, urllib.request
+import os, time, urllib.request
 for _ in range(600):
+    try:
+        os.kill($srv, 0)                  # the server died at start: stop waiting
+    except OSError:
+        raise SystemExit("the server exited before it was ready")
     try:
         urllib.request.urlopen("http://127.0.0.1:$port/health", timeout=2); break
     except Exception:
@@ -81,5 +96,5 @@ PY
     [ -f "$dir/model.safetensors.index.json" ] || python3 tools/make_random_hf_folder.py --preset "$p" --out "$dir" --device cuda
     tc bench coldstart --model "$dir" --max-model-len "${MAXLEN:-1010000}" --repeat "${REPEAT:-2}" ${EXTRA:-} \
       --json "$OUT/coldstart_$p.json" 2>&1 | grep -v -i warn ;;
-  *) echo "usage: tools/gpu_run.sh tests|prefill|decode|fidelity|structured|fp8-accuracy|context|serve-long|coldstart"; exit 2 ;;
+  *) echo "usage: tools/gpu_run.sh tests|prefill|decode|fidelity|structured|fp8-accuracy|fp8-linear-ttft|fp8-linear-accuracy|context|serve-long|coldstart"; exit 2 ;;
 esac

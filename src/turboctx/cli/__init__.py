@@ -21,7 +21,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 
 # vLLM flags with no turboctx counterpart (a vLLM command line carries over but for these)
 VLLM_ONLY = {
-    "--quantization": None, "-q": "--quantization", "--trust-remote-code": None,
+    "--trust-remote-code": None,
     "--tokenizer": None, "--revision": None, "--download-dir": None, "--load-format": None,
     "--pipeline-parallel-size": None, "-pp": "--pipeline-parallel-size",
     "--data-parallel-size": None, "-dp": "--data-parallel-size", "--swap-space": None,

@@ -15,6 +15,22 @@ ARCHITECTURE_FAMILIES = {
 MODEL_TYPE_FAMILIES = {"llama": "llama", "qwen2": "qwen2", "mistral": "llama"}
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
+def checkpoint_quantization(qc: dict | None) -> str | None:
+    """A config.json's `quantization_config` as vLLM reads it: "fp8" for quant_method fp8 with
+    per-tensor or per-channel weight scales; other methods are an error naming them."""
+    if not qc:
+        return None
+    method = qc.get("quant_method")
+    if method != "fp8":
+        raise UnsupportedModelError(f"checkpoint quantization {method!r} is not supported; "
+                                    "supported: fp8 (per-tensor or per-channel weight scales)")
+    if qc.get("weight_block_size"):
+        raise UnsupportedModelError(f"fp8 checkpoints with block-wise weight scales (weight_block_size="
+                                    f"{qc['weight_block_size']}) are not supported; per-tensor "
+                                    "and per-channel scales are")
+    return "fp8"
+
+
 @dataclass
 class ModelArchitecture:
     """The architecture of a Qwen2 / Llama-family decoder (the fields of HF config.json)."""
@@ -37,6 +53,7 @@ class ModelArchitecture:
     eos_token_ids: list[int] = field(default_factory=list)
     torch_dtype: str = "float32"     # the checkpoint's dtype
     dual_chunk_attention_config: dict | None = None
+    quantization: str | None = None  # "fp8": the checkpoint ships e4m3 projections (checkpoint_quantization)
     name: str = "model"
 
     def __post_init__(self):
@@ -62,6 +79,13 @@ class ModelArchitecture:
     @property
     def num_queries_per_kv(self) -> int:
         return self.num_attention_heads // self.num_key_value_heads
+
+    def num_linear_weights(self) -> int:
+        """Weights of the decoder layers' projections (q/k/v, o, gate/up, down): what
+        quantization='fp8' stores in one byte each."""
+        h, i = self.hidden_size, self.intermediate_size
+        q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        return self.num_hidden_layers * (h * (q + 2 * kv) + q * h + 3 * h * i)
 
     def num_parameters(self) -> int:
         h, i, L = self.hidden_size, self.intermediate_size, self.num_hidden_layers
@@ -111,6 +135,7 @@ class ModelArchitecture:
             eos_token_ids=eos_ids,
             torch_dtype=str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32"),
             dual_chunk_attention_config=cfg.get("dual_chunk_attention_config"),
+            quantization=checkpoint_quantization(cfg.get("quantization_config")),
             name=name,
         )
 
@@ -136,4 +161,6 @@ class ModelArchitecture:
             d["mlp_bias"] = False
         if self.dual_chunk_attention_config is not None:
             d["dual_chunk_attention_config"] = dict(self.dual_chunk_attention_config)
+        if self.quantization == "fp8":
+            d["quantization_config"] = {"quant_method": "fp8", "activation_scheme": "dynamic"}
         return d

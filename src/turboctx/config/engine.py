@@ -55,6 +55,10 @@ class EngineConfig:
         m = self.model
         device = resolve_device(m.device, cuda)
         on_gpu = device.startswith("cuda")
+        if arch.quantization and m.quantization is None:   # what the checkpoint ships (as vLLM)
+            m = replace(m, quantization=arch.quantization)
+        if m.quantization == "fp8":
+            check_fp8_device(device)
         model = replace(m, device=device, dtype=dtype_name(m.dtype, on_gpu),
                         max_model_len=m.max_model_len or arch.max_position_embeddings)
         budget = self.scheduler.max_num_batched_tokens or (
@@ -114,6 +118,17 @@ def resolve_device(device: str, cuda_available: bool) -> str:
     if device == "cuda":
         return f"cuda:{torch.cuda.current_device()}"
     return device
+
+
+def check_fp8_device(device: str) -> None:
+    """quantization='fp8' on a device without FP8 tensor cores: an error naming what is needed.
+    (A CUDA device named where CUDA is absent, as in planning tests, is not examined.)"""
+    from turboctx.models.fp8_linear import fp8_support_problem
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return
+    problem = fp8_support_problem(torch.device(device))
+    if problem:
+        raise InvalidRequestError(problem)
 
 
 def resolve_dca(a: AttentionConfig, arch: ModelArchitecture) -> DCAConfig | None:

@@ -85,6 +85,8 @@ class OptionSpec:
             if not isinstance(value, str):
                 raise InvalidRequestError(f"{self.name}={value!r} must be {self._what()}")
             value = self.aliases.get(value.lower(), value)
+            if self.optional and self.choices is not None and value.lower() == "none":
+                return None                    # e.g. quantization=none: unset
             if self.choices is not None and value not in self.choices:
                 raise InvalidRequestError(f"{self.name}={value!r} is not one of "
                                           f"{', '.join(self.choices)}")

@@ -102,6 +102,10 @@ def fitting_options(m: ModelArchitecture, e: EngineConfig, budget: float) -> str
         fits = fp8_budget >= e.max_model_len * kv_bytes_per_token(m, e, FP8_DTYPE)
         ways.append("kv_cache_dtype='fp8' (--kv-cache-dtype fp8) halves the KV bytes"
                     + (" and makes it fit" if fits else ""))
+    if e.model.quantization is None and e.device.type == "cuda" and e.dtype != torch.float32:
+        saved = m.num_linear_weights() * (torch.empty((), dtype=e.dtype).element_size() - 1)
+        ways.append(f"quantization='fp8' (--quantization fp8) stores the linear layers in one byte "
+                    f"per weight ({saved / GiB:.1f} GiB less; FP8 GPUs)")
     ways.append("tensor_parallel_size=N (--tensor-parallel-size N) splits the model and its KV "
                 "over N GPUs")
     if e.device.type == "cuda":

@@ -10,12 +10,25 @@ from turboctx.engine.memory import (GiB, activation_bytes, available_memory, deq
 from turboctx.weights import open_checkpoint
 
 
+def weights_bytes(m, e: EngineConfig) -> int:
+    """The model's weight bytes in e's dtype; with quantization='fp8' the projections take one
+    byte each plus a float32 scale per output row."""
+    size = torch.empty((), dtype=e.dtype).element_size()
+    if e.model.quantization != "fp8":
+        return m.num_parameters() * size
+    lin = m.num_linear_weights()
+    h, q = m.hidden_size, m.num_attention_heads * m.head_dim
+    rows = m.num_hidden_layers * ((q + 2 * m.num_key_value_heads * m.head_dim) + h
+                                  + 2 * m.intermediate_size + h)
+    return (m.num_parameters() - lin) * size + lin + 4 * rows
+
+
 def memory_plan(config: EngineConfig) -> dict:
     ckpt = open_checkpoint(config.model.model)
     m = ckpt.config
     e = config.resolve(m, ckpt.source if ckpt.kind == "hf" else None)
     dev, dt = e.device, e.dtype
-    weights = m.num_parameters() * torch.empty((), dtype=dt).element_size()
+    weights = weights_bytes(m, e)
     per_tok = kv_bytes_per_token(m, e)
     budget = kv_budget_bytes(m, e, dev, weights_bytes=weights if dev.type == "cuda" else 0)
     fit = max(0, int(budget // per_tok))
@@ -27,7 +40,7 @@ def memory_plan(config: EngineConfig) -> dict:
         "trained context": m.max_position_embeddings,
         "dual chunk attention config": m.dual_chunk_attention_config,
         "attention": e.attention_name,
-        "device": str(dev), "dtype": e.model.dtype,
+        "device": str(dev), "dtype": e.model.dtype, "quantization": e.model.quantization,
         "weights GiB": round(weights / GiB, 3),
         "kv_cache_dtype": str(e.kv_cache_dtype).removeprefix("torch."),
         "KV bytes per token": per_tok,

@@ -17,7 +17,8 @@ from turboctx.config import EngineConfig, ModelArchitecture
 from turboctx.engine.memory import peak_memory, plan_kv_tokens
 from turboctx.engine.runner import ModelRunner
 from turboctx.kv_cache import KVCache
-from turboctx.models import build_model
+from turboctx.errors import ModelLoadError
+from turboctx.models import build_model, fp8_linear
 from turboctx.models.layers import FusedOps
 from turboctx.weights import Checkpoint
 
@@ -108,7 +109,13 @@ def load_model(ckpt: Checkpoint, m: ModelArchitecture, config: EngineConfig, dev
         if shard is not None:
             from turboctx.distributed.parallel_layers import parallelize_model
             parallelize_model(model, shard, group.device_group)
-    model = model.to(config.dtype).to_empty(device=device)
+    model = model.to(config.dtype)
+    if m.quantization == "fp8":      # the checkpoint ships e4m3 projections: FP8 layers to load into
+        if shard is not None:
+            raise ModelLoadError("an FP8 checkpoint under tensor parallelism is not supported yet; "
+                                 "use its bf16 checkpoint with quantization='fp8', or one GPU")
+        fp8_linear.quantize_linear_layers(model)         # on the meta device: shapes only
+    model = model.to_empty(device=device)
     if m.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     if shard is None:
@@ -124,6 +131,14 @@ def load_model(ckpt: Checkpoint, m: ModelArchitecture, config: EngineConfig, dev
                    else ckpt.iter_tensors())
         model.load_weights(shard_tensors(tensors, full, shard))
     model.set_split_matmuls(device.type == "cpu")
+    if config.model.quantization == "fp8":
+        if m.quantization != "fp8":
+            n = fp8_linear.quantize_linear_layers(model)
+            log.info("quantization=fp8: %d linear layers in e4m3 with per-channel scales", n)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            if not config.model.enforce_eager:
+                fp8_linear.enable_compiled()
     if device.type == "cuda" and not config.model.enforce_eager:
         FusedOps.enable_compiled()
     return model.eval().requires_grad_(False)

@@ -5,6 +5,7 @@ with q/k/v and gate/up fused (`load_weights` maps the checkpoint's separate tens
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import torch
@@ -16,6 +17,8 @@ from turboctx.config.architecture import ModelArchitecture
 from turboctx.errors import ModelLoadError
 from turboctx.models.layers import GatedMLP, RMSNorm
 from turboctx.weights.kv_scales import KVScales
+
+log = logging.getLogger("turboctx")
 
 
 class SelfAttention(nn.Module):
@@ -107,9 +110,9 @@ class LlamaForCausalLM(nn.Module):
     def set_split_matmuls(self, split: bool) -> None:
         """CPU BLAS runs the separate q/k/v and gate/up products faster than the fused ones
         (measured ~5% of a 2K prefill on the default model); GPUs prefer the fused ones."""
-        for layer in self.model.layers:
-            layer.self_attn.split_matmuls = split
-            layer.mlp.split_matmuls = split
+        for layer in self.model.layers:     # (FP8 layers have no full-precision weight to split)
+            layer.self_attn.split_matmuls = split and type(layer.self_attn.qkv_proj) is nn.Linear
+            layer.mlp.split_matmuls = split and type(layer.mlp.gate_up_proj) is nn.Linear
 
     def forward(self, input_ids: torch.Tensor, batch: AttentionBatch) -> torch.Tensor:
         """input_ids: [N] -> final hidden states [N, hidden] (logits are computed separately)."""
@@ -155,14 +158,22 @@ class LlamaForCausalLM(nn.Module):
 
     @torch.no_grad()
     def load_weights(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy checkpoint tensors (HF names) into the parameters; every parameter must be set."""
+        """Copy checkpoint tensors (HF names) into the parameters; every parameter must be set.
+        FP8 projections (Fp8Linear) take the checkpoint's e4m3 `weight` as it is and its
+        `weight_scale` (one per tensor, spread over the tensor's rows, or one per row); static
+        activation scales (`input_scale`) are not used: activations are scaled per token."""
         params = dict(self.named_parameters(remove_duplicate=False))
-        missing = {n for n, p in self.named_parameters()}
+        params.update(self.named_buffers())                     # FP8 weights and their scales
+        missing = {n for n, p in self.named_parameters()} | {n for n, _ in self.named_buffers()}
+        unused_input_scales = 0
         if self.config.tie_word_embeddings:
             missing.discard("lm_head.weight")
         self.kv_scales = KVScales()
         for name, tensor in tensors:
             if "rotary_emb" in name or self.kv_scales.add(name, tensor):
+                continue
+            if name.endswith(".input_scale"):
+                unused_input_scales += 1
                 continue
             if name == "lm_head.weight" and self.config.tie_word_embeddings:
                 continue
@@ -178,6 +189,11 @@ class LlamaForCausalLM(nn.Module):
                                      f"{self.config.family} model")
             p = params[target]
             dst_view = p.data if size is None else p.data.narrow(0, offset, size)
+            if name.endswith(".weight_scale") and tensor.numel() in (1, dst_view.numel()):
+                tensor = tensor.float().reshape(-1).expand(dst_view.numel())   # [rows]
+            elif dst_view.dtype == torch.float8_e4m3fn and tensor.dtype != dst_view.dtype:
+                raise ModelLoadError(f"checkpoint tensor {name!r} is {tensor.dtype}; its config's "
+                                     f"quantization_config says fp8, so e4m3 was expected")
             if tuple(dst_view.shape) != tuple(tensor.shape):
                 raise ModelLoadError(f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
                                      f"the model expects {tuple(dst_view.shape)}")
@@ -186,6 +202,9 @@ class LlamaForCausalLM(nn.Module):
                 missing.discard(target)
         if missing:
             raise ModelLoadError(f"checkpoint lacks {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
+        if unused_input_scales:
+            log.info("%d static activation scales (input_scale) of the checkpoint are not used: "
+                     "activations are scaled per token", unused_input_scales)
 
     @torch.no_grad()
     def init_random_(self, seed: int = 0, std: float = 0.02) -> None:
