@@ -136,13 +136,18 @@ def _fp8_checkpoint(m, seed=0):
             yield name, t
 
 
-def test_fp8_checkpoint_loads_its_weights_and_scales_as_shipped():
+def _empty_fp8_model(layers: int):
+    """A small model whose config says its checkpoint is FP8, built as load_model builds it."""
     from dataclasses import replace
-    m = replace(preset_config("smollm2-135m"), num_hidden_layers=2, quantization="fp8")
+    m = replace(preset_config("smollm2-135m"), num_hidden_layers=layers, quantization="fp8")
     with torch.device("meta"):
         model = build_model(m)
     quantize_linear_layers(model)
-    model = model.to_empty(device="cpu")
+    return m, model.to_empty(device="cpu")
+
+
+def test_fp8_checkpoint_loads_its_weights_and_scales_as_shipped():
+    m, model = _empty_fp8_model(2)
     model.load_weights(_fp8_checkpoint(m))
     shipped = dict(_fp8_checkpoint(m))
     qkv = model.model.layers[1].self_attn.qkv_proj
@@ -157,14 +162,9 @@ def test_fp8_checkpoint_loads_its_weights_and_scales_as_shipped():
 
 
 def test_fp8_checkpoint_of_another_dtype_or_scheme_is_a_clear_error():
-    from dataclasses import replace
     from turboctx.config.architecture import ModelArchitecture
     from turboctx.errors import InvalidRequestError, ModelLoadError, UnsupportedModelError
-    m = replace(preset_config("smollm2-135m"), num_hidden_layers=1, quantization="fp8")
-    with torch.device("meta"):
-        model = build_model(m)
-    quantize_linear_layers(model)
-    model = model.to_empty(device="cpu")
+    m, model = _empty_fp8_model(1)
     from turboctx.models.llama import random_hf_tensors
     with pytest.raises(ModelLoadError, match="e4m3 was expected"):
         model.load_weights(random_hf_tensors(m, 0, torch.float32, "cpu"))
