@@ -9,7 +9,11 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))   # tests/hf_reference.py and friends
-torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+# pytest -n N (xdist): the cores are shared by the N workers (and what each starts)
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(4, (os.cpu_count() or 1) // _WORKERS)))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
 # kept contexts (and anything else turboctx keeps across processes) go to a folder of this test
 # run, never to the user's ~/.cache or /dev/shm; subprocesses inherit it

@@ -10,7 +10,7 @@ from turboctx.engine.scheduler import Scheduler
 from turboctx.engine.step_cost import StepCostModel, StepWork, largest_fitting
 from turboctx.kv_cache import BlockAllocator
 
-RATES = (0.010, 0.002, 1e-6, 1e-5)     # fixed s, s per token, per query-key pair, per key read
+RATES = (0.010, 0.002, 1e-6, 1e-5, 0.03)    # fixed s, s per token, query-key pair, key read, pass
 
 
 def seconds(w: StepWork) -> float:
@@ -20,10 +20,11 @@ def seconds(w: StepWork) -> float:
 def test_the_fit_recovers_the_rates_of_steps_of_every_size():
     m = StepCostModel()
     assert m.predict(StepWork(10, 10)) is None
-    for t, p, k in [(1, 300, 0), (4, 2000, 0), (64, 5000, 80), (256, 70000, 300), (2048, 3e6, 2048),
-                    (512, 9e6, 18000), (8, 1e5, 0), (300, 4e6, 9e4)]:
-        m.observe(StepWork(t, p, k), seconds(StepWork(t, p, k)))
-    for w in (StepWork(100, 1e6, 5000), StepWork(3, 900), StepWork(4000, 2e7, 1e5)):
+    for t, p, k, f in [(1, 300, 0, 1), (4, 2000, 0, 1), (64, 5000, 80, 1.25), (256, 70000, 300, 1),
+                       (2048, 3e6, 2048, 0.5), (512, 9e6, 18000, 1.1), (8, 1e5, 0, 1),
+                       (300, 4e6, 9e4, 0.2), (40, 3e5, 900, 1.05)]:
+        m.observe(StepWork(t, p, k, f), seconds(StepWork(t, p, k, f)))
+    for w in (StepWork(100, 1e6, 5000, 1), StepWork(3, 900, 0, 1), StepWork(4000, 2e7, 1e5, 0.3)):
         assert m.predict(w) == pytest.approx(seconds(w), rel=1e-6)
 
 
@@ -84,8 +85,9 @@ def start_with_a_decode(s):
 
 
 def step_seconds(s, step) -> float:
-    """The true time of a scheduled step (before it advances its requests)."""
-    w = StepWork()
+    """The true time of a scheduled step (before it advances its requests): whole chunks run in
+    one forward, each layered chunk in its own."""
+    w = StepWork(passes=1.0 if any(c.units is None for c in step) else 0.0)
     for c in step:
         w = w + s.chunk_work(c)
     return seconds(w)
@@ -194,3 +196,25 @@ def test_with_one_unit_per_step_a_free_chunk_keeps_its_size_when_a_unit_fits():
     step = s.schedule()
     c = next(c for c in step if c.request is long)
     assert c.num_tokens == 2048 and c.units == (0, 1)      # its own forward: the whole budget
+
+
+def test_the_decodes_own_time_is_what_steps_of_them_alone_took():
+    """The CPU's target is a multiple of the decodes' own time: that time is measured on steps of
+    as many decodes alone (a fitted line missed small batches by 30%), the model's otherwise."""
+    s = Scheduler(BlockAllocator(800), block_size=16, token_budget=2048, max_num_seqs=8,
+                  num_layers=4, itl_decode_factor=7.0, attention_share=0.25, units_per_step=3)
+    s.step_cost = ExactCost()
+    start_with_a_decode(s)
+    decode_only = s.schedule()
+    decode_alone = step_seconds(s, decode_only)
+    long = req("long", 5000)
+    s.add(long)
+    guessed = s.schedule()                       # nothing measured yet: 7x the model's guess
+    assert step_seconds(s, guessed) <= 7 * decode_alone + 1e-9
+    s.finish(long, "abort")
+    for _ in range(3):                           # the decode measured 3x slower than the model says
+        s.observe_step(decode_only, 3 * decode_alone)
+    again = req("again", 5000)
+    s.add(again)
+    step = s.schedule()
+    assert 7 * decode_alone < step_seconds(s, step) <= 21 * decode_alone + 1e-9

@@ -45,6 +45,7 @@ from turboctx.kv_cache import BlockAllocator, SeqSlots, block_hashes
 DECODE_STEP_PREFILL_MIN = 256   # without a latency target: prefill tokens a step may carry beside decodes
 PREFILL_SHARE_FLOOR = 0.5       # with one: a prefill's share of the target when decodes alone exceed it
 LAYERED_MIN_TOKENS = 256        # beside decodes a CPU chunk is never cut below this many tokens
+DECODES_ALONE_KEPT = 8          # recent decode-only steps kept per batch size
 
 
 @dataclass
@@ -84,6 +85,10 @@ class Scheduler:
         self.max_itl_s, self.itl_decode_factor = max_itl_s, itl_decode_factor
         paced = max_itl_s is not None or itl_decode_factor is not None
         self.step_cost = StepCostModel() if paced else None
+        # seconds of recent steps of decodes alone, by how many decodes: what they cost beside a
+        # prefill (small batches are not linear in their rows: on the CPU 1 row took 50 ms, 3
+        # rows 105 ms of the default model, which one fitted line misses by 30%)
+        self._decodes_alone: dict[int, deque] = {}
         self.enable_prefix_caching = enable_prefix_caching
         self.aligned_from = aligned_from     # backend.chunk_dependent_from(): see the module doc
         self.tail_dependent = tail_dependent  # backend.prompt_tail_dependent(): likewise
@@ -122,6 +127,8 @@ class Scheduler:
                 out.append(ScheduledChunk(req, 1, True))
                 work = work + StepWork(1, req.num_computed_tokens + 1)
                 budget -= 1
+        if out:
+            work = work + StepWork(passes=1.0)      # the decodes' one forward
         # 2. prefill chunks. While requests wait, a running prefill takes at most half the budget,
         #    so a long prompt never keeps short ones out (vLLM's long-prefill threshold idea).
         # While decodes run, prefill in a step is sized to the latency target (module doc); with
@@ -130,7 +137,7 @@ class Scheduler:
         cap = max(1, self.token_budget // 2) if waiting else self.token_budget
         sizing = out and self.step_cost is not None and (
             self.waiting or any(r.is_prefill for r in self.running))   # else no fit to refresh
-        limit = self._step_limit(work) if sizing else None
+        limit = self._step_limit(work, len(out)) if sizing else None
         if out and limit is None:
             budget = min(budget, max(DECODE_STEP_PREFILL_MIN, self.token_budget // 4))
         prefills: list[ScheduledChunk] = []
@@ -199,23 +206,28 @@ class Scheduler:
         w = StepWork(n, self.attention_pairs(start, n, r.num_prompt_tokens),
                      start + n if n > 1 else 0)
         if c.units is None:
-            return w
+            return w           # whole chunks join the step's one forward (_work counts it)
         a, b = c.units
         share = sum(self._unit_share[u % 2] for u in range(a, b))
         attention = ((b - a + 1 - a % 2) // 2) / self.num_layers    # even units in [a, b)
-        return StepWork(w.tokens * share, w.pairs * attention, w.keys * attention)
+        return StepWork(w.tokens * share, w.pairs * attention, w.keys * attention,
+                        (b - a) / self.num_units)
 
     def observe_step(self, chunks: SchedulerOutput, seconds: float) -> None:
         """The measured time of a step (the engine calls this after each step ran)."""
         if self.step_cost is not None and chunks:
             self.step_cost.observe(self._work(chunks), seconds)
+            if all(c.num_tokens == 1 and c.units is None for c in chunks):
+                self._decodes_alone.setdefault(len(chunks), deque(maxlen=DECODES_ALONE_KEPT)
+                                               ).append(seconds)
 
     def predicted_seconds(self, chunks: SchedulerOutput) -> float | None:
         """What the cost model expects a step of these chunks to take (None: no latency target)."""
         return None if self.step_cost is None else self._predict(self._work(chunks))
 
     def _work(self, chunks: SchedulerOutput) -> StepWork:
-        work = StepWork()
+        # whole chunks (decodes among them) run in one forward; each layered chunk in its own
+        work = StepWork(passes=1.0 if any(c.units is None for c in chunks) else 0.0)
         for c in chunks:
             work = work + self.chunk_work(c)
         return work
@@ -224,10 +236,12 @@ class Scheduler:
         t = self.step_cost.predict(work)
         return 0.0 if t is None else t
 
-    def _step_limit(self, decode_work: StepWork) -> float:
+    def _step_limit(self, decode_work: StepWork, num_decodes: int) -> float:
         """Seconds this step may take: the target, or (when the decodes alone take more) the
-        decodes' own time plus a share of it, so a prefill always advances."""
-        alone = self._predict(decode_work)
+        decodes' own time plus a share of it, so a prefill always advances. The decodes' own
+        time is the median of recent steps of as many decodes alone, else the model's."""
+        seen = self._decodes_alone.get(num_decodes)
+        alone = sorted(seen)[len(seen) // 2] if seen else self._predict(decode_work)
         target = self.max_itl_s if self.max_itl_s is not None else self.itl_decode_factor * alone
         return max(target, alone + PREFILL_SHARE_FLOOR * target)
 

@@ -1,11 +1,13 @@
 """What a step costs, so a long prefill beside running decodes can be sized to a latency target.
 
 A step's time is modelled as
-    seconds ~ fixed + per_token * tokens + per_pair * pairs + per_key * keys
+    seconds ~ fixed + per_token * tokens + per_pair * pairs + per_key * keys + per_pass * passes
 where `tokens` are rows through the linear layers, `pairs` the query-key pairs attention visits
 and `keys` the cached keys a prefill chunk's attention reads as a whole (sparse pattern
 estimation, key ranges: work that grows with the context, not with the rows), each scaled by the
-share of the model's layers the step runs. The four rates are fitted to the steps this engine has
+share of the model's layers the step runs, and `passes` the forwards through the layers (a
+layered chunk's units count their share): each reads every weight it runs once, which is most
+of a decode's time (memory-bound) and little of a long chunk's. The five rates are fitted to the steps this engine has
 run (non-negative least squares of the relative error over recent steps of every size), so they
 are this backend's rates on this device, not constants; before a kind of step has been seen the
 scheduler grows its size geometrically, so a wrong guess costs one step, not a stall.
@@ -26,19 +28,21 @@ class StepWork:
     tokens: float = 0.0    # rows through the linear layers (x share of layers run)
     pairs: float = 0.0     # query-key pairs attended (x share of layers run)
     keys: float = 0.0      # keys read by prefill chunks' attention as a whole (x share of layers)
+    passes: float = 0.0    # forwards through the layers (a layered chunk: its share of units)
 
     def __add__(self, other: "StepWork") -> "StepWork":
-        return StepWork(self.tokens + other.tokens, self.pairs + other.pairs, self.keys + other.keys)
+        return StepWork(self.tokens + other.tokens, self.pairs + other.pairs,
+                        self.keys + other.keys, self.passes + other.passes)
 
     @property
-    def features(self) -> tuple[float, float, float, float]:
-        return (1.0, self.tokens, self.pairs, self.keys)
+    def features(self) -> tuple[float, float, float, float, float]:
+        return (1.0, self.tokens, self.pairs, self.keys, self.passes)
 
 
 class StepCostModel:
     def __init__(self):
         self._buckets: dict[tuple[int, int], deque] = {}
-        self._coef: np.ndarray | None = None      # (fixed s, s per token, per pair, per key)
+        self._coef: np.ndarray | None = None      # (fixed s, s per token, pair, key, pass)
         self._dirty = False
         self.max_tokens_seen = 0.0
         self.max_pairs_seen = 0.0
@@ -72,25 +76,26 @@ class StepCostModel:
         self._dirty = False
         if len(rows) == 0:
             return None
-        x, y = rows[:, :4], rows[:, 4]
+        n = len(StepWork().features)
+        x, y = rows[:, :n], rows[:, n]
         weight = 1 / np.maximum(y, 1e-6)          # relative errors: short steps count as much
         x_w, y_w = x * weight[:, None], y * weight
         scale = np.maximum(np.abs(x_w).max(axis=0), 1e-12)    # columns of similar size
         best, best_err = None, np.inf
-        # non-negative least squares over four unknowns: the best non-negative solution on any
+        # non-negative least squares over five unknowns: the best non-negative solution on any
         # subset of the columns (the constant is always in)
         for extra in itertools.chain.from_iterable(
-                itertools.combinations((1, 2, 3), k) for k in (3, 2, 1, 0)):
+                itertools.combinations(range(1, n), k) for k in range(n - 1, -1, -1)):
             cols = [0, *extra]
             sol, *_ = np.linalg.lstsq(x_w[:, cols] / scale[cols], y_w, rcond=None)
             if (sol < 0).any():
                 continue
-            coef = np.zeros(4)
+            coef = np.zeros(n)
             coef[cols] = sol / scale[cols]
             err = float(((x_w @ coef - y_w) ** 2).sum())
             if err < best_err:
                 best, best_err = coef, err
-        self._coef = best if best is not None else np.array([float(y.min()), 0.0, 0.0, 0.0])
+        self._coef = best if best is not None else np.array([float(y.min())] + [0.0] * (n - 1))
         return self._coef
 
 
