@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from cli_runner import run_cli, run_cli_subprocess
 from document_fixtures import make_repository
 
@@ -19,6 +21,7 @@ def ask_json(cwd, *args, new_process: bool = False):
     return json.loads(r.stdout), r.stderr
 
 
+@pytest.mark.exclusive                  # a warm start against a cold one
 def test_the_second_question_in_a_new_process_loads_the_kept_repository(tmp_path):
     make_repository(tmp_path / "repo")
     first, err1 = ask_json(tmp_path, "--dir", "repo", "--keep-context", "repo")

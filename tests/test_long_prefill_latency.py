@@ -8,6 +8,8 @@ the decodes' sixth of each step: its TTFT within 1.35x of its TTFT alone (1.19-1
 of a quiet machine; a shared CI machine is noisier). About a minute on two cores."""
 from __future__ import annotations
 
+import pytest
+
 from turboctx.bench.long_prefill import long_prompt_among_clients
 from turboctx.config import EngineConfig
 from turboctx.config.sections import CPU_ITL_DECODE_FACTOR
@@ -16,6 +18,7 @@ from turboctx.engine.llm_engine import LLMEngine
 LONG = 6144
 
 
+@pytest.mark.exclusive
 def test_a_long_prompt_beside_streaming_clients_on_the_default_path():
     engine = LLMEngine(EngineConfig.from_options(max_model_len=LONG + 1024))
     res = long_prompt_among_clients(engine, LONG, clients=4, baseline_s=6.0, warm_runs=0)
