@@ -1,7 +1,7 @@
 """Where do FP8 linear layers lose accuracy? NLL over a window of the ASV text with the model's own
 linear layers, then with FP8 (e4m3, per-output-channel weight scales, per-token activation
 scales: models/fp8_linear.py) in one group of layers at a time: everywhere, each kind of
-projection in every layer, and each decoder layer's four projections. Off FP8 GPUs the layers
+projection in every layer, every kind but one, and each decoder layer's four projections. Off FP8 GPUs the layers
 run fp8_linear_reference (the same quantized values, multiplied in float32).
 
 usage: PYTHONPATH=src python3 tools/fp8_layer_study.py [--model SPEC] [--device cpu] [--length 2048]
@@ -64,6 +64,8 @@ def main():
     ref = mean_nll(base)
     groups = {"all": (every, QUANTIZED_LAYERS)}
     groups.update({f"{k}, every layer": (every, (k,)) for k in QUANTIZED_LAYERS})
+    groups.update({f"all but {k}": (every, tuple(x for x in QUANTIZED_LAYERS if x != k))
+                   for k in QUANTIZED_LAYERS})
     groups.update({f"layer {i}": ([i], QUANTIZED_LAYERS) for i in every})
     rows = {}
     print(f"model's own linear layers: NLL {ref:.4f} nats over {len(base)} tokens")
