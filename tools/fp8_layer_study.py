@@ -12,16 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from turboctx import LLM, SamplingParams
+from fp8_scale_study import token_logprobs     # tools/, the script's own folder
+from turboctx import LLM
 from turboctx.eval.ppl import windows
 from turboctx.models.fp8_linear import QUANTIZED_LAYERS, Fp8Linear
-
-
-def token_logprobs(llm, ids: list[int]) -> list[float]:
-    """log p of tokens 1..n-1 given the ones before."""
-    out = llm.generate([ids], SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0),
-                       use_tqdm=False)[0]
-    return [float(out.prompt_logprobs[j][ids[j]]) for j in range(1, len(ids))]
 
 
 def with_fp8(llm, ids: list[int], layers: list[int], kinds: tuple[str, ...]) -> list[float]:
