@@ -150,26 +150,25 @@ def pytest_collection_modifyitems(config, items):
 
 # Tests marked `exclusive` time the engine against itself (a latency ratio, a warm start against
 # a cold one): under pytest -n N they run with no other worker's test beside them. Every test
-# holds a shared lock while it runs, an exclusive one the lock alone (and every core for its
-# threads); a turnstile first, so that a waiting exclusive test is not starved by the others'.
+# holds a shared lock from the setup of its fixtures to their teardown (a module's or session's
+# fixtures, such as a model load or a tensor-parallel server start, are set up and torn down in
+# some test's run, so they are under the lock too), an exclusive one the lock alone (and every
+# core for its threads); a turnstile first, so that a waiting exclusive test is not starved.
 _LOCKS = os.path.join(__import__("tempfile").gettempdir(),
                       f"turboctx-tests-{os.environ.get('PYTEST_XDIST_TESTRUNUID', 'serial')}")
 
 
-@pytest.fixture(autouse=True)
-def _exclusive_under_xdist(request):
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
     if _WORKERS == 1:
         yield
         return
     import fcntl
     with open(_LOCKS + ".turnstile", "a") as turnstile, open(_LOCKS + ".run", "a") as run:
-        exclusive = request.node.get_closest_marker("exclusive") is not None
+        exclusive = item.get_closest_marker("exclusive") is not None
         fcntl.flock(turnstile, fcntl.LOCK_EX)
-        if exclusive:
-            fcntl.flock(run, fcntl.LOCK_EX)         # waits for the others' running tests
-        fcntl.flock(turnstile, fcntl.LOCK_UN)
-        if not exclusive:
-            fcntl.flock(run, fcntl.LOCK_SH)
+        fcntl.flock(run, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)  # exclusive: waits for
+        fcntl.flock(turnstile, fcntl.LOCK_UN)                            # the others' tests
         threads = torch.get_num_threads()
         if exclusive:                                 # the cores are its own while it runs
             torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))

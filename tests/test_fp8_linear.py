@@ -74,6 +74,43 @@ def test_quantize_swaps_every_projection_and_no_other_layer():
     assert layer.mlp(x).shape == (5, m.hidden_size)
 
 
+def test_ignored_kinds_stay_in_full_precision():
+    m = preset_config("smollm2-135m")
+    with torch.device("meta"):
+        model = build_model(m)
+    model = model.to_empty(device="cpu")
+    for p in model.parameters():
+        p.data.normal_(0, 0.02)
+    model.set_split_matmuls(True)
+    qkv_weight = model.model.layers[0].self_attn.qkv_proj.weight
+    assert quantize_linear_layers(model, keep=("qkv_proj", "down_proj")) == 2 * m.num_hidden_layers
+    for layer in model.model.layers:
+        assert type(layer.self_attn.qkv_proj) is nn.Linear and type(layer.mlp.down_proj) is nn.Linear
+        assert isinstance(layer.self_attn.o_proj, Fp8Linear) and isinstance(layer.mlp.gate_up_proj, Fp8Linear)
+        assert layer.self_attn.split_matmuls and not layer.mlp.split_matmuls
+    assert model.model.layers[0].self_attn.qkv_proj.weight is qkv_weight
+
+
+def test_ignored_layers_option_names_kinds_and_needs_fp8():
+    from turboctx.config.architecture import ModelArchitecture
+    from turboctx.errors import InvalidRequestError
+    e = EngineConfig.from_options(quantization="fp8", quantization_ignored_layers=" down_proj,qkv_proj")
+    assert e.model.quantization_ignored_layers == "qkv_proj,down_proj"
+    assert e.model.ignored_projections == ("qkv_proj", "down_proj")
+    assert EngineConfig.from_options(quantization="fp8").model.ignored_projections == ()
+    for value, words in [("q_proj", "part of the fused qkv_proj"), ("lm_head", "allowed: qkv_proj"),
+                         ("qkv_proj,o_proj,gate_up_proj,down_proj", "nothing would be FP8")]:
+        with pytest.raises(InvalidRequestError, match=words):
+            EngineConfig.from_options(quantization="fp8", quantization_ignored_layers=value)
+    with pytest.raises(InvalidRequestError, match="quantization='fp8', which is not set"):
+        EngineConfig.from_options(quantization_ignored_layers="qkv_proj")
+    hf = preset_config("smollm2-135m").to_hf_dict()
+    shipped = ModelArchitecture.from_hf_dict({**hf, "quantization_config": {"quant_method": "fp8"}})
+    e = EngineConfig.from_options(device="cpu", quantization="fp8", quantization_ignored_layers="qkv_proj")
+    with pytest.raises(InvalidRequestError, match="ships its projections in fp8"):
+        e.resolve(shipped)
+
+
 def test_plan_counts_one_byte_per_linear_weight():
     m = preset_config("qwen2.5-7b")
     bf16 = EngineConfig.from_options(dtype="bfloat16")
@@ -82,6 +119,11 @@ def test_plan_counts_one_byte_per_linear_weight():
     assert full == 2 * m.num_parameters()
     embeddings = 2 * (2 * m.vocab_size * m.hidden_size)
     assert math.isclose(quant - embeddings, (full - embeddings) / 2, rel_tol=1e-3)
+    keep_qkv = EngineConfig.from_options(dtype="bfloat16", quantization="fp8",
+                                         quantization_ignored_layers="qkv_proj")
+    qkv_rows = (m.num_attention_heads + 2 * m.num_key_value_heads) * m.head_dim
+    qkv = m.num_hidden_layers * qkv_rows * m.hidden_size
+    assert weights_bytes(m, keep_qkv) - quant == qkv - 4 * m.num_hidden_layers * qkv_rows
 
 
 # -- GPU -----------------------------------------------------------------------------------------
@@ -111,14 +153,16 @@ def test_engine_fp8_follows_bf16_on_the_default_model(default_gguf_path):
               "form, and void; and darkness was upon the face of the deep. ") * 6
     sp = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0)
     nll = {}
-    for q in (None, "fp8"):
-        llm = LLM(default_gguf_path, device="cuda", dtype="bfloat16", max_model_len=4096, quantization=q)
+    for q, kept in ((None, "none"), ("fp8", "none"), ("fp8", "qkv_proj")):
+        llm = LLM(default_gguf_path, device="cuda", dtype="bfloat16", max_model_len=4096, quantization=q,
+                  quantization_ignored_layers=kept)
         out = llm.generate(prompt, sp)[0]
         ids = out.prompt_token_ids
-        nll[q] = -sum(out.prompt_logprobs[j][ids[j]] for j in range(1, len(ids))) / (len(ids) - 1)
+        nll[q, kept] = -sum(out.prompt_logprobs[j][ids[j]] for j in range(1, len(ids))) / (len(ids) - 1)
         del llm
         torch.cuda.empty_cache()
-    assert abs(nll["fp8"] - nll[None]) < 0.05, nll
+    bf16 = nll[None, "none"]
+    assert abs(nll["fp8", "none"] - bf16) < 0.05 and abs(nll["fp8", "qkv_proj"] - bf16) < 0.05, nll
 
 
 # -- checkpoints that ship FP8 weights (quantization_config quant_method fp8) ---------------------

@@ -10,7 +10,7 @@
 #        tools/gpu_run.sh fp8-accuracy          # default model + DCA, bf16: the FP8 KV cache against the
 #                                               #   bf16 one (NLL by position over 64K; paired RULER needles
 #                                               #   and passkey at 16K and 32K; SAMPLES, DEPTHS)
-#        tools/gpu_run.sh fp8-linear-ttft        # random:qwen2.5-7b-1m TTFT, bf16 and --quantization fp8 (LENGTHS)
+#        tools/gpu_run.sh fp8-linear-ttft        # random:qwen2.5-7b-1m TTFT, bf16, --quantization fp8, fp8 but qkv_proj (LENGTHS)
 #        tools/gpu_run.sh fp8-linear-accuracy    # default model + DCA: NLL by position over 64K, bf16 against
 #                                               #   --quantization fp8
 #        tools/gpu_run.sh context               # a kept 1M context, random:qwen2.5-7b-1m: prefill, then a new
@@ -57,13 +57,15 @@ case "${1:-}" in
       tc eval paired --a "$OUT/fp8_${t}_auto" --b "$OUT/fp8_${t}_fp8" --json "$OUT/fp8_${t}_paired.json"
     done ;;
   fp8-linear-ttft)
-    for q in none fp8; do
+    for q in none fp8 fp8-but-qkv; do
+      opts="--quantization ${q%%-*}"; [ "$q" = fp8-but-qkv ] && opts="$opts --quantization-ignored-layers qkv_proj"
       tc bench prefill --model random:qwen2.5-7b-1m --lengths "${LENGTHS:-128k,1m}" --repeat "${REPEAT:-2}" \
-        --quantization $q --json "$OUT/prefill_7b-1m_quant_$q.json" 2>&1 | grep -v -i warn | tail -6
+        $opts --json "$OUT/prefill_7b-1m_quant_$q.json" 2>&1 | grep -v -i warn | tail -6
     done ;;
   fp8-linear-accuracy)
     tc eval ppl --model "$GGUF" --device cuda --dca --lengths 64k --max-model-len 65600 \
-      --setting quantization=none --setting quantization=fp8 --out "$OUT/fp8_linear_ppl" 2>&1 | grep -v -i warn | tail -14 ;;
+      --setting quantization=none --setting quantization=fp8 \
+      --setting quantization=fp8,quantization_ignored_layers=qkv_proj --out "$OUT/fp8_linear_ppl" 2>&1 | grep -v -i warn | tail -14 ;;
   context)
     df -h / /dev/shm "${TURBOCTX_HOME:-$HOME}" 2>/dev/null; free -g | head -2
     tc bench context --model "${MODEL:-random:qwen2.5-7b-1m}" --length "${LENGTH:-1m}" ${EXTRA:-} \

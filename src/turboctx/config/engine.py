@@ -55,6 +55,11 @@ class EngineConfig:
         m = self.model
         device = resolve_device(m.device, cuda)
         on_gpu = device.startswith("cuda")
+        if arch.quantization and m.ignored_projections:
+            raise InvalidRequestError(
+                f"the checkpoint ships its projections in {arch.quantization}: "
+                f"quantization_ignored_layers={m.quantization_ignored_layers!r} applies to "
+                f"quantizing a full-precision checkpoint at load; leave it unset")
         if arch.quantization and m.quantization is None:   # what the checkpoint ships (as vLLM)
             m = replace(m, quantization=arch.quantization)
         if m.quantization == "fp8":

@@ -48,6 +48,10 @@ class ModelConfig(Section):
         None, "linear layers: unset (as loaded) | fp8 (e4m3 weights with a scale per output "
         "channel, activations scaled per token: half the weight bytes, ~1.7x the GEMM rate; "
         "needs FP8 tensor cores, compute capability 8.9+)", choices=("fp8",))
+    quantization_ignored_layers: str = option(
+        "none", "with quantization=fp8: kinds of projection kept in the model's dtype, "
+        "comma-separated, of qkv_proj, o_proj, gate_up_proj, down_proj (e.g. qkv_proj: "
+        "the kind that loses the most per FLOP) | none", aliases={"": "none"})
     seed: int = option(0, "seed of random:<preset> weights and of requests that set none")
     enforce_eager: bool = option(
         False, "decode without CUDA graphs and run norms without torch.compile")
@@ -66,6 +70,33 @@ class ModelConfig(Section):
         if dev not in ("auto", "cpu", "cuda") and not (dev.startswith("cuda:") and dev[5:].isdigit()):
             raise InvalidRequestError(f"device={self.device!r} is not one of auto, cpu, cuda, cuda:N")
         object.__setattr__(self, "device", dev)
+        object.__setattr__(self, "quantization_ignored_layers",
+                           ",".join(self.ignored_projections) or "none")
+        if self.ignored_projections and self.quantization != "fp8":
+            raise InvalidRequestError(
+                f"quantization_ignored_layers={self.quantization_ignored_layers!r} keeps layers "
+                f"out of quantization='fp8', which is not set; set it or leave them unset")
+
+    @property
+    def ignored_projections(self) -> tuple[str, ...]:
+        """quantization_ignored_layers as projection kinds, in the model's order; raises on a
+        name that is not one, or when it would leave nothing to quantize."""
+        from turboctx.models.fp8_linear import QUANTIZED_LAYERS
+        text = self.quantization_ignored_layers.strip()
+        names = [] if text.lower() == "none" else [n.strip() for n in text.split(",") if n.strip()]
+        for n in names:
+            if n not in QUANTIZED_LAYERS:
+                fused = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj",
+                         "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}.get(n)
+                hint = f" ({n} is part of the fused {fused})" if fused else ""
+                raise InvalidRequestError(
+                    f"quantization_ignored_layers: {n!r} is not a kind of projection{hint}; "
+                    f"allowed: {', '.join(QUANTIZED_LAYERS)} or none")
+        kept = tuple(k for k in QUANTIZED_LAYERS if k in names)
+        if len(kept) == len(QUANTIZED_LAYERS):
+            raise InvalidRequestError("quantization_ignored_layers names every kind of projection: "
+                                      "nothing would be FP8; leave quantization unset instead")
+        return kept
 
 
 @dataclass(frozen=True)

@@ -11,15 +11,18 @@ from turboctx.weights import open_checkpoint
 
 
 def weights_bytes(m, e: EngineConfig) -> int:
-    """The model's weight bytes in e's dtype; with quantization='fp8' the projections take one
-    byte each plus a float32 scale per output row."""
+    """The model's weight bytes in e's dtype; with quantization='fp8' the projections but those
+    of quantization_ignored_layers take one byte each plus a float32 scale per output row."""
     size = torch.empty((), dtype=e.dtype).element_size()
     if e.model.quantization != "fp8":
         return m.num_parameters() * size
-    lin = m.num_linear_weights()
-    h, q = m.hidden_size, m.num_attention_heads * m.head_dim
-    rows = m.num_hidden_layers * ((q + 2 * m.num_key_value_heads * m.head_dim) + h
-                                  + 2 * m.intermediate_size + h)
+    h, i = m.hidden_size, m.intermediate_size
+    q, kv = m.num_attention_heads * m.head_dim, m.num_key_value_heads * m.head_dim
+    shapes = {"qkv_proj": (q + 2 * kv, h), "o_proj": (h, q), "gate_up_proj": (2 * i, h),
+              "down_proj": (h, i)}                                  # [out, in] of each kind
+    fp8 = [shapes[k] for k in shapes if k not in e.model.ignored_projections]
+    lin = m.num_hidden_layers * sum(o * n for o, n in fp8)
+    rows = m.num_hidden_layers * sum(o for o, _ in fp8)
     return (m.num_parameters() - lin) * size + lin + 4 * rows
 
 

@@ -133,8 +133,10 @@ def load_model(ckpt: Checkpoint, m: ModelArchitecture, config: EngineConfig, dev
     model.set_split_matmuls(device.type == "cpu")
     if config.model.quantization == "fp8":
         if m.quantization != "fp8":
-            n = fp8_linear.quantize_linear_layers(model)
-            log.info("quantization=fp8: %d linear layers in e4m3 with per-channel scales", n)
+            kept = config.model.ignored_projections
+            n = fp8_linear.quantize_linear_layers(model, keep=kept)
+            log.info("quantization=fp8: %d linear layers in e4m3 with per-channel scales%s", n,
+                     f" ({', '.join(kept)} in {config.model.dtype})" if kept else "")
         if device.type == "cuda":
             torch.cuda.empty_cache()
             if not config.model.enforce_eager:

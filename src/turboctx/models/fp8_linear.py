@@ -106,18 +106,20 @@ class Fp8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, fp8 e4m3"
 
 
-def quantize_linear_layers(model: nn.Module) -> int:
-    """Every decoder layer's projections (QUANTIZED_LAYERS) swapped for Fp8Linear in place, the
-    bf16 weights freed as it goes; returns how many were swapped."""
+def quantize_linear_layers(model: nn.Module, keep: tuple[str, ...] = ()) -> int:
+    """Every decoder layer's projections (QUANTIZED_LAYERS) but the kinds in `keep` swapped for
+    Fp8Linear in place, the full-precision weights freed as it goes; returns how many were
+    swapped."""
     count = 0
     for layer in model.model.layers:
-        for parent in (layer.self_attn, layer.mlp):
+        for parent, fused in ((layer.self_attn, "qkv_proj"), (layer.mlp, "gate_up_proj")):
             for name in QUANTIZED_LAYERS:
                 lin = getattr(parent, name, None)
-                if isinstance(lin, nn.Linear):
+                if isinstance(lin, nn.Linear) and name not in keep:
                     setattr(parent, name, Fp8Linear.from_linear(lin))
                     count += 1
-            parent.split_matmuls = False      # the split products read a full-precision weight
+            if not isinstance(getattr(parent, fused), nn.Linear):
+                parent.split_matmuls = False  # the split products read a full-precision weight
     return count
 
 
