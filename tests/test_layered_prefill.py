@@ -88,6 +88,7 @@ def test_a_layered_prompt_gives_what_it_gives_alone(folder, setup):
     llm = _llm(folder, **SETUPS[setup])
     s = llm.engine.scheduler
     s.step_cost, s.itl_decode_factor = ExactCost(), None
+    s.clocked = False                              # the exact model decides, not the clock
     whole = StepWork(256, 256 * 600)               # a later chunk, whole: it must not fit
     s.max_itl_s = 0.6 * seconds(whole)
     short = llm.engine.make_request([5] * 8, SamplingParams(max_tokens=60, ignore_eos=True))
@@ -105,10 +106,58 @@ def test_a_layered_prompt_gives_what_it_gives_alone(folder, setup):
             alone_llm.engine.sparse_stats()["sparse_chunk_layers"]
 
 
+def test_clocked_units_stop_at_the_step_time_limit_and_change_nothing(folder):
+    """On the CPU the runner's clock ends a step's units: with units of ~20 ms and a 70 ms
+    target, steps run a few units each (never all six of a chunk once it is measured), none goes
+    past the limit by more than a unit, and the prompt gives what it gives alone."""
+    import time
+    ids = torch.randint(3, 512, (PROMPT,), generator=torch.Generator().manual_seed(5)).tolist()
+    params = SamplingParams(max_tokens=3, temperature=0, prompt_logprobs=2, ignore_eos=True)
+    alone_llm = _llm(folder)
+    alone = alone_llm.engine.make_request(ids, params)
+    _run(alone_llm.engine, [alone])
+
+    llm = _llm(folder)
+    e, s = llm.engine, llm.engine.scheduler
+    assert s.clocked
+    s.itl_decode_factor, s.max_itl_s, unit_s = None, 0.07, 0.02
+    model, run_units = e.runner.model, e.runner.model.run_units
+
+    def slow_units(x, batch, first, last):
+        time.sleep(unit_s * (last - first))
+        return run_units(x, batch, first, last)
+    model.run_units = slow_units
+    short = e.make_request([5] * 8, SamplingParams(max_tokens=200, ignore_eos=True))
+    e.add_request(short)
+    for _ in range(3):
+        e.step()
+    long = e.make_request(ids, params)
+    e.add_request(long)
+    steps = []
+    while not long.finished:
+        sched = s.schedule()
+        offered = [(c.units, c.time_limit_s) for c in sched if c.request is long]
+        t = time.perf_counter()
+        e.update(sched, e.runner.execute(sched))
+        ran = [c.units for c in sched if c.request is long]
+        steps.append((offered, ran, time.perf_counter() - t))
+    e.abort_request(short.request_id)
+    layered = [(o[0], r[0], sec) for o, r, sec in steps if o and o[0][0] is not None]
+    assert layered and all(limit is not None for (_, limit), _, _ in layered)
+    assert all(ran[1] > ran[0] for _, ran, _ in layered)                 # a unit at least
+    assert any(ran[1] < units[1] for (units, _), ran, _ in layered)      # the clock stopped some
+    limit = max(lim for (_, lim), _, _ in layered)
+    assert all(sec <= limit + 2 * unit_s for _, ran, sec in layered if ran[1] - ran[0] > 1), steps
+    assert long.output_token_ids == alone.output_token_ids
+    for a, b in zip(long.prompt_logprobs[1:], alone.prompt_logprobs[1:]):
+        assert a.keys() == b.keys() and max(abs(a[t] - b[t]) for t in a) < 1e-3
+
+
 def test_an_aborted_layered_prompt_leaves_nothing_behind(folder):
     llm = _llm(folder)
     s, e = llm.engine.scheduler, llm.engine
     s.step_cost, s.itl_decode_factor = ExactCost(), None
+    s.clocked = False                              # the exact model decides, not the clock
     s.max_itl_s = 0.6 * seconds(StepWork(256, 256 * 128))
     short = e.make_request([5] * 8, SamplingParams(max_tokens=40, ignore_eos=True))
     long = e.make_request([3 + i % 500 for i in range(600)], SamplingParams(max_tokens=2))

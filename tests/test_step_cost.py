@@ -126,6 +126,27 @@ def test_a_chunk_beside_decodes_runs_in_units_and_completes_once():
     assert long.num_computed_tokens == 2048 and long.layered is None
 
 
+def test_a_clocked_scheduler_offers_every_unit_left_with_the_step_limit():
+    """Clocked (the CPU): the runner's clock ends the units, so the step's layered chunk is
+    offered all it has left; without decodes beside it there is no limit."""
+    s = paced(target_s=1.0, units_per_step=1, clocked=True)
+    start_with_a_decode(s)
+    long = req("long", 2048)
+    s.add(long)
+    step = s.schedule()
+    c = next(c for c in step if c.request is long)
+    assert c.units == (0, 8) and c.time_limit_s == s._step_limit(StepWork(1, 11, passes=1.0), 1)
+    c.units, c.sample = (0, 3), False            # what the runner sets when it stops at unit 3
+    s.advance(step)
+    assert long.layered == (2048, 3)
+    again = next(c for c in s.schedule() if c.request is long)
+    assert again.units == (3, 8) and again.time_limit_s is not None
+    unpaced = Scheduler(BlockAllocator(800), block_size=16, token_budget=2048, max_num_seqs=8,
+                        num_layers=4, clocked=True)
+    unpaced.add(req("alone", 2048))
+    assert all(c.time_limit_s is None for c in unpaced.schedule())
+
+
 def test_a_layered_chunk_finishes_in_one_step_once_no_decode_runs():
     s = paced(target_s=1.0)
     short = start_with_a_decode(s)

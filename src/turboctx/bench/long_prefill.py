@@ -1,6 +1,8 @@
 """One long prompt among streaming clients, in-process: the engine's own step loop, no HTTP (the
 server-side twin of `turboctx bench serve --long-prompt-len`). The long prompt's TTFT alone (after
-`warm_runs` runs that warm kernels for its shapes) and beside C clients that stream short prompts
+`warm_runs` runs of a `warm_len`-token prompt, the long one's length unless given, that warm
+kernels, threads and caches; with `alone_after`, the mean of that run and one after the rest,
+so that a drift of the machine's speed cancels) and beside C clients that stream short prompts
 back to back (staggered arrivals); the clients' ITL without it and while it prefills; the
 slowest steps of the span with what the step cost model predicted for them.
 """
@@ -20,6 +22,7 @@ def _ms_percentiles(xs: list[float], ps=(50, 90, 99, 100)) -> dict[str, float | 
 
 def long_prompt_among_clients(engine, long_len: int, *, clients: int = 8, prompt_len: int = 64,
                               max_tokens: int = 128, baseline_s: float = 8.0, warm_runs: int = 1,
+                              warm_len: int | None = None, alone_after: bool = False,
                               seed: int = 0) -> dict:
     rng = random.Random(seed)
     vocab = engine.architecture.vocab_size
@@ -28,14 +31,14 @@ def long_prompt_among_clients(engine, long_len: int, *, clients: int = 8, prompt
         ids = [rng.randrange(min(1000, vocab // 2), min(30000, vocab)) for _ in range(n)]
         return engine.make_request(ids, SamplingParams(max_tokens=out, ignore_eos=True))
 
-    def alone() -> float:
-        r, t = request(long_len, 1), time.perf_counter()
+    def alone(n: int = long_len) -> float:
+        r, t = request(n, 1), time.perf_counter()
         engine.add_request(r)
         while engine.has_unfinished():
             engine.step()
         return time.perf_counter() - t
     for _ in range(warm_runs):
-        alone()
+        alone(warm_len or long_len)
     t_alone = alone()
 
     steps, observe = [], engine.scheduler.observe_step
@@ -77,12 +80,15 @@ def long_prompt_among_clients(engine, long_len: int, *, clients: int = 8, prompt
         engine.scheduler.observe_step = observe
         for rid in list(engine.requests):
             engine.abort_request(rid)
+    alone_runs = [t_alone] + ([alone()] if alone_after else [])
+    t_alone = sum(alone_runs) / len(alone_runs)
     gaps = [(a, b) for ts in times.values() for a, b in zip(ts, ts[1:])]
     without = [b - a for a, b in gaps if a >= t0 and b <= l0]
     during = [b - a for a, b in gaps if a < l1 and b > l0]
     span = [s for s in steps if l0 <= s[0] <= l1]
     res = dict(long_prompt_tokens=long_len, clients=clients, prompt_len=prompt_len,
                max_tokens=max_tokens, ttft_alone_s=round(t_alone, 3),
+               ttft_alone_runs_s=[round(t, 3) for t in alone_runs],
                ttft_beside_s=round(l1 - l0, 3), ttft_ratio=round((l1 - l0) / t_alone, 3),
                itl_without_ms=_ms_percentiles(without), itl_during_ms=_ms_percentiles(during),
                n_gaps_without=len(without), n_gaps_during=len(during), steps_during=len(span),

@@ -28,7 +28,6 @@ from turboctx.weights import open_checkpoint
 from turboctx.weights.generation_config import generation_defaults
 
 log = logging.getLogger("turboctx")
-CPU_UNITS_PER_STEP = 3     # layered chunks on the CPU: cut so that three units fill a step
 
 
 @dataclass(frozen=True)
@@ -90,7 +89,7 @@ class LLMEngine:
             itl_decode_factor=CPU_ITL_DECODE_FACTOR if itl_ms is None else None,
             attention_pairs=backend.attention_pairs,
             attention_share=self.worker.model.attention_share(),
-            units_per_step=1 if self.device.type == "cuda" else CPU_UNITS_PER_STEP)
+            clocked=self.device.type == "cpu" and self.executor is None)
         self.eos_token_ids = sorted(set(ckpt.config.eos_token_ids) | set(
             self.tokenizer.eos_token_ids if self.tokenizer else []))
         self.requests: dict[str, Request] = {}

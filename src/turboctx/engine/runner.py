@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -27,6 +27,7 @@ class SeqInput:
     prompt_len: int        # the prompt's length (sparse prefill's dense tail is its end)
     block_table: list[int]
     units: tuple[int, int] | None = None    # layered prefill: only these units run (scheduler.py)
+    time_limit_s: float | None = None       # clocked units: none starts that would end past this
 
 
 @dataclass
@@ -50,6 +51,8 @@ class LayeredPrefill:
     hidden: torch.Tensor      # [n, hidden] the residual stream entering unit `next_unit`
     batch: AttentionBatch     # prepared once for the chunk
     next_unit: int = 0
+    unit_s: list[float] = field(default_factory=lambda: [0.0, 0.0])  # clocked: the last attention
+                                                                     # and MLP unit's seconds
 
 
 def model_input(chunks: list[ScheduledChunk]) -> ModelInput:
@@ -59,7 +62,7 @@ def model_input(chunks: list[ScheduledChunk]) -> ModelInput:
         r, start = c.request, c.request.num_computed_tokens
         ids.extend(r.token_ids_slice(start, start + c.num_tokens))
         seqs.append(SeqInput(r.request_id, c.num_tokens, start, r.num_prompt_tokens,
-                             r.slots.block_table, c.units))
+                             r.slots.block_table, c.units, c.time_limit_s))
     return ModelInput(ids, seqs)
 
 
@@ -85,6 +88,8 @@ class ModelRunner:
         self.generator = generator        # draws of requests that bring no seed
         self._slots: dict[str, SeqSlots] = {}   # on the other ranks: block tables seen last step
         self._layered: dict[str, LayeredPrefill] = {}   # request id -> its chunk between units
+        self._units_ran: dict[str, int] = {}   # clocked layered chunks: the unit each stopped at
+        self._step_start = 0.0
         self._decode_stream = None        # CUDA: where decode graphs run beside a step's prefill
         self.overlap_streams = True       # False: graph decode, then the prefill, on one stream
         model.set_attention_backend(backend)
@@ -119,6 +124,7 @@ class ModelRunner:
     @torch.inference_mode()
     def logits(self, chunks: SchedulerOutput) -> torch.Tensor | None:
         """Runs one step. Returns logits [num sampled chunks, V] (float32) in chunk order."""
+        self._step_start = time.perf_counter()
         self._keep_layered({c.request.request_id for c in chunks if c.units is not None})
         if self.graphs is not None:
             decodes = [c for c in chunks if c.units is None and c.num_tokens == 1 and c.sample]
@@ -166,6 +172,10 @@ class ModelRunner:
             hidden, seqs = self.forward(inp, slots)
         else:   # every rank runs the same step; rank 0 alone goes on to logits
             hidden, seqs = self.executor.execute_model(inp, lambda: self.forward(inp, slots))
+        for c in chunks:                    # clocked chunks record the units that ran
+            reached = self._units_ran.pop(c.request.request_id, None)
+            if reached is not None and reached < c.units[1]:
+                c.units, c.sample = (c.units[0], reached), False
         for c, s in zip(chunks, seqs):
             if c.request.prompt_logprobs is not None and c.request.is_prefill and s.num_new:
                 self._prompt_logprobs(c, hidden[s.rows])
@@ -245,12 +255,29 @@ class ModelRunner:
         if state is None or state.next_unit != a:
             raise RuntimeError(f"layered prefill of request {s.request_id} is at unit "
                                f"{state and state.next_unit}, the step asks for units [{a}, {b})")
-        state.hidden = self.model.run_units(state.hidden, state.batch, a, b)
+        if s.time_limit_s is None:
+            state.hidden = self.model.run_units(state.hidden, state.batch, a, b)
+        else:
+            b = self._clocked_units(state, a, b, s.time_limit_s)
+            self._units_ran[s.request_id] = b
         state.next_unit = b
         if b < 2 * self.model.num_layers:
             return None
         del self._layered[s.request_id]
         return self.model.final_norm(state.hidden)
+
+    def _clocked_units(self, state: LayeredPrefill, a: int, b: int, limit_s: float) -> int:
+        """Units from a on while the step's time plus the last such unit's stays within
+        limit_s, at least one; returns the unit it stopped at (scheduler.py: clocked units)."""
+        u = a
+        while u < b:
+            if u > a and time.perf_counter() - self._step_start + state.unit_s[u % 2] > limit_s:
+                break
+            t = time.perf_counter()
+            state.hidden = self.model.run_units(state.hidden, state.batch, u, u + 1)
+            state.unit_s[u % 2] = time.perf_counter() - t
+            u += 1
+        return u
 
     @torch.inference_mode()
     def time_smallest_step(self, repeats: int = 3) -> float:

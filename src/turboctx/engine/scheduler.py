@@ -26,8 +26,14 @@ few *units* per step, a unit being half a layer (a layer's attention, or its MLP
 prefill*. It is the same computation in the same order as the whole chunk, at the whole chunk's
 efficiency, so its output, sparse patterns included, does not depend on the slicing, and each
 layer's pattern is estimated once. Every step runs at least one unit of a layered chunk. Chunk
-sizes never depend on timing (only how many units a step runs does): on GPUs a chunk is the one
-the prompt has alone, on the CPU a `units_per_step`-th of the budget, for finer packing.
+sizes never depend on timing (only how many units a step runs does): the engine's chunk is the
+one the prompt has alone (`units_per_step` 1; a larger value cuts it finer).
+
+Clocked units (`clocked`: the CPU on one rank, where the host runs each unit before it goes on):
+the step's layered chunk is offered all its remaining units with the step's time limit, and the
+runner stops before a unit that its clock says would end past the limit (at least one runs). A
+slow unit or a mispredicted one then costs at most itself, and a step fills to its target
+whatever the cost model's error. GPUs queue work ahead of the host, so there the model decides.
 """
 from __future__ import annotations
 
@@ -55,6 +61,8 @@ class ScheduledChunk:
     sample: bool             # this chunk ends at the last known token: sample the next one
     units: tuple[int, int] | None = None    # layered prefill: only units [a, b) run this step
                                             # (unit 2l: layer l's attention, 2l + 1: its MLP)
+    time_limit_s: float | None = None       # clocked (module doc): units may stop at this step
+                                            # time; the runner then sets units to those that ran
 
 
 def dense_pairs(start: int, n: int, prompt_len: int) -> float:
@@ -69,7 +77,7 @@ class Scheduler:
                  enable_prefix_caching: bool = True, aligned_from: int | None = None,
                  tail_dependent: int = 0, num_layers: int = 1, max_itl_s: float | None = None,
                  itl_decode_factor: float | None = None, attention_pairs=dense_pairs,
-                 attention_share: float = 0.5, units_per_step: int = 1):
+                 attention_share: float = 0.5, units_per_step: int = 1, clocked: bool = False):
         """max_itl_s: the latency target of steps with running decodes (seconds); or
         itl_decode_factor: the target is this many times the decode part's own predicted time.
         Neither: prefill beside decodes is capped by tokens (DECODE_STEP_PREFILL_MIN).
@@ -77,12 +85,14 @@ class Scheduler:
         attention_share: the attention half's share of a layer's linear-layer work;
         units_per_step: beside decodes a free chunk is the budget / this (1: the chunk of the
         prompt alone, its shapes and so GPU kernels' plans and GEMM efficiency; more: finer
-        packing of steps, for the CPU)."""
+        packing of steps, for the CPU); clocked: layered units stop by the runner's clock
+        (module doc)."""
         self.allocator, self.block_size = allocator, block_size
         self.num_layers, self.attention_pairs = num_layers, attention_pairs
         self.num_units, self.units_per_step = 2 * num_layers, units_per_step
         self._unit_share = (attention_share / num_layers, (1 - attention_share) / num_layers)
         self.max_itl_s, self.itl_decode_factor = max_itl_s, itl_decode_factor
+        self.clocked = clocked
         paced = max_itl_s is not None or itl_decode_factor is not None
         self.step_cost = StepCostModel() if paced else None
         # seconds of recent steps of decodes alone, by how many decodes: what they cost beside a
@@ -258,9 +268,10 @@ class Scheduler:
             return self._prefill_chunk(req, max(1, budget))
         # Beside decodes a chunk's size never depends on timing, only how many of its units a
         # step runs does (bit-exact), so a prompt's output does not depend on the machine's
-        # speed. GPUs: the chunk the prompt has alone (its shapes, and so the kernels' plans:
-        # a new shape cost its first unit ~0.5 s on the H200); the CPU: a third of it, so that
-        # units pack steps finely. A grid chunk's size is the grid's.
+        # speed. The engine's: the chunk the prompt has alone (its shapes, and so the kernels'
+        # plans: a new shape cost its first unit ~0.5 s on the H200; on the CPU a third of it
+        # lost the prompt more time beside 4 decodes than the finer packing won: 1.24 against
+        # 1.00x its TTFT alone at 6K tokens, clocked). A grid chunk's size is the grid's.
         size = self.token_budget if self.units_per_step == 1 else max(
             LAYERED_MIN_TOKENS, self.token_budget // self.units_per_step)
         # Each such chunk runs in a forward of its own, all its units in one step when they fit:
@@ -276,6 +287,10 @@ class Scheduler:
         without a limit)."""
         if limit is None:
             return self._layered(req, n, first, self.num_units)
+        if self.clocked:
+            c = self._layered(req, n, first, self.num_units)
+            c.time_limit_s = limit
+            return c
         fits = lambda k: self._fits(work + self.chunk_work(self._layered(req, n, first, first + k)),
                                     limit)
         return self._layered(req, n, first, first + largest_fitting(1, self.num_units - first, fits))
