@@ -223,6 +223,62 @@ def test_fp8_checkpoint_of_another_dtype_or_scheme_is_a_clear_error():
         EngineConfig.from_options(device="cpu").resolve(arch)
 
 
+def test_fp8_checkpoint_ships_its_ignored_layers_in_full_precision():
+    """`ignored_layers` (vLLM's key) / `modules_to_not_convert`: those projections load as
+    shipped into full-precision layers, the rest into FP8 ones; the plan counts them."""
+    from dataclasses import replace
+
+    from turboctx.config.architecture import ModelArchitecture
+    from turboctx.config.checkpoint_quantization import checkpoint_ignored_layers
+    attn = [f"model.layers.1.self_attn.{p}_proj" for p in "qkv"]
+    qc = {"quant_method": "fp8", "ignored_layers": ["lm_head", *attn],
+          "modules_to_not_convert": ["model.layers.0.mlp.down_proj"]}
+    kept = ("model.layers.0.mlp.down_proj", "model.layers.1.self_attn.qkv_proj")
+    assert checkpoint_ignored_layers(qc, 2) == kept
+    hf = {**preset_config("smollm2-135m").to_hf_dict(), "num_hidden_layers": 2, "quantization_config": qc}
+    arch = ModelArchitecture.from_hf_dict(hf)
+    assert arch.quantization_ignored == kept
+    assert ModelArchitecture.from_hf_dict(arch.to_hf_dict()).quantization_ignored == kept
+
+    m = replace(preset_config("smollm2-135m"), num_hidden_layers=2, quantization="fp8",
+                quantization_ignored=kept)
+    with torch.device("meta"):
+        model = build_model(m)
+    assert quantize_linear_layers(model, keep_modules=kept) == 4 * 2 - 2
+    model = model.to_empty(device="cpu")
+    full_precision = [*attn, "model.layers.0.mlp.down_proj"]     # as the checkpoint names them
+    shipped = {n: t for n, t in _fp8_checkpoint(m) if n.rsplit(".", 1)[0] not in full_precision}
+    from turboctx.models.llama import random_hf_tensors
+    full = dict(random_hf_tensors(m, 0, torch.float32, "cpu"))
+    for module in full_precision:
+        shipped[module + ".weight"] = full[module + ".weight"]
+    model.load_weights(shipped.items())
+    qkv = model.model.layers[1].self_attn.qkv_proj
+    assert type(qkv) is nn.Linear and torch.equal(qkv.weight[:m.num_attention_heads * m.head_dim],
+                                                  full[attn[0] + ".weight"])
+    assert isinstance(model.model.layers[0].self_attn.qkv_proj, Fp8Linear)
+    assert type(model.model.layers[0].mlp.down_proj) is nn.Linear
+    bf16 = EngineConfig.from_options(dtype="bfloat16", quantization="fp8")
+    everything = replace(m, quantization_ignored=())
+    rows = (m.num_attention_heads + 2 * m.num_key_value_heads) * m.head_dim
+    assert weights_bytes(m, bf16) - weights_bytes(everything, bf16) == \
+        rows * m.hidden_size + m.hidden_size * m.intermediate_size - 4 * (rows + m.hidden_size)
+
+
+@pytest.mark.parametrize("ignored, words", [
+    (["model.layers.1.self_attn.q_proj"], "but not k_proj, v_proj: they are one fused projection"),
+    (["model.layers.0.mlp.up_proj"], "but not gate_proj"),
+    (["model.layers.5.mlp.down_proj"], "not a layer of this 2-layer model"),
+    (["re:.*q_proj"], "not a layer"),
+    (["model.layers.0.mlp.q_proj"], "not a layer"),
+])
+def test_fp8_checkpoint_ignored_layers_that_cannot_be_kept_are_a_clear_error(ignored, words):
+    from turboctx.config.checkpoint_quantization import checkpoint_ignored_layers
+    from turboctx.errors import UnsupportedModelError
+    with pytest.raises(UnsupportedModelError, match=words):
+        checkpoint_ignored_layers({"quant_method": "fp8", "ignored_layers": ignored}, 2)
+
+
 def test_out_of_cache_advice_on_gpus_names_fp8_linear_layers():
     from turboctx.engine.memory import fitting_options
     from turboctx.weights import open_checkpoint

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from turboctx.config.checkpoint_quantization import (checkpoint_ignored_layers,
+                                                     checkpoint_quantization, hf_ignored_layers)
 from turboctx.errors import UnsupportedModelError
 
 # HF `architectures` / `model_type` values we run, mapped to our model family.
@@ -14,22 +16,6 @@ ARCHITECTURE_FAMILIES = {
 }
 MODEL_TYPE_FAMILIES = {"llama": "llama", "qwen2": "qwen2", "mistral": "llama"}
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
-
-def checkpoint_quantization(qc: dict | None) -> str | None:
-    """A config.json's `quantization_config` as vLLM reads it: "fp8" for quant_method fp8 with
-    per-tensor or per-channel weight scales; other methods are an error naming them."""
-    if not qc:
-        return None
-    method = qc.get("quant_method")
-    if method != "fp8":
-        raise UnsupportedModelError(f"checkpoint quantization {method!r} is not supported; "
-                                    "supported: fp8 (per-tensor or per-channel weight scales)")
-    if qc.get("weight_block_size"):
-        raise UnsupportedModelError(f"fp8 checkpoints with block-wise weight scales (weight_block_size="
-                                    f"{qc['weight_block_size']}) are not supported; per-tensor "
-                                    "and per-channel scales are")
-    return "fp8"
-
 
 @dataclass
 class ModelArchitecture:
@@ -54,6 +40,8 @@ class ModelArchitecture:
     torch_dtype: str = "float32"     # the checkpoint's dtype
     dual_chunk_attention_config: dict | None = None
     quantization: str | None = None  # "fp8": the checkpoint ships e4m3 projections (checkpoint_quantization)
+    quantization_ignored: tuple[str, ...] = ()   # of those, the ones it ships in full precision
+                                                 # ("model.layers.3.self_attn.qkv_proj")
     name: str = "model"
 
     def __post_init__(self):
@@ -136,6 +124,8 @@ class ModelArchitecture:
             torch_dtype=str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32"),
             dual_chunk_attention_config=cfg.get("dual_chunk_attention_config"),
             quantization=checkpoint_quantization(cfg.get("quantization_config")),
+            quantization_ignored=checkpoint_ignored_layers(cfg.get("quantization_config"),
+                                                           cfg["num_hidden_layers"]),
             name=name,
         )
 
@@ -163,4 +153,6 @@ class ModelArchitecture:
             d["dual_chunk_attention_config"] = dict(self.dual_chunk_attention_config)
         if self.quantization == "fp8":
             d["quantization_config"] = {"quant_method": "fp8", "activation_scheme": "dynamic"}
+            if self.quantization_ignored:
+                d["quantization_config"]["ignored_layers"] = hf_ignored_layers(self.quantization_ignored)
         return d

@@ -9,6 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from turboctx.attention.sparse.config import SparseConfig
+from turboctx.config.checkpoint_quantization import PROJECTION_KINDS
 from turboctx.config.options import OptionSpec, option, section_specs
 from turboctx.errors import InvalidRequestError
 
@@ -81,19 +82,18 @@ class ModelConfig(Section):
     def ignored_projections(self) -> tuple[str, ...]:
         """quantization_ignored_layers as projection kinds, in the model's order; raises on a
         name that is not one, or when it would leave nothing to quantize."""
-        from turboctx.models.fp8_linear import QUANTIZED_LAYERS
         text = self.quantization_ignored_layers.strip()
         names = [] if text.lower() == "none" else [n.strip() for n in text.split(",") if n.strip()]
         for n in names:
-            if n not in QUANTIZED_LAYERS:
+            if n not in PROJECTION_KINDS:
                 fused = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj",
                          "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}.get(n)
                 hint = f" ({n} is part of the fused {fused})" if fused else ""
                 raise InvalidRequestError(
                     f"quantization_ignored_layers: {n!r} is not a kind of projection{hint}; "
-                    f"allowed: {', '.join(QUANTIZED_LAYERS)} or none")
-        kept = tuple(k for k in QUANTIZED_LAYERS if k in names)
-        if len(kept) == len(QUANTIZED_LAYERS):
+                    f"allowed: {', '.join(PROJECTION_KINDS)} or none")
+        kept = tuple(k for k in PROJECTION_KINDS if k in names)
+        if len(kept) == len(PROJECTION_KINDS):
             raise InvalidRequestError("quantization_ignored_layers names every kind of projection: "
                                       "nothing would be FP8; leave quantization unset instead")
         return kept

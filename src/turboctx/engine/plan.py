@@ -12,7 +12,8 @@ from turboctx.weights import open_checkpoint
 
 def weights_bytes(m, e: EngineConfig) -> int:
     """The model's weight bytes in e's dtype; with quantization='fp8' the projections but those
-    of quantization_ignored_layers take one byte each plus a float32 scale per output row."""
+    of quantization_ignored_layers (or a checkpoint's ignored layers) take one byte each plus a
+    float32 scale per output row."""
     size = torch.empty((), dtype=e.dtype).element_size()
     if e.model.quantization != "fp8":
         return m.num_parameters() * size
@@ -20,9 +21,11 @@ def weights_bytes(m, e: EngineConfig) -> int:
     q, kv = m.num_attention_heads * m.head_dim, m.num_key_value_heads * m.head_dim
     shapes = {"qkv_proj": (q + 2 * kv, h), "o_proj": (h, q), "gate_up_proj": (2 * i, h),
               "down_proj": (h, i)}                                  # [out, in] of each kind
-    fp8 = [shapes[k] for k in shapes if k not in e.model.ignored_projections]
-    lin = m.num_hidden_layers * sum(o * n for o, n in fp8)
-    rows = m.num_hidden_layers * sum(o for o, _ in fp8)
+    shipped = [p.rsplit(".", 1)[1] for p in m.quantization_ignored]   # a checkpoint's own
+    layers = {k: 0 if k in e.model.ignored_projections else m.num_hidden_layers - shipped.count(k)
+              for k in shapes}                                  # layers whose k is in FP8
+    lin = sum(layers[k] * o * n for k, (o, n) in shapes.items())
+    rows = sum(layers[k] * o for k, (o, _) in shapes.items())
     return (m.num_parameters() - lin) * size + lin + 4 * rows
 
 

@@ -114,7 +114,7 @@ def load_model(ckpt: Checkpoint, m: ModelArchitecture, config: EngineConfig, dev
         if shard is not None:
             raise ModelLoadError("an FP8 checkpoint under tensor parallelism is not supported yet; "
                                  "use its bf16 checkpoint with quantization='fp8', or one GPU")
-        fp8_linear.quantize_linear_layers(model)         # on the meta device: shapes only
+        fp8_linear.quantize_linear_layers(model, keep_modules=m.quantization_ignored)  # shapes only
     model = model.to_empty(device=device)
     if m.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight

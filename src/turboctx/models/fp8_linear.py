@@ -13,10 +13,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from turboctx.config.checkpoint_quantization import PROJECTION_KINDS
+
 FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max           # 448
 MIN_SCALE = 1e-12                        # an all-zero row keeps a finite scale
-QUANTIZED_LAYERS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")   # lm_head stays as loaded
+QUANTIZED_LAYERS = PROJECTION_KINDS      # a decoder layer's projections; lm_head stays as loaded
 FP8_CAPABILITY = (8, 9)
 
 
@@ -106,16 +108,20 @@ class Fp8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, fp8 e4m3"
 
 
-def quantize_linear_layers(model: nn.Module, keep: tuple[str, ...] = ()) -> int:
-    """Every decoder layer's projections (QUANTIZED_LAYERS) but the kinds in `keep` swapped for
-    Fp8Linear in place, the full-precision weights freed as it goes; returns how many were
-    swapped."""
-    count = 0
-    for layer in model.model.layers:
-        for parent, fused in ((layer.self_attn, "qkv_proj"), (layer.mlp, "gate_up_proj")):
+def quantize_linear_layers(model: nn.Module, keep: tuple[str, ...] = (),
+                           keep_modules: tuple[str, ...] = ()) -> int:
+    """Every decoder layer's projections (QUANTIZED_LAYERS) swapped for Fp8Linear in place, the
+    full-precision weights freed as it goes, but the kinds in `keep` (quantization_ignored_layers)
+    and the modules in `keep_modules` (paths such as "model.layers.3.self_attn.qkv_proj": those
+    an FP8 checkpoint ships in full precision); returns how many were swapped."""
+    count, kept = 0, set(keep_modules)
+    for i, layer in enumerate(model.model.layers):
+        for where, parent, fused in (("self_attn", layer.self_attn, "qkv_proj"),
+                                     ("mlp", layer.mlp, "gate_up_proj")):
             for name in QUANTIZED_LAYERS:
                 lin = getattr(parent, name, None)
-                if isinstance(lin, nn.Linear) and name not in keep:
+                if isinstance(lin, nn.Linear) and name not in keep and \
+                        f"model.layers.{i}.{where}.{name}" not in kept:
                     setattr(parent, name, Fp8Linear.from_linear(lin))
                     count += 1
             if not isinstance(getattr(parent, fused), nn.Linear):
