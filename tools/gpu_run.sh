@@ -73,7 +73,10 @@ case "${1:-}" in
     tc context rm --all ;;
   serve-long)
     m=${MODEL:-random:qwen2.5-7b-1m}; L=${LONG:-1048576}; port=8011
-    tc serve "$m" --max-model-len "${MAXLEN:-1050000}" --port $port ${EXTRA:-} > "$OUT/server_$L.log" 2>&1 &
+    # python itself in the background, not the tc function: $! must be the server, whom the
+    # stop signal has to reach (a function's subshell passed SIGINT on to no one)
+    python3 -m turboctx.cli serve "$m" --max-model-len "${MAXLEN:-1050000}" --port $port ${EXTRA:-} \
+      > "$OUT/server_$L.log" 2>&1 &
     srv=$!
     python3 - <<PY || { tail -20 "$OUT/server_$L.log"; kill $srv; exit 1; }
 import os, time, urllib.request
@@ -92,7 +95,9 @@ PY
     date +"bench starts %T"; tc bench serve --url http://127.0.0.1:$port --concurrency 8 --prompt-len 64 --max-tokens 128 --token-ids \
       --long-prompt-len "$L" --baseline-s "${BASELINE:-10}" --json "$OUT/serve_long_$L.json" \
       --plot "$OUT/serve_long_$L.png" 2>&1 | grep -v -i warn
-    kill -INT $srv; wait $srv; grep -i -E "error|traceback" "$OUT/server_$L.log" | head -5 ;;
+    t0=$(date +%s); kill -TERM $srv; wait $srv; rc=$?
+    echo "server stopped in $(( $(date +%s) - t0 )) s, exit status $rc"
+    grep -i -E "error|traceback" "$OUT/server_$L.log" | head -5 ;;
   coldstart)
     p=${PRESET:-qwen2.5-7b-1m}; dir=${DIR:-/root/stage/hf-$p}
     [ -f "$dir/model.safetensors.index.json" ] || python3 tools/make_random_hf_folder.py --preset "$p" --out "$dir" --device cuda
