@@ -57,7 +57,8 @@ def test_reference_is_close_to_full_precision(n, din, dout, bias):
     assert layer(x.view(1, n, din)).shape == (1, n, dout)
 
 
-def test_quantize_swaps_every_projection_and_no_other_layer():
+def _random_cpu_model():
+    """The default model's architecture with random weights, its CPU split products on."""
     m = preset_config("smollm2-135m")
     with torch.device("meta"):
         model = build_model(m)
@@ -65,6 +66,11 @@ def test_quantize_swaps_every_projection_and_no_other_layer():
     for p in model.parameters():
         p.data.normal_(0, 0.02)
     model.set_split_matmuls(True)
+    return m, model
+
+
+def test_quantize_swaps_every_projection_and_no_other_layer():
+    m, model = _random_cpu_model()
     assert quantize_linear_layers(model) == 4 * m.num_hidden_layers
     layer = model.model.layers[0]
     assert isinstance(layer.self_attn.qkv_proj, Fp8Linear) and isinstance(layer.mlp.down_proj, Fp8Linear)
@@ -75,13 +81,7 @@ def test_quantize_swaps_every_projection_and_no_other_layer():
 
 
 def test_ignored_kinds_stay_in_full_precision():
-    m = preset_config("smollm2-135m")
-    with torch.device("meta"):
-        model = build_model(m)
-    model = model.to_empty(device="cpu")
-    for p in model.parameters():
-        p.data.normal_(0, 0.02)
-    model.set_split_matmuls(True)
+    m, model = _random_cpu_model()
     qkv_weight = model.model.layers[0].self_attn.qkv_proj.weight
     assert quantize_linear_layers(model, keep=("qkv_proj", "down_proj")) == 2 * m.num_hidden_layers
     for layer in model.model.layers:
