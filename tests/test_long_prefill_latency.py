@@ -1,11 +1,11 @@
 """A long prompt shares the CPU with streaming clients, on the default path: the default model,
 one 12K-token prompt beside 4 clients streaming 64-token prompts x 128 tokens.
 
-The CPU's latency target lets a step beside decodes take 7x the decodes' own time, and the
+The CPU's latency target lets a step beside decodes take 7.5x the decodes' own time, and the
 runner's clock ends each step's units there (scheduler.py: clocked units), so while the prompt
 prefills the clients' steps are about that long (the prefill fills them: not much less), their
 p99 inter-token latency stays within 4x of theirs without it (their p99 without it is a step
-that prefills a client's prompt), and the prompt loses about the decodes' seventh of each step:
+that prefills a client's prompt), and the prompt loses about the decodes' share of each step:
 its TTFT within 1.3x of its TTFT alone (the mean of a run before and one after, as the machine's
 speed drifts; 1.10-1.26 on two cores of a quiet machine). About three minutes on two cores."""
 from __future__ import annotations
