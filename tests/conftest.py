@@ -169,11 +169,16 @@ def pytest_runtest_protocol(item, nextitem):
         fcntl.flock(turnstile, fcntl.LOCK_EX)
         fcntl.flock(run, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)  # exclusive: waits for
         fcntl.flock(turnstile, fcntl.LOCK_UN)                            # the others' tests
-        threads = torch.get_num_threads()
-        if exclusive:                                 # the cores are its own while it runs
+        threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+        if exclusive:          # the cores are its own while it runs, and its subprocesses'
             torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+            os.environ["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)
         try:
             yield
         finally:
             torch.set_num_threads(threads)
+            if omp is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = omp
             fcntl.flock(run, fcntl.LOCK_UN)
