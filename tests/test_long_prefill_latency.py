@@ -7,7 +7,8 @@ prefills the clients' steps are about that long (the prefill fills them: not muc
 p99 inter-token latency stays within 4x of theirs without it (their p99 without it is a step
 that prefills a client's prompt), and the prompt loses about the decodes' share of each step:
 its TTFT within 1.3x of its TTFT alone (the mean of a run before and one after, as the machine's
-speed drifts; 1.10-1.26 on two cores of a quiet machine). About three minutes on two cores."""
+speed drifts; 1.22-1.25 on two shared cores, their p99 2.6-3.3x). About three minutes on two
+cores."""
 from __future__ import annotations
 
 import pytest
