@@ -11,7 +11,7 @@ ALWAYS_FULL_PRECISION = ("lm_head", "model.embed_tokens")
 PROJECTION_KINDS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")   # in a layer's order
 FUSED_PARTS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj"),
                "o_proj": ("o_proj",), "down_proj": ("down_proj",)}
-_KIND_OF = {part: kind for kind, parts in FUSED_PARTS.items() for part in parts}
+FUSED_KIND_OF = {part: kind for kind, parts in FUSED_PARTS.items() for part in parts}
 _PARENT = {"qkv_proj": "self_attn", "o_proj": "self_attn", "gate_up_proj": "mlp", "down_proj": "mlp"}
 _NAME = re.compile(r"model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)")
 
@@ -43,7 +43,7 @@ def checkpoint_ignored_layers(qc: dict | None, num_layers: int) -> tuple[str, ..
         if name in ALWAYS_FULL_PRECISION:
             continue
         m = _NAME.fullmatch(str(name))
-        kind = m and _KIND_OF.get(m[3])
+        kind = m and FUSED_KIND_OF.get(m[3])
         if not m or kind is None or _PARENT[kind] != m[2] or int(m[1]) >= num_layers:
             raise UnsupportedModelError(
                 f"quantization_config leaves {name!r} in full precision, which is not a layer "

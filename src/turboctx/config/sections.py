@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from turboctx.attention.sparse.config import SparseConfig
-from turboctx.config.checkpoint_quantization import PROJECTION_KINDS
+from turboctx.config.checkpoint_quantization import FUSED_KIND_OF, PROJECTION_KINDS
 from turboctx.config.options import OptionSpec, option, section_specs
 from turboctx.errors import InvalidRequestError
 
@@ -90,8 +90,7 @@ class ModelConfig(Section):
         names = [] if text.lower() == "none" else [n.strip() for n in text.split(",") if n.strip()]
         for n in names:
             if n not in PROJECTION_KINDS:
-                fused = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj",
-                         "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}.get(n)
+                fused = FUSED_KIND_OF.get(n)
                 hint = f" ({n} is part of the fused {fused})" if fused else ""
                 raise InvalidRequestError(
                     f"quantization_ignored_layers: {n!r} is not a kind of projection{hint}; "

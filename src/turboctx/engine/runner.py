@@ -88,7 +88,6 @@ class ModelRunner:
         self.generator = generator        # draws of requests that bring no seed
         self._slots: dict[str, SeqSlots] = {}   # on the other ranks: block tables seen last step
         self._layered: dict[str, LayeredPrefill] = {}   # request id -> its chunk between units
-        self._units_ran: dict[str, int] = {}   # clocked layered chunks: the unit each stopped at
         self._step_start = 0.0
         self._decode_stream = None        # CUDA: where decode graphs run beside a step's prefill
         self.overlap_streams = True       # False: graph decode, then the prefill, on one stream
@@ -173,9 +172,9 @@ class ModelRunner:
         else:   # every rank runs the same step; rank 0 alone goes on to logits
             hidden, seqs = self.executor.execute_model(inp, lambda: self.forward(inp, slots))
         for c in chunks:                    # clocked chunks record the units that ran
-            reached = self._units_ran.pop(c.request.request_id, None)
-            if reached is not None and reached < c.units[1]:
-                c.units, c.sample = (c.units[0], reached), False
+            state = self._layered.get(c.request.request_id) if c.units is not None else None
+            if state is not None and state.next_unit < c.units[1]:
+                c.units, c.sample = (c.units[0], state.next_unit), False
         for c, s in zip(chunks, seqs):
             if c.request.prompt_logprobs is not None and c.request.is_prefill and s.num_new:
                 self._prompt_logprobs(c, hidden[s.rows])
@@ -259,7 +258,6 @@ class ModelRunner:
             state.hidden = self.model.run_units(state.hidden, state.batch, a, b)
         else:
             b = self._clocked_units(state, a, b, s.time_limit_s)
-            self._units_ran[s.request_id] = b
         state.next_unit = b
         if b < 2 * self.model.num_layers:
             return None
